@@ -1,0 +1,58 @@
+"""The HTTP application factory: management API, gateway routes, dashboard, one error mapping."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp
+
+from modelplane import __version__
+from modelplane.api.routers import deployments, models
+from modelplane.api.schemas import error_doc
+from modelplane.api.services import Services
+from modelplane.dashboard.pages import create_router as dashboard_router
+from modelplane.errors import ModelplaneError
+from modelplane.security.middleware import AuthMiddleware
+from modelplane.serving.gateway import Gateway
+from modelplane.serving.http import create_v2_router
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def _describe(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where or 'body'}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def create_app(
+    services: Services, gateway: Gateway, lifespan: Lifespan | None = None
+) -> ASGIApp:
+    app = FastAPI(
+        title="modelplane",
+        version=__version__,
+        description="Management API (/api/v1) and KServe V2 inference API (/v2).",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(ModelplaneError)
+    async def on_error(_: Request, exc: ModelplaneError) -> JSONResponse:
+        return JSONResponse(error_doc(exc.message, exc.code), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(error_doc(_describe(exc), "invalid_argument"), status_code=400)
+
+    app.include_router(models.create_router(services))
+    app.include_router(deployments.create_router(services))
+    app.include_router(
+        create_v2_router(gateway, __version__, services.settings.serving.max_request_bytes)
+    )
+    app.include_router(dashboard_router())
+    return AuthMiddleware(app, services.keys)

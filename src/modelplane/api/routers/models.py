@@ -1,0 +1,121 @@
+"""/api/v1/models: push, list, show, alias, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from modelplane.api.deps import allow
+from modelplane.api.schemas import AliasIn, ModelDetail, ModelOut, VersionOut
+from modelplane.api.services import Services
+from modelplane.domain import ModelRef, Principal
+from modelplane.errors import InvalidInput
+from modelplane.registry.service import PushRequest
+from modelplane.security.policy import Action
+
+
+def _tags(raw: list[str]) -> dict[str, str]:
+    tags = {}
+    for item in raw:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"invalid tag {item!r}: use KEY=VALUE, for example team=fraud")
+        tags[key] = value
+    return tags
+
+
+def create_router(services: Services) -> APIRouter:
+    router = APIRouter(prefix="/api/v1/models", tags=["models"])
+    registry = services.registry
+
+    @router.post(
+        "/{name}/versions",
+        status_code=201,
+        response_model=VersionOut,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                    "format": "binary"}}},
+            }
+        },
+    )
+    async def push(
+        name: str,
+        request: Request,
+        who: Annotated[Principal, Depends(allow(Action.PUSH))],
+        format: Annotated[str, Query(description="auto or a source format")] = "auto",
+        description: str = "",
+        tag: Annotated[list[str] | None, Query(description="KEY=VALUE, repeatable")] = None,
+        parent: Annotated[str | None, Query(description="lineage: NAME:VERSION this came from")]
+        = None,
+    ) -> VersionOut:
+        """Upload a model file as the request body (streamed; never held whole in memory)."""
+        push_request = PushRequest(
+            name=name,
+            source_format=format,
+            description=description,
+            tags=_tags(tag or []),
+            parent=parent,
+            created_by=who.name or who.key_id,
+        )
+        version = await registry.push(push_request, request.stream())
+        return VersionOut.of(version)
+
+    @router.get("", response_model=list[ModelOut])
+    def list_models(_: Annotated[Principal, Depends(allow(Action.READ))]) -> list[ModelOut]:
+        return [ModelOut.of(m) for m in registry.list_models()]
+
+    @router.get("/{name}", response_model=ModelDetail)
+    def show_model(name: str, _: Annotated[Principal, Depends(allow(Action.READ))]) -> ModelDetail:
+        model, versions = registry.get_model(name)
+        return ModelDetail(
+            **ModelOut.of(model).model_dump(), versions=[VersionOut.of(v) for v in versions]
+        )
+
+    @router.get("/{name}/versions/{ref}", response_model=VersionOut)
+    def show_version(
+        name: str, ref: str, _: Annotated[Principal, Depends(allow(Action.READ))]
+    ) -> VersionOut:
+        """``ref`` is a version number, an alias, or ``latest``."""
+        if ref == "latest":
+            parsed = ModelRef(name)
+        elif ref.isdigit():
+            parsed = ModelRef(name, version=int(ref))
+        else:
+            parsed = ModelRef(name, alias=ref)
+        return VersionOut.of(registry.resolve(parsed))
+
+    @router.put("/{name}/aliases/{alias}", response_model=VersionOut)
+    def set_alias(
+        name: str,
+        alias: str,
+        body: AliasIn,
+        _: Annotated[Principal, Depends(allow(Action.PUSH))],
+    ) -> VersionOut:
+        return VersionOut.of(registry.set_alias(name, body.version, alias))
+
+    @router.delete("/{name}/aliases/{alias}", status_code=204)
+    def delete_alias(
+        name: str, alias: str, _: Annotated[Principal, Depends(allow(Action.PUSH))]
+    ) -> Response:
+        registry.delete_alias(name, alias)
+        return Response(status_code=204)
+
+    @router.delete("/{name}/versions/{version}", status_code=204)
+    async def delete_version(
+        name: str, version: int, _: Annotated[Principal, Depends(allow(Action.DELETE))]
+    ) -> Response:
+        await run_in_threadpool(registry.delete_version, name, version)
+        return Response(status_code=204)
+
+    @router.delete("/{name}", status_code=204)
+    async def delete_model(
+        name: str, _: Annotated[Principal, Depends(allow(Action.DELETE))]
+    ) -> Response:
+        await run_in_threadpool(registry.delete_model, name)
+        return Response(status_code=204)
+
+    return router

@@ -1,0 +1,161 @@
+"""Request and response bodies of the management API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from modelplane.domain import Model, ModelVersion, Replica
+from modelplane.registry.deployments import DeploymentRecord
+
+
+class TensorOut(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class SignatureOut(BaseModel):
+    inputs: list[TensorOut]
+    outputs: list[TensorOut]
+
+
+class VersionOut(BaseModel):
+    model: str
+    version: int
+    ref: str
+    digest: str
+    size: int
+    source_format: str
+    signature: SignatureOut
+    description: str
+    tags: dict[str, str]
+    created_by: str
+    created_at: datetime
+    parent: str | None
+    aliases: list[str]
+
+    @classmethod
+    def of(cls, v: ModelVersion) -> VersionOut:
+        return cls(
+            model=v.model,
+            version=v.version,
+            ref=v.ref,
+            digest=v.artifact.digest,
+            size=v.artifact.size,
+            source_format=v.source_format,
+            signature=SignatureOut.model_validate(v.signature.to_dict()),
+            description=v.description,
+            tags=v.tags,
+            created_by=v.created_by,
+            created_at=v.created_at,
+            parent=v.parent,
+            aliases=list(v.aliases),
+        )
+
+
+class ModelOut(BaseModel):
+    name: str
+    description: str
+    created_at: datetime
+    latest_version: int | None
+    aliases: dict[str, int]
+
+    @classmethod
+    def of(cls, m: Model) -> ModelOut:
+        return cls(
+            name=m.name,
+            description=m.description,
+            created_at=m.created_at,
+            latest_version=m.latest_version,
+            aliases=m.aliases,
+        )
+
+
+class ModelDetail(ModelOut):
+    versions: list[VersionOut]
+
+
+class AliasIn(BaseModel):
+    version: int = Field(ge=1, examples=[1])
+
+
+class DeployIn(BaseModel):
+    model: str = Field(description="NAME, NAME:VERSION or NAME@ALIAS", examples=["iris@production"])
+    name: str | None = Field(None, description="deployment name; default: the model's name")
+    replicas: int = Field(1, ge=0, le=64)
+
+
+class ReplicaOut(BaseModel):
+    id: str
+    version: int
+    state: str
+    pid: int | None
+    started_at: float
+    message: str
+
+    @classmethod
+    def of(cls, r: Replica) -> ReplicaOut:
+        return cls(
+            id=r.id,
+            version=r.version,
+            state=r.state.value,
+            pid=r.pid,
+            started_at=r.started_at,
+            message=r.message,
+        )
+
+
+class DeploymentOut(BaseModel):
+    name: str
+    model: str
+    version: int
+    ref: str
+    desired_replicas: int
+    ready_replicas: int
+    state: str
+    created_at: datetime
+    updated_at: datetime
+    replicas: list[ReplicaOut]
+    last_failure: str | None
+    endpoint: str
+
+    @classmethod
+    def of(
+        cls, record: DeploymentRecord, replicas: list[Replica], last_failure: str | None
+    ) -> DeploymentOut:
+        d = record.deployment
+        ready = sum(1 for r in replicas if r.state == "ready" and r.version == d.version)
+        if d.replicas == 0:
+            state = "stopped"
+        elif ready >= d.replicas:
+            state = "ready"
+        elif ready > 0:
+            state = "degraded"
+        else:
+            state = "pending"
+        return cls(
+            name=d.name,
+            model=d.model,
+            version=d.version,
+            ref=d.ref,
+            desired_replicas=d.replicas,
+            ready_replicas=ready,
+            state=state,
+            created_at=d.created_at,
+            updated_at=d.updated_at,
+            replicas=[ReplicaOut.of(r) for r in replicas],
+            last_failure=last_failure,
+            endpoint=f"/v2/models/{d.name}/infer",
+        )
+
+
+class ErrorOut(BaseModel):
+    error: str
+    code: str
+
+
+def error_doc(message: str, code: str) -> dict[str, Any]:
+    return {"error": message, "code": code}

@@ -1,0 +1,20 @@
+"""The typed bundle of control-plane services that routes use (no globals, no app.state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelplane.registry.deployments import DeploymentStore
+from modelplane.registry.keys import KeyStore
+from modelplane.registry.service import RegistryService
+from modelplane.scheduler.controller import Controller
+from modelplane.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    registry: RegistryService
+    deployments: DeploymentStore
+    keys: KeyStore
+    controller: Controller

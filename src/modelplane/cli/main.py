@@ -1,0 +1,289 @@
+"""``modelplane`` commands (the stable surface of docs/cli.md)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from modelplane import errors
+from modelplane.cli.output import console, handled, human_size, state_style, table
+from modelplane.client import Client
+
+app = typer.Typer(
+    help="modelplane: serve trained models securely.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+models_app = typer.Typer(help="Inspect and manage models.", no_args_is_help=True)
+deployments_app = typer.Typer(help="Inspect deployments.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(deployments_app, name="deployments")
+
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _print_json(value: Any) -> None:
+    console.print_json(json.dumps(value, default=str))
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port.")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port.")] = None,
+    home: Annotated[Path | None, typer.Option(help="State folder ($MODELPLANE_HOME).")] = None,
+    demo: Annotated[bool, typer.Option(help="Deploy the iris demo on first start.")] = False,
+) -> None:
+    """Start the control plane and gateway (default 127.0.0.1:8000)."""
+    from modelplane.server import serve as run_server
+    from modelplane.settings import Settings
+
+    settings = Settings()
+    server = settings.server.model_copy(
+        update={k: v for k, v in {"host": host, "port": port, "grpc_port": grpc_port}.items()
+                if v is not None}
+    )
+    update: dict[str, Any] = {"server": server}
+    if home is not None:
+        update["home"] = home
+    if demo:
+        update["demo"] = True
+    run_server(settings.model_copy(update=update))
+
+
+@app.command()
+def push(
+    path: Annotated[Path, typer.Argument(help="Model file to upload.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Model name.")],
+    format: Annotated[str, typer.Option(help="auto|onnx|sklearn|torch|keras|tensorflow|"
+                                        "transformers")] = "auto",
+    description: Annotated[str, typer.Option(help="What this version is.")] = "",
+    tag: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Upload a model file as a new immutable version."""
+    tags = {}
+    for item in tag or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"invalid tag {item!r}: use KEY=VALUE")
+        tags[key] = value
+    with handled(), Client() as client:
+        if not path.is_file():
+            raise errors.InvalidInput(f"{path} is not a file")
+        size = path.stat().st_size
+        with Progress(
+            "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+            TransferSpeedColumn(), console=console, transient=True, disable=as_json,
+        ) as progress:
+            task = progress.add_task(f"uploading {path.name}", total=size)
+            version = client.push(
+                path, name, format=format, description=description, tags=tags,
+                progress=lambda sent: progress.update(task, completed=sent),
+            )
+        if as_json:
+            _print_json(version)
+            return
+        console.print(
+            f"pushed [bold]{version['ref']}[/bold] ({human_size(version['size'])}, "
+            f"sha256:{version['digest'][:12]})"
+        )
+
+
+@models_app.command("list")
+def models_list(as_json: Json = False) -> None:
+    """List models."""
+    with handled(), Client() as client:
+        models = client.models()
+    if as_json:
+        _print_json(models)
+        return
+    table(
+        ["NAME", "LATEST", "ALIASES", "CREATED"],
+        [
+            [m["name"], m["latest_version"],
+             ", ".join(f"{a}→{v}" for a, v in m["aliases"].items()), m["created_at"][:19]]
+            for m in models
+        ],
+    )
+
+
+@models_app.command("show")
+def models_show(
+    ref: Annotated[str, typer.Argument(help="NAME or NAME:VERSION or NAME@ALIAS")],
+    as_json: Json = False,
+) -> None:
+    """Show a model's versions, or one version with its signature."""
+    with handled(), Client() as client:
+        if ":" in ref or "@" in ref:
+            name, _, version = ref.replace("@", ":").partition(":")
+            detail: Any = client.version(name, version)
+        else:
+            detail = client.model(ref)
+    if as_json:
+        _print_json(detail)
+        return
+    versions = detail["versions"] if "versions" in detail else [detail]
+    table(
+        ["VERSION", "FORMAT", "SIZE", "DIGEST", "ALIASES", "CREATED", "BY"],
+        [
+            [v["version"], v["source_format"], human_size(v["size"]), v["digest"][:12],
+             ", ".join(v["aliases"]), v["created_at"][:19], v["created_by"]]
+            for v in versions
+        ],
+        title=versions[0]["model"] if versions else ref,
+    )
+    if versions:
+        sig = versions[-1]["signature"]
+        table(
+            ["", "NAME", "DATATYPE", "SHAPE"],
+            [["input", t["name"], t["datatype"], t["shape"]] for t in sig["inputs"]]
+            + [["output", t["name"], t["datatype"], t["shape"]] for t in sig["outputs"]],
+            title=f"signature of {versions[-1]['ref']}",
+        )
+
+
+@models_app.command("alias")
+def models_alias(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION")],
+    alias: Annotated[str, typer.Argument(help="Alias to point at it, e.g. production")],
+) -> None:
+    """Point an alias (e.g. production) at a version."""
+    name, sep, version = ref.partition(":")
+    if not sep or not version.isdigit():
+        raise typer.BadParameter("use NAME:VERSION, for example iris:2")
+    with handled(), Client() as client:
+        client.set_alias(name, int(version), alias)
+    console.print(f"{name}@{alias} → {name}:{version}")
+
+
+@models_app.command("delete")
+def models_delete(ref: Annotated[str, typer.Argument(help="NAME or NAME:VERSION")]) -> None:
+    """Delete a version, or a model with all its versions (refused while deployed)."""
+    name, sep, version = ref.partition(":")
+    with handled(), Client() as client:
+        if sep:
+            client.delete_version(name, int(version))
+        else:
+            client.delete_model(name)
+    console.print(f"deleted {ref}")
+
+
+@app.command()
+def deploy(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS")],
+    replicas: Annotated[int, typer.Option(min=0, max=64, help="Replica count.")] = 1,
+    name: Annotated[str | None, typer.Option(help="Deployment name (default: model)")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until every replica is ready.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 120.0,
+) -> None:
+    """Deploy a model version (create or update)."""
+    with handled(), Client() as client:
+        info = client.deploy(ref, replicas=replicas, name=name)
+        console.print(f"deploying {info['ref']} as [bold]{info['name']}[/bold] "
+                      f"({replicas} replica{'s' if replicas != 1 else ''})")
+        if not wait or replicas == 0:
+            return
+        deadline = time.monotonic() + timeout
+        with console.status("waiting for replicas to be ready"):
+            while True:
+                info = client.deployment(info["name"])
+                if info["state"] == "ready":
+                    break
+                if time.monotonic() > deadline:
+                    why = f" (last failure: {info['last_failure']})" if info["last_failure"] else ""
+                    raise errors.Unavailable(
+                        f"{info['name']} not ready after {timeout:g}s: {info['ready_replicas']}"
+                        f"/{info['desired_replicas']} replicas ready{why}"
+                    )
+                time.sleep(0.5)
+        console.print(f"[green]ready[/green]: POST {client.url}{info['endpoint']}")
+
+
+@deployments_app.command("list")
+def deployments_list(as_json: Json = False) -> None:
+    """List deployments and their state."""
+    with handled(), Client() as client:
+        items = client.deployments()
+    if as_json:
+        _print_json(items)
+        return
+    table(
+        ["NAME", "MODEL", "STATE", "READY", "ENDPOINT"],
+        [
+            [d["name"], d["ref"], state_style(d["state"])(d["state"]),
+             f"{d['ready_replicas']}/{d['desired_replicas']}", d["endpoint"]]
+            for d in items
+        ],
+    )
+
+
+@deployments_app.command("status")
+def deployments_status(name: str, as_json: Json = False) -> None:
+    """Show one deployment with its replicas."""
+    with handled(), Client() as client:
+        d = client.deployment(name)
+    if as_json:
+        _print_json(d)
+        return
+    console.print(
+        f"[bold]{d['name']}[/bold]  {d['ref']}  "
+        f"{state_style(d['state'])(d['state'])}  {d['ready_replicas']}/{d['desired_replicas']} ready"
+    )
+    if d["last_failure"]:
+        console.print(f"last failure: {d['last_failure']}", highlight=False)
+    table(
+        ["REPLICA", "VERSION", "STATE", "PID", "UP", "MESSAGE"],
+        [
+            [r["id"], r["version"], r["state"], r["pid"],
+             f"{time.time() - r['started_at']:.0f}s", r["message"]]
+            for r in d["replicas"]
+        ],
+    )
+
+
+@app.command()
+def undeploy(name: str) -> None:
+    """Delete a deployment and stop its replicas."""
+    with handled(), Client() as client:
+        client.undeploy(name)
+    console.print(f"undeployed {name}")
+
+
+@app.command()
+def predict(
+    name: Annotated[str, typer.Argument(help="Deployed model name.")],
+    input: Annotated[str, typer.Option("--input", "-i", help="JSON, or a path to a JSON file: "
+                     "a V2 request, or {\"input_name\": [[...]]}")],
+    version: Annotated[str | None, typer.Option(help="Version to call.")] = None,
+) -> None:
+    """Run inference and print the outputs as JSON."""
+    with handled(), Client() as client:
+        text = input
+        if not input.lstrip().startswith(("{", "[")):
+            path = Path(input)
+            if not path.is_file():
+                raise errors.InvalidInput(f"--input is neither JSON nor a file: {input!r}")
+            text = path.read_text()
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise errors.InvalidInput(f"--input is not valid JSON: {exc}") from None
+        if isinstance(doc, dict) and isinstance(doc.get("inputs"), list):
+            result: Any = client.infer_v2(name, doc, version)
+        elif isinstance(doc, dict):
+            outputs = client.infer(name, doc, version)
+            result = {k: np.asarray(v).tolist() for k, v in outputs.items()}
+        else:
+            raise errors.InvalidInput('--input must be a JSON object: {"input_name": [[...]]}')
+    _print_json(result)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,72 @@
+"""Tables, errors and exit codes for the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modelplane import errors
+
+console = Console()
+err_console = Console(stderr=True)
+
+# Exit codes scripts can rely on (docs/cli.md).
+EXIT_CODES: dict[type[errors.ModelplaneError], int] = {
+    errors.InvalidInput: 2,
+    errors.UnsupportedModel: 2,
+    errors.PayloadTooLarge: 2,
+    errors.NotFound: 3,
+    errors.Unauthenticated: 4,
+    errors.PermissionDenied: 4,
+    errors.Conflict: 5,
+    errors.Unavailable: 6,
+    errors.Overloaded: 6,
+    errors.DeadlineExceeded: 6,
+}
+
+
+def exit_code(exc: errors.ModelplaneError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return 1
+
+
+@contextmanager
+def handled() -> Iterator[None]:
+    """Turn errors into a one-line message and a stable exit code."""
+    try:
+        yield
+    except errors.ModelplaneError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(exit_code(exc)) from None
+
+
+def table(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
+) -> None:
+    t = Table(title=title, header_style="bold")
+    for col in columns:
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*("-" if v is None else str(v) for v in row))
+    console.print(t)
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def state_style(state: str) -> Callable[[str], str]:
+    color = {"ready": "green", "degraded": "yellow", "pending": "yellow"}.get(state, "red")
+    return lambda text: f"[{color}]{text}[/{color}]"

@@ -1,0 +1,278 @@
+"""The typed Python SDK over the management and inference APIs. The CLI is built on it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypedDict
+
+import httpx
+import numpy as np
+
+from modelplane import errors
+from modelplane.settings import ClientSettings
+
+CHUNK = 1 << 20
+STATUS_ERRORS: dict[int, type[errors.ModelplaneError]] = {
+    400: errors.InvalidInput,
+    401: errors.Unauthenticated,
+    403: errors.PermissionDenied,
+    404: errors.NotFound,
+    409: errors.Conflict,
+    413: errors.PayloadTooLarge,
+    422: errors.UnsupportedModel,
+    429: errors.Overloaded,
+    503: errors.Unavailable,
+    504: errors.DeadlineExceeded,
+}
+NUMPY_V2 = {
+    "b": "BOOL", "u1": "UINT8", "u2": "UINT16", "u4": "UINT32", "u8": "UINT64", "i1": "INT8",
+    "i2": "INT16", "i4": "INT32", "i8": "INT64", "f2": "FP16", "f4": "FP32", "f8": "FP64",
+}  # fmt: skip
+V2_NUMPY = {v: k for k, v in NUMPY_V2.items()}
+
+
+class Tensor(TypedDict):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class Signature(TypedDict):
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+
+
+class Version(TypedDict):
+    model: str
+    version: int
+    ref: str
+    digest: str
+    size: int
+    source_format: str
+    signature: Signature
+    description: str
+    tags: dict[str, str]
+    created_by: str
+    created_at: str
+    parent: str | None
+    aliases: list[str]
+
+
+class ModelSummary(TypedDict):
+    name: str
+    description: str
+    created_at: str
+    latest_version: int | None
+    aliases: dict[str, int]
+
+
+class ModelDetail(ModelSummary):
+    versions: list[Version]
+
+
+class ReplicaInfo(TypedDict):
+    id: str
+    version: int
+    state: str
+    pid: int | None
+    started_at: float
+    message: str
+
+
+class DeploymentInfo(TypedDict):
+    name: str
+    model: str
+    version: int
+    ref: str
+    desired_replicas: int
+    ready_replicas: int
+    state: str
+    created_at: str
+    updated_at: str
+    replicas: list[ReplicaInfo]
+    last_failure: str | None
+    endpoint: str
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        message = str(response.json().get("error", response.text))
+    except ValueError:
+        message = response.text or response.reason_phrase
+    raise STATUS_ERRORS.get(response.status_code, errors.ModelplaneError)(message)
+
+
+def _encode_input(name: str, value: Any, datatype: str | None = None) -> dict[str, Any]:
+    array = np.asarray(value)
+    if datatype is not None and datatype != "BYTES" and datatype in V2_NUMPY:
+        array = array.astype(np.dtype(V2_NUMPY[datatype]), copy=False)
+    if array.dtype.kind in ("U", "S", "O"):
+        data = [x.decode() if isinstance(x, bytes) else str(x) for x in array.ravel()]
+        return {"name": name, "datatype": "BYTES", "shape": list(array.shape), "data": data}
+    key = "b" if array.dtype.kind == "b" else f"{array.dtype.kind}{array.dtype.itemsize}"
+    if key not in NUMPY_V2:
+        raise errors.InvalidInput(f"input {name!r}: numpy dtype {array.dtype} is not supported")
+    return {
+        "name": name,
+        "datatype": NUMPY_V2[key],
+        "shape": list(array.shape),
+        "data": array.ravel().tolist(),
+    }
+
+
+def _decode_output(out: Mapping[str, Any]) -> np.ndarray:
+    shape = out["shape"]
+    if out["datatype"] == "BYTES":
+        return np.array(out["data"], dtype=object).reshape(shape)
+    return np.asarray(out["data"], dtype=np.dtype(V2_NUMPY[out["datatype"]])).reshape(shape)
+
+
+class Client:
+    """Talks to a modelplane server. Defaults come from ``MODELPLANE_URL`` and
+    ``MODELPLANE_API_KEY`` (else ``$MODELPLANE_HOME/admin.key``)."""
+
+    def __init__(
+        self, url: str | None = None, api_key: str | None = None, timeout: float = 60.0
+    ) -> None:
+        settings = ClientSettings()
+        self.url = (url or settings.url).rstrip("/")
+        key = api_key or settings.key()
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise errors.Unavailable(
+                f"cannot reach modelplane at {self.url} ({type(exc).__name__}); is "
+                "`modelplane serve` running, and is MODELPLANE_URL right?"
+            ) from None
+        _raise_for(response)
+        return response
+
+    # ---- health -----------------------------------------------------------------------------
+    def live(self) -> bool:
+        try:
+            return self._http.get("/v2/health/live").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    # ---- models -----------------------------------------------------------------------------
+    def push(
+        self,
+        path: str | Path,
+        name: str,
+        *,
+        format: str = "auto",
+        description: str = "",
+        tags: Mapping[str, str] | None = None,
+        parent: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Version:
+        """Upload a model file, streamed in chunks; ``progress`` gets the bytes sent so far."""
+        file = Path(path)
+        if not file.is_file():
+            raise errors.InvalidInput(f"{file} is not a file")
+
+        def chunks() -> Iterator[bytes]:
+            sent = 0
+            with file.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    sent += len(chunk)
+                    if progress is not None:
+                        progress(sent)
+                    yield chunk
+
+        params: dict[str, Any] = {"format": format, "description": description}
+        if tags:
+            params["tag"] = [f"{k}={v}" for k, v in tags.items()]
+        if parent:
+            params["parent"] = parent
+        response = self._request(
+            "POST",
+            f"/api/v1/models/{name}/versions",
+            params=params,
+            content=chunks(),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        result: Version = response.json()
+        return result
+
+    def models(self) -> list[ModelSummary]:
+        result: list[ModelSummary] = self._request("GET", "/api/v1/models").json()
+        return result
+
+    def model(self, name: str) -> ModelDetail:
+        result: ModelDetail = self._request("GET", f"/api/v1/models/{name}").json()
+        return result
+
+    def version(self, name: str, ref: str | int = "latest") -> Version:
+        result: Version = self._request("GET", f"/api/v1/models/{name}/versions/{ref}").json()
+        return result
+
+    def set_alias(self, name: str, version: int, alias: str) -> Version:
+        result: Version = self._request(
+            "PUT", f"/api/v1/models/{name}/aliases/{alias}", json={"version": version}
+        ).json()
+        return result
+
+    def delete_version(self, name: str, version: int) -> None:
+        self._request("DELETE", f"/api/v1/models/{name}/versions/{version}")
+
+    def delete_model(self, name: str) -> None:
+        self._request("DELETE", f"/api/v1/models/{name}")
+
+    # ---- deployments ------------------------------------------------------------------------
+    def deploy(self, model: str, *, replicas: int = 1, name: str | None = None) -> DeploymentInfo:
+        body = {"model": model, "replicas": replicas, "name": name}
+        result: DeploymentInfo = self._request("POST", "/api/v1/deployments", json=body).json()
+        return result
+
+    def deployments(self) -> list[DeploymentInfo]:
+        result: list[DeploymentInfo] = self._request("GET", "/api/v1/deployments").json()
+        return result
+
+    def deployment(self, name: str) -> DeploymentInfo:
+        result: DeploymentInfo = self._request("GET", f"/api/v1/deployments/{name}").json()
+        return result
+
+    def undeploy(self, name: str) -> None:
+        self._request("DELETE", f"/api/v1/deployments/{name}")
+
+    # ---- inference --------------------------------------------------------------------------
+    def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """V2 model metadata of a deployed model (name, versions, inputs, outputs)."""
+        path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "")
+        result: dict[str, Any] = self._request("GET", path).json()
+        return result
+
+    def infer_v2(
+        self, name: str, request: Mapping[str, Any], version: str | None = None
+    ) -> dict[str, Any]:
+        """Send a V2 JSON inference request as is; returns the V2 JSON response."""
+        path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/infer"
+        result: dict[str, Any] = self._request("POST", path, json=request).json()
+        return result
+
+    def infer(
+        self, name: str, inputs: Mapping[str, Any], version: str | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run the model on named arrays (anything numpy accepts, cast to the model's input
+        datatypes); returns named arrays."""
+        types = {t["name"]: t["datatype"] for t in self.metadata(name, version)["inputs"]}
+        request = {"inputs": [_encode_input(k, v, types.get(k)) for k, v in inputs.items()]}
+        response = self.infer_v2(name, request, version)
+        return {out["name"]: _decode_output(out) for out in response["outputs"]}

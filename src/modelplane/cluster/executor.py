@@ -1,0 +1,33 @@
+"""The ``ReplicaExecutor`` seam: start, stop and observe replicas."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from modelplane.domain import Replica
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSpec:
+    """What one replica should run."""
+
+    replica_id: str
+    deployment: str
+    model: str
+    version: int
+    artifact: Path
+    digest: str
+
+
+class ReplicaExecutor(Protocol):
+    async def start(self, spec: ReplicaSpec) -> Replica: ...
+
+    async def stop(self, replica_id: str) -> None: ...
+
+    async def observe(self) -> list[Replica]:
+        """Every replica this executor holds, with its state checked now (process + health)."""
+        ...
+
+    async def shutdown(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Turning pushed files into servable ONNX, with a signature."""

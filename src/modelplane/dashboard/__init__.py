@@ -1,0 +1,1 @@
+"""The web UI. It talks only to /api/v1, like any client."""

@@ -1,0 +1,32 @@
+"""Serves the dashboard page and the browser login that stores the key in a cookie."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from fastapi import APIRouter, Form
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+COOKIE = "modelplane_key"
+STATIC = files("modelplane.dashboard") / "static"
+
+
+def create_router() -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/")
+    def index() -> HTMLResponse:
+        return HTMLResponse(STATIC.joinpath("index.html").read_text())
+
+    @router.get("/login")
+    def login_page() -> HTMLResponse:
+        return HTMLResponse(STATIC.joinpath("login.html").read_text())
+
+    @router.post("/login")
+    def login(key: str = Form(...)) -> Response:
+        # The key is only stored; the auth middleware checks it on the next request.
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE, key.strip(), httponly=True, samesite="strict")
+        return response
+
+    return router

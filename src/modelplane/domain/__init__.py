@@ -1,0 +1,22 @@
+"""Pure data of modelplane: no I/O, imports nothing else of ours."""
+
+from modelplane.domain.auth import ApiKey, Principal, Role
+from modelplane.domain.deployment import Deployment, Replica, ReplicaState
+from modelplane.domain.model import Artifact, Model, ModelRef, ModelVersion
+from modelplane.domain.signature import DATATYPES, Signature, TensorSpec
+
+__all__ = [
+    "DATATYPES",
+    "ApiKey",
+    "Artifact",
+    "Deployment",
+    "Model",
+    "ModelRef",
+    "ModelVersion",
+    "Principal",
+    "Replica",
+    "ReplicaState",
+    "Role",
+    "Signature",
+    "TensorSpec",
+]

@@ -1,0 +1,64 @@
+"""Tensor signatures: what a model version takes and gives, in V2 protocol terms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# V2 datatype -> element size in bytes (BYTES is variable: 0).
+DATATYPES: dict[str, int] = {
+    "BOOL": 1,
+    "UINT8": 1,
+    "UINT16": 2,
+    "UINT32": 4,
+    "UINT64": 8,
+    "INT8": 1,
+    "INT16": 2,
+    "INT32": 4,
+    "INT64": 8,
+    "FP16": 2,
+    "FP32": 4,
+    "FP64": 8,
+    "BYTES": 0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One named tensor. ``shape`` uses -1 for a dynamic dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
+        return cls(str(data["name"]), str(data["datatype"]), tuple(int(d) for d in data["shape"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.outputs if t.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Signature:
+        return cls(
+            tuple(TensorSpec.from_dict(t) for t in data.get("inputs", [])),
+            tuple(TensorSpec.from_dict(t) for t in data.get("outputs", [])),
+        )

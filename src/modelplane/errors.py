@@ -1,0 +1,64 @@
+"""One error tree. Each error has a stable ``code`` and an HTTP status; edges map them to
+responses. Messages are for users: they say what was wrong and how to fix it, and never carry
+paths, stack traces or secrets."""
+
+from __future__ import annotations
+
+
+class ModelplaneError(Exception):
+    code = "internal"
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(ModelplaneError):
+    code = "invalid_argument"
+    status = 400
+
+
+class Unauthenticated(ModelplaneError):
+    code = "unauthenticated"
+    status = 401
+
+
+class PermissionDenied(ModelplaneError):
+    code = "permission_denied"
+    status = 403
+
+
+class NotFound(ModelplaneError):
+    code = "not_found"
+    status = 404
+
+
+class Conflict(ModelplaneError):
+    code = "conflict"
+    status = 409
+
+
+class PayloadTooLarge(ModelplaneError):
+    code = "payload_too_large"
+    status = 413
+
+
+class UnsupportedModel(ModelplaneError):
+    code = "unsupported_model"
+    status = 422
+
+
+class Overloaded(ModelplaneError):
+    code = "resource_exhausted"
+    status = 429
+
+
+class Unavailable(ModelplaneError):
+    code = "unavailable"
+    status = 503
+
+
+class DeadlineExceeded(ModelplaneError):
+    code = "deadline_exceeded"
+    status = 504

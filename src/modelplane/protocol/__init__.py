@@ -1,0 +1,1 @@
+"""Wire codecs of the data plane."""

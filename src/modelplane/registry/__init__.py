@@ -1,0 +1,1 @@
+"""Control-plane state: metadata store, blob store and the registry service."""

@@ -1,0 +1,260 @@
+"""The registry: push, versions, aliases, lineage and deletion, with atomic writes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from modelplane.convert import onnx as onnx_source
+from modelplane.domain import Artifact, Model, ModelRef, ModelVersion, Signature
+from modelplane.domain.model import SOURCE_FORMATS, alias_problem, name_problem
+from modelplane.errors import Conflict, InvalidInput, NotFound, UnsupportedModel
+from modelplane.registry.blobs import BlobStore
+from modelplane.registry.tables import AliasRow, DeploymentRow, ModelRow, VersionRow
+
+
+@dataclass(frozen=True, slots=True)
+class PushRequest:
+    name: str
+    source_format: str = "auto"
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    parent: str | None = None
+    created_by: str = ""
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_version(row: VersionRow) -> ModelVersion:
+    return ModelVersion(
+        model=row.model.name,
+        version=row.version,
+        artifact=Artifact(row.digest, row.size),
+        source_format=row.source_format,
+        signature=Signature.from_dict(row.signature),
+        description=row.description,
+        tags=dict(row.tags),
+        created_by=row.created_by,
+        created_at=row.created_at,
+        parent=row.parent,
+        aliases=tuple(sorted(a.alias for a in row.model.aliases if a.version_id == row.id)),
+    )
+
+
+def to_model(row: ModelRow) -> Model:
+    return Model(
+        name=row.name,
+        description=row.description,
+        created_at=row.created_at,
+        latest_version=row.versions[-1].version if row.versions else None,
+        aliases={
+            a.alias: v.version for a in row.aliases for v in row.versions if v.id == a.version_id
+        },
+    )
+
+
+class RegistryService:
+    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore, max_upload: int) -> None:
+        self._sessions = sessions
+        self._blobs = blobs
+        self._max_upload = max_upload
+
+    # ---- push -------------------------------------------------------------------------------
+    async def push(self, request: PushRequest, body: AsyncIterator[bytes]) -> ModelVersion:
+        """Stream ``body`` into the blob store and record a new version. Nothing becomes visible
+        unless every step succeeds."""
+        if problem := name_problem(request.name):
+            raise InvalidInput(problem)
+        source_format = request.source_format
+        if source_format not in ("auto", *SOURCE_FORMATS):
+            raise InvalidInput(
+                f"unknown format {source_format!r}; use one of auto, {', '.join(SOURCE_FORMATS)}"
+            )
+        if source_format not in ("auto", "onnx"):
+            raise UnsupportedModel(
+                f"pushing {source_format} models is not supported yet; convert the model to ONNX "
+                "and push the .onnx file with --format onnx"
+            )
+        staged = self._blobs.stage(self._max_upload)
+        try:
+            async for chunk in body:
+                await run_in_threadpool(staged.write, chunk)
+            await run_in_threadpool(staged.seal)
+            signature = await run_in_threadpool(onnx_source.inspect, staged.path)
+            artifact = await run_in_threadpool(staged.commit)
+        except BaseException:
+            staged.discard()
+            raise
+        return await run_in_threadpool(self._record, request, artifact, signature)
+
+    def _record(
+        self, request: PushRequest, artifact: Artifact, signature: Signature
+    ) -> ModelVersion:
+        for _attempt in range(5):
+            try:
+                with self._sessions.begin() as session:
+                    model = session.scalar(select(ModelRow).where(ModelRow.name == request.name))
+                    if model is None:
+                        model = ModelRow(
+                            name=request.name, description="", next_version=1, created_at=now()
+                        )
+                        session.add(model)
+                        session.flush()
+                    number = model.next_version
+                    model.next_version = number + 1
+                    row = VersionRow(
+                        model=model,
+                        version=number,
+                        digest=artifact.digest,
+                        size=artifact.size,
+                        source_format="onnx",
+                        signature=signature.to_dict(),
+                        description=request.description,
+                        tags=request.tags,
+                        created_by=request.created_by,
+                        created_at=now(),
+                        parent=request.parent,
+                    )
+                    session.add(row)
+                    session.flush()
+                    return to_version(row)
+            except IntegrityError:
+                continue  # a concurrent push took the number or created the model; try again
+        raise Conflict(f"could not record a new version of {request.name!r}; retry the push")
+
+    # ---- reads ------------------------------------------------------------------------------
+    def list_models(self) -> list[Model]:
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(ModelRow)
+                .options(selectinload(ModelRow.versions), selectinload(ModelRow.aliases))
+                .order_by(ModelRow.name)
+            ).all()
+            return [to_model(r) for r in rows]
+
+    def get_model(self, name: str) -> tuple[Model, list[ModelVersion]]:
+        with self._sessions() as session:
+            row = self._model_row(session, name)
+            return to_model(row), [to_version(v) for v in row.versions]
+
+    def resolve(self, ref: ModelRef) -> ModelVersion:
+        """The version a reference names: exact, by alias, or the latest."""
+        with self._sessions() as session:
+            return to_version(self._version_row(session, ref))
+
+    # ---- aliases ----------------------------------------------------------------------------
+    def set_alias(self, name: str, version: int, alias: str) -> ModelVersion:
+        if problem := alias_problem(alias):
+            raise InvalidInput(problem)
+        with self._sessions.begin() as session:
+            row = self._version_row(session, ModelRef(name, version=version))
+            existing = session.get(AliasRow, (row.model_id, alias))
+            if existing is None:
+                session.add(AliasRow(model_id=row.model_id, alias=alias, version_id=row.id))
+            else:
+                existing.version_id = row.id
+            session.flush()
+            session.refresh(row.model)
+            return to_version(row)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        with self._sessions.begin() as session:
+            model = self._model_row(session, name)
+            existing = session.get(AliasRow, (model.id, alias))
+            if existing is None:
+                raise NotFound(f"model {name!r} has no alias {alias!r}")
+            session.delete(existing)
+
+    # ---- deletion ---------------------------------------------------------------------------
+    def delete_version(self, name: str, version: int) -> None:
+        with self._sessions.begin() as session:
+            row = self._version_row(session, ModelRef(name, version=version))
+            self._refuse_if_deployed(session, [row.id], f"{name}:{version}")
+            digest = row.digest
+            session.execute(AliasRow.__table__.delete().where(AliasRow.version_id == row.id))
+            session.delete(row)
+        self._drop_blob_if_unused(digest)
+
+    def delete_model(self, name: str) -> None:
+        with self._sessions.begin() as session:
+            model = self._model_row(session, name)
+            self._refuse_if_deployed(session, [v.id for v in model.versions], name)
+            digests = {v.digest for v in model.versions}
+            session.execute(AliasRow.__table__.delete().where(AliasRow.model_id == model.id))
+            for v in list(model.versions):
+                session.delete(v)
+            session.delete(model)
+        for digest in digests:
+            self._drop_blob_if_unused(digest)
+
+    def collect_garbage(self) -> int:
+        """Remove staging leftovers and blobs no version refers to (run at start, before any
+        push can be in flight). Returns how many files were removed."""
+        removed = self._blobs.clean_staging()
+        with self._sessions() as session:
+            used = set(session.scalars(select(VersionRow.digest)).all())
+        for digest in list(self._blobs.digests()):
+            if digest not in used:
+                self._blobs.delete(digest)
+                removed += 1
+        return removed
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def _drop_blob_if_unused(self, digest: str) -> None:
+        with self._sessions() as session:
+            count = session.scalar(
+                select(func.count()).select_from(VersionRow).where(VersionRow.digest == digest)
+            )
+        if not count:
+            self._blobs.delete(digest)
+
+    @staticmethod
+    def _refuse_if_deployed(session: Session, version_ids: list[int], what: str) -> None:
+        names = session.scalars(
+            select(DeploymentRow.name).where(DeploymentRow.version_id.in_(version_ids))
+        ).all()
+        if names:
+            raise Conflict(
+                f"{what} is used by deployment(s) {', '.join(sorted(names))}; delete or redeploy "
+                "them first"
+            )
+
+    @staticmethod
+    def _model_row(session: Session, name: str) -> ModelRow:
+        row = session.scalar(
+            select(ModelRow)
+            .where(ModelRow.name == name)
+            .options(selectinload(ModelRow.versions), selectinload(ModelRow.aliases))
+        )
+        if row is None:
+            raise NotFound(f"model {name!r} not found; push it first with `modelplane push`")
+        return row
+
+    def _version_row(self, session: Session, ref: ModelRef) -> VersionRow:
+        model = self._model_row(session, ref.name)
+        if ref.alias is not None:
+            alias = next((a for a in model.aliases if a.alias == ref.alias), None)
+            if alias is None:
+                known = ", ".join(sorted(a.alias for a in model.aliases)) or "none"
+                raise NotFound(f"model {ref.name!r} has no alias {ref.alias!r} (aliases: {known})")
+            return next(v for v in model.versions if v.id == alias.version_id)
+        if not model.versions:
+            raise NotFound(f"model {ref.name!r} has no versions")
+        if ref.version is None:
+            return model.versions[-1]
+        found = next((v for v in model.versions if v.version == ref.version), None)
+        if found is None:
+            known = ", ".join(str(v.version) for v in model.versions)
+            raise NotFound(f"model {ref.name!r} has no version {ref.version} (versions: {known})")
+        return found
+
+    def blob_path(self, digest: str) -> str:
+        return str(self._blobs.path(digest))

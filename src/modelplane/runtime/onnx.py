@@ -1,0 +1,79 @@
+"""ONNX Runtime as a Runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from modelplane.domain import Signature, TensorSpec
+from modelplane.errors import InvalidInput, UnsupportedModel
+
+ORT_TO_V2 = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+def _spec(arg: Any) -> TensorSpec:
+    datatype = ORT_TO_V2.get(arg.type)
+    if datatype is None:
+        raise UnsupportedModel(f"tensor {arg.name!r} has type {arg.type}, which is not supported")
+    shape = tuple(d if isinstance(d, int) and d > 0 else -1 for d in (arg.shape or []))
+    return TensorSpec(arg.name, datatype, shape)
+
+
+class OnnxRuntime:
+    """Runs one ONNX file on the CPU execution provider."""
+
+    def __init__(self, path: Path, intra_op_threads: int = 1) -> None:
+        self._path = path
+        self._threads = intra_op_threads
+        self._session: ort.InferenceSession | None = None
+        self.signature = Signature((), ())
+
+    def load(self) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(
+            str(self._path), options, providers=["CPUExecutionProvider"]
+        )
+        self.signature = Signature(
+            tuple(_spec(a) for a in self._session.get_inputs()),
+            tuple(_spec(a) for a in self._session.get_outputs()),
+        )
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        if self._session is None:
+            raise RuntimeError("predict() before load()")
+        try:
+            results = self._session.run(list(outputs), dict(inputs))
+        except ort.capi.onnxruntime_pybind11_state.InvalidArgument as exc:
+            # the model rejected values the signature allowed (e.g. inconsistent dims)
+            raise InvalidInput(f"the model could not run on this input: {_short(exc)}") from None
+        return {name: np.asarray(r) for name, r in zip(outputs, results, strict=True)}
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    if text.startswith("[ONNXRuntimeError]"):
+        text = text.rsplit(" : ", 1)[-1]
+    return text.strip()[:300]

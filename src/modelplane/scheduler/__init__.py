@@ -1,0 +1,1 @@
+"""The control loop that makes running replicas match deployments."""

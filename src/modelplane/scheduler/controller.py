@@ -1,0 +1,154 @@
+"""The level-triggered reconcile loop: read desired state, observe replicas, act, publish routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable
+from pathlib import Path
+
+from modelplane.cluster.executor import ReplicaExecutor, ReplicaSpec
+from modelplane.domain import Replica, ReplicaState
+from modelplane.registry.deployments import DeploymentRecord, DeploymentStore
+from modelplane.scheduler.planning import Desired, Start, Stop, plan
+from modelplane.serving.routing import Endpoint, Route, RoutingTable
+
+log = logging.getLogger("modelplane.controller")
+
+
+class Controller:
+    def __init__(
+        self,
+        deployments: DeploymentStore,
+        executor: ReplicaExecutor,
+        table: RoutingTable,
+        blob_path: Callable[[str], Path],
+        *,
+        interval_s: float = 1.0,
+        max_starts_per_minute: int = 5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._deployments = deployments
+        self._executor = executor
+        self._table = table
+        self._blob_path = blob_path
+        self._interval = interval_s
+        self._max_starts = max_starts_per_minute
+        self._clock = clock
+        self._starts: defaultdict[str, deque[float]] = defaultdict(deque)
+        self._wake = asyncio.Event()
+        self._observed: list[Replica] = []
+        self._last_failure: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # ---- what the API reads -----------------------------------------------------------------
+    def replicas(self, deployment: str) -> list[Replica]:
+        return [r for r in self._observed if r.deployment == deployment]
+
+    def last_failure(self, deployment: str) -> str | None:
+        return self._last_failure.get(deployment)
+
+    def kick(self) -> None:
+        """Reconcile now instead of at the next tick (after a deploy, say)."""
+        self._wake.set()
+
+    # ---- the loop ---------------------------------------------------------------------------
+    async def step(self) -> None:
+        records = await asyncio.to_thread(self._deployments.list)
+        by_name = {r.deployment.name: r for r in records}
+        desired = [
+            Desired(r.deployment.name, r.deployment.version, r.deployment.replicas)
+            for r in records
+        ]
+        observed = await self._executor.observe()
+        for replica in observed:
+            if replica.state == ReplicaState.FAILED and replica.message:
+                self._last_failure[replica.deployment] = replica.message
+        actions = plan(desired, observed, self._start_budget(desired))
+        for action in actions:
+            if isinstance(action, Stop):
+                log.info("stopping replica %s: %s", action.replica_id, action.reason)
+                await self._executor.stop(action.replica_id)
+            elif isinstance(action, Start):
+                await self._start(by_name[action.deployment])
+        if actions:
+            observed = await self._executor.observe()
+        self._observed = observed
+        self._publish(records, observed)
+
+    def _start_budget(self, desired: list[Desired]) -> dict[str, int]:
+        now = self._clock()
+        budget = {}
+        for d in desired:
+            history = self._starts[d.name]
+            while history and now - history[0] > 60.0:
+                history.popleft()
+            budget[d.name] = max(0, self._max_starts - len(history))
+        return budget
+
+    async def _start(self, record: DeploymentRecord) -> None:
+        version = record.version
+        spec = ReplicaSpec(
+            replica_id=uuid.uuid4().hex[:10],
+            deployment=record.deployment.name,
+            model=version.model,
+            version=version.version,
+            artifact=self._blob_path(version.artifact.digest),
+            digest=version.artifact.digest,
+        )
+        self._starts[spec.deployment].append(self._clock())
+        log.info("starting replica %s of %s (%s)", spec.replica_id, spec.deployment, version.ref)
+        await self._executor.start(spec)
+
+    def _publish(self, records: list[DeploymentRecord], observed: list[Replica]) -> None:
+        routes = []
+        for record in records:
+            d = record.deployment
+            ready = [r for r in observed if r.deployment == d.name and r.state == ReplicaState.READY]
+            version, signature = d.version, record.version.signature
+            previous = self._table.get(d.name)
+            if previous and not any(r.version == d.version for r in ready):
+                # rolling update: the old version serves until the new one is ready
+                version, signature = int(previous.version), previous.signature
+            routes.append(
+                Route(
+                    name=d.name,
+                    model=d.model,
+                    version=str(version),
+                    signature=signature,
+                    desired=d.replicas,
+                    endpoints=tuple(Endpoint(r.id, r.url) for r in ready if r.version == version),
+                )
+            )
+        self._table.publish(routes)
+
+    async def run(self) -> None:
+        while True:
+            started = time.perf_counter()
+            try:
+                await self.step()
+            except Exception:
+                log.exception("reconcile step failed; retrying")
+            elapsed = time.perf_counter() - started
+            if elapsed > 5:
+                log.warning("reconcile step took %.1fs", elapsed)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="controller")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self._executor.shutdown()

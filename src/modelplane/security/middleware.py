@@ -1,0 +1,91 @@
+"""ASGI middleware that authenticates every request except the public health checks.
+
+A caller sends ``Authorization: Bearer <key>``; a browser may instead hold the key in the
+``modelplane_key`` cookie set by ``/login``. The authenticated ``Principal`` is put in
+``scope["state"]["principal"]`` for routes to authorize against.
+"""
+
+from __future__ import annotations
+
+from http.cookies import SimpleCookie
+from typing import Protocol
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from modelplane.domain import Principal
+
+PUBLIC_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/login", "/favicon.ico"})
+COOKIE = "modelplane_key"
+
+
+class Authenticator(Protocol):
+    def authenticate(self, token: str) -> Principal | None: ...
+
+
+def _token(scope: Scope) -> str | None:
+    cookie_header = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif name == b"cookie":
+            cookie_header = value.decode("latin-1")
+    if cookie_header:
+        morsel = SimpleCookie(cookie_header).get(COOKIE)
+        if morsel is not None and morsel.value:
+            return morsel.value
+    return None
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
+        self._app = app
+        self._auth = authenticator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self._app(scope, receive, send)
+            return
+        token = _token(scope)
+        principal = self._auth.authenticate(token) if token else None
+        if principal is None:
+            await self._deny(scope, receive, send, token is not None)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self._app(scope, receive, send)
+
+    @staticmethod
+    async def _deny(scope: Scope, receive: Receive, send: Send, had_token: bool) -> None:
+        if not had_token and scope["method"] == "GET" and _wants_html(scope):
+            await send({"type": "http.response.start", "status": 303,
+                        "headers": [(b"location", b"/login"), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        message = (
+            "invalid or revoked API key"
+            if had_token
+            else "missing API key: send 'Authorization: Bearer <key>' (the admin key is in "
+            "$MODELPLANE_HOME/admin.key)"
+        )
+        body = orjson.dumps({"error": message})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"www-authenticate", b'Bearer realm="modelplane"'),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _wants_html(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"accept":
+            return b"text/html" in value
+    return False

@@ -1,0 +1,141 @@
+"""The composition root of ``modelplane serve``: builds every part and wires them together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+from starlette.types import ASGIApp
+
+from modelplane.api.app import create_app
+from modelplane.api.services import Services
+from modelplane.cluster.local import LocalExecutor
+from modelplane.domain import Role
+from modelplane.registry.blobs import LocalBlobStore
+from modelplane.registry.db import make_engine, make_sessions, migrate
+from modelplane.registry.deployments import DeploymentStore
+from modelplane.registry.keys import KeyStore
+from modelplane.registry.service import RegistryService
+from modelplane.scheduler.controller import Controller
+from modelplane.serving.gateway import Gateway
+from modelplane.serving.routing import RoutingTable
+from modelplane.settings import Settings
+
+log = logging.getLogger("modelplane")
+
+
+@dataclass(frozen=True, slots=True)
+class Platform:
+    services: Services
+    gateway: Gateway
+    app: ASGIApp
+    admin_key_created: bool
+
+
+def ensure_admin_key(keys: KeyStore, path: Path) -> bool:
+    """On first start, create an admin key and write it to ``path`` (mode 0600)."""
+    if path.exists() and keys.count() > 0:
+        return False
+    if keys.count() > 0 and not path.exists():
+        return False  # keys exist; the operator removed the file on purpose
+    _, secret = keys.create(Role.ADMIN, "admin")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    os.chmod(path, 0o600)
+    return True
+
+
+def build(settings: Settings) -> Platform:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.home, 0o700)
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    sessions = make_sessions(engine)
+    blobs = LocalBlobStore(settings.blob_dir)
+    registry = RegistryService(sessions, blobs, settings.registry.max_upload_bytes)
+    removed = registry.collect_garbage()
+    if removed:
+        log.info("removed %d leftover file(s) from an interrupted write", removed)
+    deployments = DeploymentStore(sessions, registry)
+    keys = KeyStore(sessions)
+    created = ensure_admin_key(keys, settings.admin_key_path)
+    executor = LocalExecutor(settings)
+    table = RoutingTable()
+    controller = Controller(
+        deployments,
+        executor,
+        table,
+        blobs.path,
+        interval_s=settings.scheduler.reconcile_interval_s,
+        max_starts_per_minute=settings.scheduler.max_restarts_per_minute,
+    )
+    gateway = Gateway(table, executor.token, settings.serving.request_timeout_s)
+    services = Services(settings, registry, deployments, keys, controller)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        controller.start()
+        if settings.demo:
+            from modelplane.demo import ensure_demo
+
+            try:
+                await asyncio.to_thread(ensure_demo, registry, deployments)
+            except Exception:
+                log.exception("could not set up the iris demo; the server runs without it")
+            controller.kick()
+        try:
+            yield
+        finally:
+            await controller.stop()
+            await gateway.close()
+
+    app = create_app(services, gateway, lifespan)
+    return Platform(services, gateway, app, created)
+
+
+def banner(settings: Settings, created: bool) -> str:
+    url = f"http://{settings.server.host}:{settings.server.port}"
+    key = settings.admin_key_path
+    first = "created on this first start" if created else "from an earlier start"
+    return f"""
+modelplane is up.
+  Dashboard     {url}/          (sign in with the admin key)
+  API docs      {url}/docs
+  V2 inference  {url}/v2/models/<name>/infer
+  Admin key     {key}   ({first}; keep it secret)
+
+Try it:
+  curl -s -H "Authorization: Bearer $(cat {key})" \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"inputs":[{{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}}]}}' \\
+       {url}/v2/models/iris/infer
+
+  python -c "import modelplane; print(modelplane.Client().infer('iris', \\
+      {{'float_input': [[5.1, 3.5, 1.4, 0.2]]}}))"
+"""
+
+
+def serve(settings: Settings) -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    platform = build(settings)
+    print(banner(settings, platform.admin_key_created), flush=True)
+    uvicorn.run(
+        platform.app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level="warning",
+        access_log=False,
+    )

@@ -1,0 +1,105 @@
+"""The one settings object (prefix ``MODELPLANE_``), built at the edge and passed down.
+
+Every setting is documented in ``docs/operations.md``. Nothing else in the package reads the
+environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path.home() / ".modelplane"
+GIB = 1024**3
+MIB = 1024**2
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(8001, ge=0, le=65535)
+
+
+class RegistrySettings(BaseModel):
+    max_upload_bytes: int = Field(2 * GIB, gt=0, description="Largest model file accepted by push")
+
+
+class ServingSettings(BaseModel):
+    max_request_bytes: int = Field(64 * MIB, gt=0, description="Largest inference request body")
+    max_tensor_elements: int = Field(
+        1 << 28, gt=0, description="Largest element count of one input tensor"
+    )
+    request_timeout_s: float = Field(60.0, gt=0, description="Default inference timeout")
+    replica_start_timeout_s: float = Field(120.0, gt=0)
+    intra_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads per replica; 0=auto")
+
+
+class SchedulerSettings(BaseModel):
+    reconcile_interval_s: float = Field(1.0, gt=0)
+    health_interval_s: float = Field(2.0, gt=0)
+    max_restarts_per_minute: int = Field(5, ge=1)
+
+
+class Settings(BaseSettings):
+    """All of modelplane's configuration. Environment: ``MODELPLANE_<FIELD>`` and
+    ``MODELPLANE_<SECTION>__<FIELD>`` (for example ``MODELPLANE_SERVING__REQUEST_TIMEOUT_S``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODELPLANE_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    home: Path = DEFAULT_HOME
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite:///$MODELPLANE_HOME/modelplane.db"
+    )
+    server: ServerSettings = ServerSettings()
+    registry: RegistrySettings = RegistrySettings()
+    serving: ServingSettings = ServingSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    demo: bool = Field(False, description="Train, push and deploy the iris demo on first start")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'modelplane.db'}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.home / "blobs"
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.home / "admin.key"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+
+class ClientSettings(BaseSettings):
+    """What the CLI and SDK need to find the server."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELPLANE_", extra="ignore")
+
+    url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
+    home: Path = DEFAULT_HOME
+
+    def key(self) -> str | None:
+        """The key to send: ``MODELPLANE_API_KEY``, else ``$MODELPLANE_HOME/admin.key``."""
+        if self.api_key:
+            return self.api_key
+        path = self.home / "admin.key"
+        try:
+            return path.read_text().strip() or None
+        except OSError:
+            return None
+
+
+class ReplicaSettings(BaseSettings):
+    """Settings a replica process receives from its executor (environment, never argv)."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELPLANE_REPLICA_", extra="ignore")
+
+    token: str = Field("", description="Shared secret the gateway sends to this replica")
