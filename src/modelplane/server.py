@@ -115,9 +115,9 @@ modelplane is up.
 
 Try it:
   curl -s -H "Authorization: Bearer $(cat {key})" \\
-       -H 'Content-Type: application/json' \\
-       -d '{{"inputs":[{{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}}]}}' \\
-       {url}/v2/models/iris/infer
+       -H 'Content-Type: application/json' -d @- {url}/v2/models/iris/infer <<'JSON'
+{{"inputs":[{{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}}]}}
+JSON
 
   python -c "import modelplane; print(modelplane.Client().infer('iris', \\
       {{'float_input': [[5.1, 3.5, 1.4, 0.2]]}}))"
@@ -125,9 +125,7 @@ Try it:
 
 
 def serve(settings: Settings) -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     platform = build(settings)

@@ -31,9 +31,7 @@ def _describe(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def create_app(
-    services: Services, gateway: Gateway, lifespan: Lifespan | None = None
-) -> ASGIApp:
+def create_app(services: Services, gateway: Gateway, lifespan: Lifespan | None = None) -> ASGIApp:
     app = FastAPI(
         title="modelplane",
         version=__version__,

@@ -46,8 +46,11 @@ def serve(
 
     settings = Settings()
     server = settings.server.model_copy(
-        update={k: v for k, v in {"host": host, "port": port, "grpc_port": grpc_port}.items()
-                if v is not None}
+        update={
+            k: v
+            for k, v in {"host": host, "port": port, "grpc_port": grpc_port}.items()
+            if v is not None
+        }
     )
     update: dict[str, Any] = {"server": server}
     if home is not None:
@@ -61,8 +64,9 @@ def serve(
 def push(
     path: Annotated[Path, typer.Argument(help="Model file to upload.")],
     name: Annotated[str, typer.Option("--name", "-n", help="Model name.")],
-    format: Annotated[str, typer.Option(help="auto|onnx|sklearn|torch|keras|tensorflow|"
-                                        "transformers")] = "auto",
+    format: Annotated[
+        str, typer.Option(help="auto|onnx|sklearn|torch|keras|tensorflow|transformers")
+    ] = "auto",
     description: Annotated[str, typer.Option(help="What this version is.")] = "",
     tag: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
     as_json: Json = False,
@@ -79,12 +83,21 @@ def push(
             raise errors.InvalidInput(f"{path} is not a file")
         size = path.stat().st_size
         with Progress(
-            "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-            TransferSpeedColumn(), console=console, transient=True, disable=as_json,
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=console,
+            transient=True,
+            disable=as_json,
         ) as progress:
             task = progress.add_task(f"uploading {path.name}", total=size)
             version = client.push(
-                path, name, format=format, description=description, tags=tags,
+                path,
+                name,
+                format=format,
+                description=description,
+                tags=tags,
                 progress=lambda sent: progress.update(task, completed=sent),
             )
         if as_json:
@@ -107,8 +120,12 @@ def models_list(as_json: Json = False) -> None:
     table(
         ["NAME", "LATEST", "ALIASES", "CREATED"],
         [
-            [m["name"], m["latest_version"],
-             ", ".join(f"{a}→{v}" for a, v in m["aliases"].items()), m["created_at"][:19]]
+            [
+                m["name"],
+                m["latest_version"],
+                ", ".join(f"{a}→{v}" for a, v in m["aliases"].items()),
+                m["created_at"][:19],
+            ]
             for m in models
         ],
     )
@@ -129,12 +146,19 @@ def models_show(
     if as_json:
         _print_json(detail)
         return
-    versions = detail["versions"] if "versions" in detail else [detail]
+    versions = detail.get("versions", [detail])
     table(
         ["VERSION", "FORMAT", "SIZE", "DIGEST", "ALIASES", "CREATED", "BY"],
         [
-            [v["version"], v["source_format"], human_size(v["size"]), v["digest"][:12],
-             ", ".join(v["aliases"]), v["created_at"][:19], v["created_by"]]
+            [
+                v["version"],
+                v["source_format"],
+                human_size(v["size"]),
+                v["digest"][:12],
+                ", ".join(v["aliases"]),
+                v["created_at"][:19],
+                v["created_by"],
+            ]
             for v in versions
         ],
         title=versions[0]["model"] if versions else ref,
@@ -186,8 +210,10 @@ def deploy(
     """Deploy a model version (create or update)."""
     with handled(), Client() as client:
         info = client.deploy(ref, replicas=replicas, name=name)
-        console.print(f"deploying {info['ref']} as [bold]{info['name']}[/bold] "
-                      f"({replicas} replica{'s' if replicas != 1 else ''})")
+        console.print(
+            f"deploying {info['ref']} as [bold]{info['name']}[/bold] "
+            f"({replicas} replica{'s' if replicas != 1 else ''})"
+        )
         if not wait or replicas == 0:
             return
         deadline = time.monotonic() + timeout
@@ -217,8 +243,13 @@ def deployments_list(as_json: Json = False) -> None:
     table(
         ["NAME", "MODEL", "STATE", "READY", "ENDPOINT"],
         [
-            [d["name"], d["ref"], state_style(d["state"])(d["state"]),
-             f"{d['ready_replicas']}/{d['desired_replicas']}", d["endpoint"]]
+            [
+                d["name"],
+                d["ref"],
+                state_style(d["state"])(d["state"]),
+                f"{d['ready_replicas']}/{d['desired_replicas']}",
+                d["endpoint"],
+            ]
             for d in items
         ],
     )
@@ -232,17 +263,22 @@ def deployments_status(name: str, as_json: Json = False) -> None:
     if as_json:
         _print_json(d)
         return
-    console.print(
-        f"[bold]{d['name']}[/bold]  {d['ref']}  "
-        f"{state_style(d['state'])(d['state'])}  {d['ready_replicas']}/{d['desired_replicas']} ready"
-    )
+    state = state_style(d["state"])(d["state"])
+    ready = f"{d['ready_replicas']}/{d['desired_replicas']} ready"
+    console.print(f"[bold]{d['name']}[/bold]  {d['ref']}  {state}  {ready}")
     if d["last_failure"]:
         console.print(f"last failure: {d['last_failure']}", highlight=False)
     table(
         ["REPLICA", "VERSION", "STATE", "PID", "UP", "MESSAGE"],
         [
-            [r["id"], r["version"], r["state"], r["pid"],
-             f"{time.time() - r['started_at']:.0f}s", r["message"]]
+            [
+                r["id"],
+                r["version"],
+                r["state"],
+                r["pid"],
+                f"{time.time() - r['started_at']:.0f}s",
+                r["message"],
+            ]
             for r in d["replicas"]
         ],
     )
@@ -259,8 +295,14 @@ def undeploy(name: str) -> None:
 @app.command()
 def predict(
     name: Annotated[str, typer.Argument(help="Deployed model name.")],
-    input: Annotated[str, typer.Option("--input", "-i", help="JSON, or a path to a JSON file: "
-                     "a V2 request, or {\"input_name\": [[...]]}")],
+    input: Annotated[
+        str,
+        typer.Option(
+            "--input",
+            "-i",
+            help='JSON, or a path to a JSON file: a V2 request, or {"input_name": [[...]]}',
+        ),
+    ],
     version: Annotated[str | None, typer.Option(help="Version to call.")] = None,
 ) -> None:
     """Run inference and print the outputs as JSON."""

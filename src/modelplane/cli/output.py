@@ -47,9 +47,7 @@ def handled() -> Iterator[None]:
         raise typer.Exit(exit_code(exc)) from None
 
 
-def table(
-    columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
-) -> None:
+def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
     t = Table(title=title, header_style="bold")
     for col in columns:
         t.add_column(col)

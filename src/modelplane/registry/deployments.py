@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from modelplane.domain import Deployment, ModelRef, ModelVersion
@@ -51,11 +51,11 @@ class DeploymentStore:
             raise InvalidInput(f"replicas must be between 0 and {MAX_REPLICAS}, got {replicas}")
         version = self._registry.resolve(ref)
         with self._sessions.begin() as session:
-            version_id = session.scalar(
+            version_id = session.scalars(
                 select(VersionRow.id)
                 .join(ModelRow)
                 .where(ModelRow.name == version.model, VersionRow.version == version.version)
-            )
+            ).one()
             row = session.scalar(select(DeploymentRow).where(DeploymentRow.name == name))
             stamp = now()
             if row is None:
@@ -68,7 +68,7 @@ class DeploymentStore:
                 )
                 session.add(row)
             else:
-                row.version_id = version_id  # type: ignore[assignment]  # resolved above
+                row.version_id = version_id
                 row.replicas = replicas
                 row.updated_at = stamp
             session.flush()
@@ -88,7 +88,7 @@ class DeploymentStore:
             session.delete(self._load(session, name))
 
     @staticmethod
-    def _query() -> select[tuple[DeploymentRow]]:  # type: ignore[type-arg]
+    def _query() -> Select[DeploymentRow]:
         return select(DeploymentRow).options(
             selectinload(DeploymentRow.version)
             .selectinload(VersionRow.model)

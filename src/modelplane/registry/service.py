@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -179,7 +179,7 @@ class RegistryService:
             row = self._version_row(session, ModelRef(name, version=version))
             self._refuse_if_deployed(session, [row.id], f"{name}:{version}")
             digest = row.digest
-            session.execute(AliasRow.__table__.delete().where(AliasRow.version_id == row.id))
+            session.execute(delete(AliasRow).where(AliasRow.version_id == row.id))
             session.delete(row)
         self._drop_blob_if_unused(digest)
 
@@ -188,7 +188,7 @@ class RegistryService:
             model = self._model_row(session, name)
             self._refuse_if_deployed(session, [v.id for v in model.versions], name)
             digests = {v.digest for v in model.versions}
-            session.execute(AliasRow.__table__.delete().where(AliasRow.model_id == model.id))
+            session.execute(delete(AliasRow).where(AliasRow.model_id == model.id))
             for v in list(model.versions):
                 session.delete(v)
             session.delete(model)

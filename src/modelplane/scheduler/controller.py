@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -60,8 +61,7 @@ class Controller:
         records = await asyncio.to_thread(self._deployments.list)
         by_name = {r.deployment.name: r for r in records}
         desired = [
-            Desired(r.deployment.name, r.deployment.version, r.deployment.replicas)
-            for r in records
+            Desired(r.deployment.name, r.deployment.version, r.deployment.replicas) for r in records
         ]
         observed = await self._executor.observe()
         for replica in observed:
@@ -107,7 +107,9 @@ class Controller:
         routes = []
         for record in records:
             d = record.deployment
-            ready = [r for r in observed if r.deployment == d.name and r.state == ReplicaState.READY]
+            ready = [
+                r for r in observed if r.deployment == d.name and r.state == ReplicaState.READY
+            ]
             version, signature = d.version, record.version.signature
             previous = self._table.get(d.name)
             if previous and not any(r.version == d.version for r in ready):
@@ -135,10 +137,8 @@ class Controller:
             elapsed = time.perf_counter() - started
             if elapsed > 5:
                 log.warning("reconcile step took %.1fs", elapsed)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
-            except TimeoutError:
-                pass
             self._wake.clear()
 
     def start(self) -> None:
@@ -147,8 +147,6 @@ class Controller:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         await self._executor.shutdown()

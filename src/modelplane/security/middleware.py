@@ -25,7 +25,8 @@ class Authenticator(Protocol):
 
 def _token(scope: Scope) -> str | None:
     cookie_header = None
-    for name, value in scope["headers"]:
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and token.strip():
@@ -35,7 +36,7 @@ def _token(scope: Scope) -> str | None:
     if cookie_header:
         morsel = SimpleCookie(cookie_header).get(COOKIE)
         if morsel is not None and morsel.value:
-            return morsel.value
+            return str(morsel.value)
     return None
 
 
@@ -59,8 +60,13 @@ class AuthMiddleware:
     @staticmethod
     async def _deny(scope: Scope, receive: Receive, send: Send, had_token: bool) -> None:
         if not had_token and scope["method"] == "GET" and _wants_html(scope):
-            await send({"type": "http.response.start", "status": 303,
-                        "headers": [(b"location", b"/login"), (b"content-length", b"0")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 303,
+                    "headers": [(b"location", b"/login"), (b"content-length", b"0")],
+                }
+            )
             await send({"type": "http.response.body", "body": b""})
             return
         message = (

@@ -18,7 +18,7 @@ from modelplane.serving.dataplane import DataPlane
 from modelplane.serving.responses import JSON, error_response, header_length, infer_response
 
 log = logging.getLogger("modelplane.replica")
-TOKEN_HEADER = "x-modelplane-replica-token"
+TOKEN_HEADER = "x-modelplane-replica-token"  # noqa: S105 (a header name, not a secret)
 
 
 class ReplicaTokenMiddleware:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 
 from modelplane.api.deps import allow
-from modelplane.api.schemas import DeploymentOut, DeployIn
+from modelplane.api.schemas import DeployIn, DeploymentOut
 from modelplane.api.services import Services
 from modelplane.domain import ModelRef, Principal
 from modelplane.errors import InvalidInput
@@ -22,9 +22,7 @@ def create_router(services: Services) -> APIRouter:
 
     def out(record: DeploymentRecord) -> DeploymentOut:
         name = record.deployment.name
-        return DeploymentOut.of(
-            record, controller.replicas(name), controller.last_failure(name)
-        )
+        return DeploymentOut.of(record, controller.replicas(name), controller.last_failure(name))
 
     @router.post("", response_model=DeploymentOut)
     def deploy(

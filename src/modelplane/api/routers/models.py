@@ -37,8 +37,9 @@ def create_router(services: Services) -> APIRouter:
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/octet-stream": {"schema": {"type": "string",
-                                                                    "format": "binary"}}},
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
             }
         },
     )
@@ -49,8 +50,9 @@ def create_router(services: Services) -> APIRouter:
         format: Annotated[str, Query(description="auto or a source format")] = "auto",
         description: str = "",
         tag: Annotated[list[str] | None, Query(description="KEY=VALUE, repeatable")] = None,
-        parent: Annotated[str | None, Query(description="lineage: NAME:VERSION this came from")]
-        = None,
+        parent: Annotated[
+            str | None, Query(description="lineage: NAME:VERSION this came from")
+        ] = None,
     ) -> VersionOut:
         """Upload a model file as the request body (streamed; never held whole in memory)."""
         push_request = PushRequest(

@@ -1,0 +1,1 @@
+"""Metrics, system stats, structured logs and audit events (see issue 5)."""

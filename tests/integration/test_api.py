@@ -1,0 +1,137 @@
+"""The management API and auth, in process against real SQLite and blob folder."""
+
+from __future__ import annotations
+
+import stat
+
+import httpx
+import pytest
+
+from modelplane.server import Platform, build
+from modelplane.settings import Settings
+
+
+async def test_admin_key_is_written_once_with_mode_0600(platform: Platform, settings) -> None:
+    path = settings.admin_key_path
+    assert platform.admin_key_created
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    key = path.read_text()
+    assert key.startswith("mpk_")
+    again = build(settings)
+    assert not again.admin_key_created
+    assert path.read_text() == key
+
+
+async def test_only_health_is_public(platform: Platform) -> None:
+    transport = httpx.ASGITransport(app=platform.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://m") as anon:
+        assert (await anon.get("/v2/health/live")).status_code == 200
+        assert (await anon.get("/v2/health/ready")).status_code == 200
+        for method, path in [
+            ("GET", "/v2"),
+            ("GET", "/api/v1/models"),
+            ("POST", "/v2/models/iris/infer"),
+            ("GET", "/v2/models/iris"),
+            ("POST", "/api/v1/deployments"),
+            ("GET", "/openapi.json"),
+        ]:
+            response = await anon.request(method, path)
+            assert response.status_code == 401, path
+            assert "Authorization: Bearer" in response.json()["error"]
+            assert response.headers["www-authenticate"].startswith("Bearer")
+        wrong = await anon.get("/api/v1/models", headers={"Authorization": "Bearer mpk_x_y"})
+        assert wrong.status_code == 401
+        assert "invalid or revoked" in wrong.json()["error"]
+        browser = await anon.get("/", headers={"Accept": "text/html"})
+        assert browser.status_code == 303
+        assert browser.headers["location"] == "/login"
+
+
+async def test_browser_login_sets_a_cookie_that_authenticates(platform, admin_key) -> None:
+    transport = httpx.ASGITransport(app=platform.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://m") as browser:
+        assert (await browser.get("/login")).status_code == 200
+        response = await browser.post("/login", data={"key": admin_key})
+        assert response.status_code == 303
+        assert (await browser.get("/api/v1/models")).status_code == 200
+        assert "modelplane" in (await browser.get("/")).text
+
+
+async def test_push_list_show_alias(api: httpx.AsyncClient, iris_bytes: bytes) -> None:
+    response = await api.post(
+        "/api/v1/models/iris/versions",
+        content=iris_bytes,
+        params={"description": "first", "tag": ["team=ml", "stage=dev"]},
+    )
+    assert response.status_code == 201, response.text
+    version = response.json()
+    assert version["ref"] == "iris:1"
+    assert version["tags"] == {"team": "ml", "stage": "dev"}
+    assert len(version["digest"]) == 64
+    assert version["created_by"] == "admin"
+    assert (await api.put("/api/v1/models/iris/aliases/production", json={"version": 1})).is_success
+    models = (await api.get("/api/v1/models")).json()
+    assert models[0]["name"] == "iris"
+    assert models[0]["aliases"] == {"production": 1}
+    by_alias = (await api.get("/api/v1/models/iris/versions/production")).json()
+    assert by_alias["version"] == 1
+    detail = (await api.get("/api/v1/models/iris")).json()
+    assert [v["version"] for v in detail["versions"]] == [1]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "message"),
+    [
+        ("POST", "/api/v1/models/iris/versions", {"content": b"nope"}, 422, "not a valid ONNX"),
+        ("POST", "/api/v1/models/Bad!/versions", {"content": b"x"}, 400, "invalid model name"),
+        ("POST", "/api/v1/models/iris/versions?tag=oops", {"content": b"x"}, 400, "KEY=VALUE"),
+        ("GET", "/api/v1/models/ghost", {}, 404, "model 'ghost' not found"),
+        ("POST", "/api/v1/deployments", {"json": {"model": "ghost"}}, 404, "not found"),
+        ("POST", "/api/v1/deployments", {"json": {"model": "a:b"}}, 400, "NAME:VERSION"),
+        ("POST", "/api/v1/deployments", {"json": {"replicas": 1}}, 400, "model"),
+        ("POST", "/api/v1/deployments", {"content": b"{bad"}, 400, "invalid request"),
+        ("GET", "/v2/models/ghost", {}, 404, "not deployed"),
+    ],
+)
+async def test_bad_management_calls_get_clear_errors(api, method, path, kwargs, status, message):
+    response = await api.request(method, path, **kwargs)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+async def test_upload_limit_is_413(settings: Settings, tmp_path, iris_bytes) -> None:
+    small = settings.model_copy(
+        update={"registry": settings.registry.model_copy(update={"max_upload_bytes": 100})}
+    )
+    platform = build(small)
+    key = small.admin_key_path.read_text().strip()
+    transport = httpx.ASGITransport(app=platform.app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://m", headers={"Authorization": f"Bearer {key}"}
+    ) as api:
+        response = await api.post("/api/v1/models/iris/versions", content=iris_bytes)
+        assert response.status_code == 413
+        assert "MAX_UPLOAD_BYTES" in response.json()["error"]
+        assert (await api.get("/api/v1/models")).json() == []
+
+
+async def test_deploy_records_desired_state_and_blocks_deletion(api, iris_bytes) -> None:
+    await api.post("/api/v1/models/iris/versions", content=iris_bytes)
+    response = await api.post("/api/v1/deployments", json={"model": "iris:1", "replicas": 2})
+    assert response.status_code == 200, response.text
+    deployment = response.json()
+    assert deployment["desired_replicas"] == 2
+    assert deployment["state"] == "pending"
+    assert deployment["endpoint"] == "/v2/models/iris/infer"
+    conflict = await api.delete("/api/v1/models/iris/versions/1")
+    assert conflict.status_code == 409
+    assert "deployment(s) iris" in conflict.json()["error"]
+    assert (await api.delete("/api/v1/deployments/iris")).status_code == 204
+    assert (await api.delete("/api/v1/models/iris/versions/1")).status_code == 204
+
+
+async def test_openapi_documents_the_management_api(api) -> None:
+    spec = (await api.get("/openapi.json")).json()
+    assert "/api/v1/models/{name}/versions" in spec["paths"]
+    assert "/api/v1/deployments" in spec["paths"]
+    assert "/v2/models/{name}/infer" in spec["paths"]

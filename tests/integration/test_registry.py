@@ -1,0 +1,142 @@
+"""The registry on real SQLite and a real blob folder."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from modelplane.domain import ModelRef
+from modelplane.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, UnsupportedModel
+from modelplane.registry.blobs import LocalBlobStore
+from modelplane.registry.db import make_engine, make_sessions, migrate
+from modelplane.registry.deployments import DeploymentStore
+from modelplane.registry.service import PushRequest, RegistryService
+from modelplane.settings import Settings
+
+
+async def chunks(data: bytes, size: int = 100) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+@pytest.fixture
+def stores(settings: Settings) -> tuple[RegistryService, DeploymentStore, LocalBlobStore]:
+    settings.home.mkdir(parents=True)
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    migrate(engine)  # idempotent
+    sessions = make_sessions(engine)
+    blobs = LocalBlobStore(settings.blob_dir)
+    registry = RegistryService(sessions, blobs, max_upload=10_000)
+    return registry, DeploymentStore(sessions, registry), blobs
+
+
+async def test_versions_are_numbered_and_content_addressed(stores, iris_bytes) -> None:
+    registry, _, blobs = stores
+    first = await registry.push(PushRequest("iris", description="v1"), chunks(iris_bytes))
+    second = await registry.push(PushRequest("iris", tags={"a": "b"}), chunks(iris_bytes))
+    assert (first.version, second.version) == (1, 2)
+    assert first.artifact.digest == second.artifact.digest
+    assert list(blobs.digests()) == [first.artifact.digest]
+    assert blobs.verify(first.artifact.digest)
+    assert first.signature.inputs[0].to_dict() == {
+        "name": "float_input",
+        "datatype": "FP32",
+        "shape": [-1, 4],
+    }
+    assert registry.resolve(ModelRef("iris")).version == 2
+    assert registry.resolve(ModelRef("iris", version=1)).description == "v1"
+    assert registry.resolve(ModelRef("iris", version=2)).tags == {"a": "b"}
+
+
+async def test_aliases_point_at_versions(stores, iris_bytes) -> None:
+    registry, _, _ = stores
+    await registry.push(PushRequest("iris"), chunks(iris_bytes))
+    await registry.push(PushRequest("iris"), chunks(iris_bytes))
+    registry.set_alias("iris", 1, "production")
+    assert registry.resolve(ModelRef("iris", alias="production")).version == 1
+    registry.set_alias("iris", 2, "production")
+    resolved = registry.resolve(ModelRef("iris", alias="production"))
+    assert resolved.version == 2
+    assert resolved.aliases == ("production",)
+    with pytest.raises(NotFound, match="no alias 'staging'"):
+        registry.resolve(ModelRef("iris", alias="staging"))
+    with pytest.raises(InvalidInput, match="invalid alias"):
+        registry.set_alias("iris", 1, "7")
+
+
+async def test_a_bad_upload_leaves_nothing_behind(stores, iris_bytes, settings) -> None:
+    registry, _, blobs = stores
+    with pytest.raises(UnsupportedModel, match="not a valid ONNX model"):
+        await registry.push(PushRequest("junk"), chunks(b"this is not onnx"))
+    with pytest.raises(PayloadTooLarge, match="larger than the limit"):
+        await registry.push(PushRequest("big"), chunks(b"x" * 20_000))
+    with pytest.raises(UnsupportedModel, match="empty"):
+        await registry.push(PushRequest("empty"), chunks(b""))
+    with pytest.raises(InvalidInput, match="invalid model name"):
+        await registry.push(PushRequest("../etc"), chunks(iris_bytes))
+    assert registry.list_models() == []
+    assert list(blobs.digests()) == []
+    assert list((settings.blob_dir / "staging").iterdir()) == []
+
+
+async def test_unsupported_formats_say_how_to_proceed(stores, iris_bytes) -> None:
+    registry, _, _ = stores
+    with pytest.raises(UnsupportedModel, match="convert the model to ONNX"):
+        await registry.push(PushRequest("m", source_format="torch"), chunks(iris_bytes))
+    with pytest.raises(InvalidInput, match="unknown format"):
+        await registry.push(PushRequest("m", source_format="pickle"), chunks(iris_bytes))
+
+
+async def test_deployed_versions_cannot_be_deleted(stores, iris_bytes) -> None:
+    registry, deployments, blobs = stores
+    await registry.push(PushRequest("iris"), chunks(iris_bytes))
+    await registry.push(PushRequest("iris"), chunks(iris_bytes[:-1] + b"\x00"))
+    deployments.apply(ModelRef("iris", version=1), replicas=1)
+    with pytest.raises(Conflict, match="used by deployment"):
+        registry.delete_version("iris", 1)
+    with pytest.raises(Conflict):
+        registry.delete_model("iris")
+    registry.delete_version("iris", 2)
+    assert len(list(blobs.digests())) == 1
+    deployments.delete("iris")
+    registry.delete_model("iris")
+    assert registry.list_models() == []
+    assert list(blobs.digests()) == []
+
+
+async def test_version_numbers_are_never_reused(stores, iris_bytes) -> None:
+    registry, _, _ = stores
+    await registry.push(PushRequest("iris"), chunks(iris_bytes))
+    await registry.push(PushRequest("iris"), chunks(iris_bytes))
+    registry.delete_version("iris", 2)
+    third = await registry.push(PushRequest("iris"), chunks(iris_bytes))
+    assert third.version == 3
+
+
+async def test_garbage_collection_removes_orphans_only(stores, iris_bytes, settings) -> None:
+    registry, _, blobs = stores
+    kept = await registry.push(PushRequest("iris"), chunks(iris_bytes))
+    # what a crash leaves: a staging file, and a blob whose version was never recorded
+    (settings.blob_dir / "staging" / "dead.part").write_bytes(b"partial")
+    orphan = blobs.stage(1000)
+    orphan.write(b"orphan bytes")
+    orphan_digest = orphan.commit().digest
+    assert registry.collect_garbage() == 2
+    assert list(blobs.digests()) == [kept.artifact.digest]
+    assert orphan_digest != kept.artifact.digest
+
+
+async def test_deployments_are_desired_state(stores, iris_bytes) -> None:
+    registry, deployments, _ = stores
+    await registry.push(PushRequest("iris"), chunks(iris_bytes))
+    registry.set_alias("iris", 1, "production")
+    record = deployments.apply(ModelRef("iris", alias="production"), replicas=2)
+    assert (record.deployment.name, record.deployment.version) == ("iris", 1)
+    record = deployments.apply(ModelRef("iris"), replicas=3, name="iris-canary")
+    assert [d.deployment.name for d in deployments.list()] == ["iris", "iris-canary"]
+    with pytest.raises(InvalidInput, match="between 0 and 64"):
+        deployments.apply(ModelRef("iris"), replicas=100)
+    with pytest.raises(NotFound, match="not found"):
+        deployments.apply(ModelRef("nope"), replicas=1)

@@ -1,0 +1,31 @@
+import pytest
+
+from modelplane.domain import ModelRef
+from modelplane.domain.model import alias_problem, name_problem
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("iris", ModelRef("iris")),
+        ("iris:2", ModelRef("iris", version=2)),
+        ("iris@production", ModelRef("iris", alias="production")),
+    ],
+)
+def test_parse_accepts_the_three_forms(text: str, expected: ModelRef) -> None:
+    assert ModelRef.parse(text) == expected
+    assert str(ModelRef.parse(text)) == text
+
+
+@pytest.mark.parametrize("text", ["", "iris:", "iris:0", "iris:x", "iris@", "@prod", "iris@1"])
+def test_parse_rejects_bad_references_with_a_hint(text: str) -> None:
+    with pytest.raises(ValueError, match="NAME:VERSION"):
+        ModelRef.parse(text)
+
+
+def test_names_and_aliases_are_checked() -> None:
+    assert name_problem("fraud-v2.1") is None
+    assert "invalid model name" in (name_problem("../etc") or "")
+    assert name_problem("Iris") is not None
+    assert alias_problem("production") is None
+    assert alias_problem("42") is not None
