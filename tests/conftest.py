@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,8 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def platform(settings: Settings) -> Iterator[Platform]:
-    yield build(settings)
+def platform(settings: Settings) -> Platform:
+    return build(settings)
 
 
 @pytest.fixture

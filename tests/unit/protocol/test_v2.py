@@ -141,8 +141,8 @@ def test_bytes_tensors_in_json_and_binary() -> None:
     decoded = decode_request(body, None, sig, LIMITS)
     assert decoded.inputs["s"].tolist() == ["héllo", ""]
     blob = b"".join(struct.pack("<I", len(b)) + b for b in (b"ab", b"xyz"))
-    header = orjson.dumps({"inputs": [{"name": "s", "shape": [2], "datatype": "BYTES",
-                                       "parameters": {"binary_data_size": len(blob)}}]})  # fmt: skip
+    tensor = {"name": "s", "shape": [2], "datatype": "BYTES"}
+    header = orjson.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(blob)}}]})
     decoded = decode_request(header + blob, len(header), sig, LIMITS)
     assert decoded.inputs["s"].tolist() == ["ab", "xyz"]
     decoded.binary_output = True

@@ -1,0 +1,102 @@
+"""Crashes and restarts: nothing half-written is visible, deployments come back by themselves."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from modelplane.testing import wait_for
+
+pytestmark = pytest.mark.e2e
+
+GOOD = {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32",
+                    "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
+
+
+def push(server, path: Path, name: str = "iris") -> None:
+    result = server.cli("push", str(path), "--name", name)
+    assert result.returncode == 0, result.stderr
+
+
+def infer_ok(server) -> bool:
+    response = httpx.post(f"{server.url}/v2/models/iris/infer", headers=server.auth, json=GOOD)
+    return response.status_code == 200 and response.json()["outputs"][0]["data"] == [0]
+
+
+def replica_pids(server) -> list[int]:
+    return [int(r["pid"]) for r in server.deployment("iris")["replicas"]]  # type: ignore[index]
+
+
+def test_restart_brings_deployments_back_without_a_push(server_factory, iris_file) -> None:
+    server = server_factory()
+    server.start()
+    push(server, iris_file)
+    assert server.cli("deploy", "iris", "--replicas", "2").returncode == 0
+    assert infer_ok(server)
+    old_pids = replica_pids(server)
+
+    server.stop()  # a clean stop takes its replicas with it
+    for pid in old_pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+    server.start()
+    wait_for(lambda: server.deployment("iris")["state"] == "ready", timeout=60)
+    assert infer_ok(server)
+    assert set(replica_pids(server)).isdisjoint(old_pids)
+
+
+def test_kill_9_during_a_push_leaves_a_consistent_registry(server_factory, iris_file) -> None:
+    server = server_factory()
+    server.start()
+    push(server, iris_file)
+    assert server.cli("deploy", "iris").returncode == 0
+    staging = server.home / "blobs" / "staging"
+
+    # an upload that announces 64 MiB, sends 2 MiB, and is cut off by the crash
+    with socket.create_connection(("127.0.0.1", server.port)) as conn:
+        head = (
+            f"POST /api/v1/models/iris/versions HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {server.key}\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {64 << 20}\r\n\r\n"
+        )
+        conn.sendall(head.encode() + os.urandom(2 << 20))
+        wait_for(lambda: any(staging.iterdir()), timeout=30)
+        old_pids = replica_pids(server)
+        server.stop(signal.SIGKILL)
+
+    # the orphaned replicas notice and exit by themselves
+    wait_for(lambda: not any(psutil.pid_exists(p) for p in old_pids), timeout=15)
+
+    server.start()
+    assert list(staging.iterdir()) == []
+    models = server.cli("models", "show", "iris", "--json")
+    versions = json.loads(models.stdout)["versions"]
+    assert [v["version"] for v in versions] == [1]
+    blobs = {p.name for p in (server.home / "blobs" / "sha256").glob("*/*")}
+    assert blobs == {versions[0]["digest"]}
+    wait_for(lambda: server.deployment("iris")["state"] == "ready", timeout=60)
+    assert infer_ok(server)
+    # and the next push gets the next number
+    push(server, iris_file)
+    assert server.cli("models", "show", "iris:2").returncode == 0
+
+
+def test_a_replica_that_dies_is_replaced(server_factory, iris_file) -> None:
+    server = server_factory()
+    server.start()
+    push(server, iris_file)
+    assert server.cli("deploy", "iris").returncode == 0
+    [pid] = replica_pids(server)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(
+        lambda: server.deployment("iris")["state"] == "ready" and replica_pids(server) != [pid],
+        timeout=60,
+    )
+    assert infer_ok(server)
