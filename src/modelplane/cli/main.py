@@ -124,7 +124,7 @@ def models_list(as_json: Json = False) -> None:
                 m["name"],
                 m["latest_version"],
                 ", ".join(f"{a}→{v}" for a, v in m["aliases"].items()),
-                m["created_at"][:19],
+                m["created_at"][:16].replace("T", " "),
             ]
             for m in models
         ],
@@ -156,7 +156,7 @@ def models_show(
                 human_size(v["size"]),
                 v["digest"][:12],
                 ", ".join(v["aliases"]),
-                v["created_at"][:19],
+                v["created_at"][:16].replace("T", " "),
                 v["created_by"],
             ]
             for v in versions
