@@ -134,4 +134,3 @@ async def test_openapi_documents_the_management_api(api) -> None:
     spec = (await api.get("/openapi.json")).json()
     assert "/api/v1/models/{name}/versions" in spec["paths"]
     assert "/api/v1/deployments" in spec["paths"]
-    assert "/v2/models/{name}/infer" in spec["paths"]

@@ -1,48 +1,73 @@
-"""A replica's V2 surface in process: real ONNX Runtime, every datatype, every bad input."""
+"""A replica's core in process: real ONNX Runtime, every datatype, every bad input, batching."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import orjson
 import pytest
 
+from modelplane.protocol import frames
 from modelplane.protocol.v2 import Limits
+from modelplane.runtime.batching import BatchingConfig, BatchingRuntime
 from modelplane.runtime.onnx import OnnxRuntime
 from modelplane.serving.dataplane import DataPlane
-from modelplane.serving.replica_app import TOKEN_HEADER, create_replica_app
 from modelplane.testing import identity_onnx
 
-TOKEN = "t0ken"
-ReplicaFactory = Callable[[bytes], Any]
+
+class Reply:
+    def __init__(self, frame: frames.ResponseFrame) -> None:
+        self.status_code = frame.status
+        self.content = frame.payload
+        self.header_length = frame.header_len
+
+    def json(self) -> Any:
+        return orjson.loads(self.content)
+
+
+class ReplicaCore:
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self._ids = 0
+
+    async def send(
+        self, op: int, body: bytes = b"", header_len: int | None = None, timeout_ms: int = 0
+    ) -> Reply:
+        self._ids += 1
+        request = frames.RequestFrame(self._ids, op, timeout_ms, header_len, body)
+        # through the codec too, as the socket would carry it
+        [decoded] = frames.request_reader().feed(frames.encode_request(request))
+        response = await self.plane.handle(decoded)
+        [back] = frames.response_reader().feed(frames.encode_response(response))
+        return Reply(back)
+
+    async def infer(self, body: Any, header_len: int | None = None, timeout_ms: int = 0) -> Reply:
+        raw = body if isinstance(body, bytes) else orjson.dumps(body)
+        return await self.send(frames.INFER, raw, header_len, timeout_ms)
+
+
+ReplicaFactory = Callable[..., ReplicaCore]
 
 
 @pytest.fixture
-async def replica(tmp_path: Path) -> AsyncIterator[ReplicaFactory]:
-    clients: list[httpx.AsyncClient] = []
+def replica(tmp_path: Path) -> ReplicaFactory:
+    count = [0]
 
-    def make(model: bytes, max_bytes: int = 1 << 20) -> httpx.AsyncClient:
-        path = tmp_path / f"m{len(clients)}.onnx"
+    def make(model: bytes, batching: BatchingConfig | None = None) -> ReplicaCore:
+        count[0] += 1
+        path = tmp_path / f"m{count[0]}.onnx"
         path.write_bytes(model)
-        plane = DataPlane("m", "1", OnnxRuntime(path), Limits(max_elements=10_000))
+        runtime = BatchingRuntime(OnnxRuntime(path), batching or BatchingConfig())
+        plane = DataPlane("m", "1", runtime, Limits(max_elements=10_000))
         plane.load()
-        app = create_replica_app(plane, TOKEN, max_bytes)
-        client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://replica",
-            headers={TOKEN_HEADER: TOKEN},
-        )
-        clients.append(client)
-        return client
+        return ReplicaCore(plane)
 
-    yield make
-    for c in clients:
-        await c.aclose()
+    return make
 
 
 JSON_VALUES = {
@@ -68,7 +93,7 @@ async def test_every_datatype_round_trips_as_json(replica, datatype: str) -> Non
     values = JSON_VALUES[datatype]
     body = {"id": "7", "inputs": [{"name": "x", "shape": [2, 2], "datatype": datatype,
                                    "data": values}]}  # fmt: skip
-    response = await client.post("/v2/models/m/infer", content=orjson.dumps(body))
+    response = await client.infer(body)
     assert response.status_code == 200, response.text
     doc = response.json()
     assert doc["id"] == "7"
@@ -95,13 +120,10 @@ async def test_every_datatype_round_trips_as_binary(replica, datatype: str) -> N
             "parameters": {"binary_data_output": True},
         }
     )  # fmt: skip
-    response = await client.post(
-        "/v2/models/m/infer",
-        content=header + blob,
-        headers={"Inference-Header-Content-Length": str(len(header))},
-    )
-    assert response.status_code == 200, response.text
-    length = int(response.headers["inference-header-content-length"])
+    response = await client.infer(header + blob, len(header))
+    assert response.status_code == 200, response.content
+    length = response.header_length
+    assert length is not None
     doc = orjson.loads(response.content[:length])
     assert doc["outputs"][0]["parameters"]["binary_data_size"] == len(blob)
     assert response.content[length:] == blob
@@ -109,19 +131,11 @@ async def test_every_datatype_round_trips_as_binary(replica, datatype: str) -> N
 
 async def test_metadata_and_health(replica, iris_bytes) -> None:
     client = replica(iris_bytes)
-    assert (await client.get("/v2/health/ready")).status_code == 200
-    assert (await client.get("/v2/models/m/ready")).status_code == 200
-    meta = (await client.get("/v2/models/m")).json()
+    assert (await client.send(frames.READY)).status_code == 200
+    meta = (await client.send(frames.METADATA)).json()
     assert meta["inputs"] == [{"name": "float_input", "datatype": "FP32", "shape": [-1, 4]}]
     assert [o["name"] for o in meta["outputs"]] == ["label", "probabilities"]
-    assert (await client.get("/v2/models/other")).status_code == 404
-    assert (await client.get("/v2/models/m/versions/9")).status_code == 404
-
-
-async def test_token_is_required(replica, iris_bytes) -> None:
-    client = replica(iris_bytes)
-    response = await client.get("/v2/health/live", headers={TOKEN_HEADER: "wrong"})
-    assert response.status_code == 401
+    assert (await client.send(99)).status_code == 400
 
 
 async def test_iris_matches_scikit_learn(replica, iris_bytes, iris_sklearn) -> None:
@@ -131,7 +145,7 @@ async def test_iris_matches_scikit_learn(replica, iris_bytes, iris_sklearn) -> N
     x = load_iris().data[::10].astype(np.float32)
     body = {"inputs": [{"name": "float_input", "shape": list(x.shape), "datatype": "FP32",
                         "data": x.tolist()}], "outputs": [{"name": "probabilities"}]}  # fmt: skip
-    response = await client.post("/v2/models/m/infer", json=body)
+    response = await client.infer(body)
     out = response.json()["outputs"]
     assert [o["name"] for o in out] == ["probabilities"]
     got = np.array(out[0]["data"]).reshape(out[0]["shape"])
@@ -148,29 +162,60 @@ def with_input(**changes: Any) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("path", "body", "status", "message"),
+    ("body", "status", "message"),
     [
-        ("/v2/models/nope/infer", orjson.dumps(GOOD), 404, "not served here"),
-        ("/v2/models/m/versions/2/infer", orjson.dumps(GOOD), 404, "version 2"),
-        ("/v2/models/m/infer", b"{", 400, "not valid JSON"),
-        ("/v2/models/m/infer", with_input(name="X"), 400, "unknown input 'X'"),
-        ("/v2/models/m/infer", orjson.dumps({"inputs": [{"name": "float_input",
+        (b"{", 400, "not valid JSON"),
+        (with_input(name="X"), 400, "unknown input 'X'"),
+        (orjson.dumps({"inputs": [{"name": "float_input",
          "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}, {"name": "extra",
          "shape": [1], "datatype": "FP32", "data": [1]}]}), 400, "unknown input 'extra'"),
-        ("/v2/models/m/infer", with_input(datatype="FP64"), 400, "expected datatype FP32"),
-        ("/v2/models/m/infer", with_input(shape=[2, 4]), 400, "needs 8 elements, got 4"),
-        ("/v2/models/m/infer", with_input(shape=[1, -4]), 400, "negative dimension"),
-        ("/v2/models/m/infer", with_input(shape=[10**12, 4]), 400, "over the limit"),
-        ("/v2/models/m/infer", with_input(shape=[1, 3]), 400, "expected shape [-1, 4]"),
-        ("/v2/models/m/infer", b"x" * 2000, 413, "over the limit of 1000 bytes"),
+        (with_input(datatype="FP64"), 400, "expected datatype FP32"),
+        (with_input(shape=[2, 4]), 400, "needs 8 elements, got 4"),
+        (with_input(shape=[1, -4]), 400, "negative dimension"),
+        (with_input(shape=[10**12, 4]), 400, "over the limit"),
+        (with_input(shape=[1, 3]), 400, "expected shape [-1, 4]"),
+        (orjson.dumps({**GOOD, "parameters": {"timeout": "soon"}}), 400, "positive integer"),
     ],
 )  # fmt: skip
 async def test_bad_inputs_get_clear_4xx_and_replica_keeps_serving(
-    replica, iris_bytes, path: str, body: bytes, status: int, message: str
+    replica, iris_bytes, body: bytes, status: int, message: str
 ) -> None:
-    client = replica(iris_bytes, max_bytes=1000)
-    response = await client.post(path, content=body)
+    client = replica(iris_bytes)
+    response = await client.infer(body)
     assert response.status_code == status
     assert message in response.json()["error"]
-    again = await client.post("/v2/models/m/infer", json=GOOD)
+    again = await client.infer(GOOD)
     assert again.status_code == 200
+
+
+async def test_concurrent_requests_are_batched_and_answered_each(replica, iris_bytes) -> None:
+    from sklearn.datasets import load_iris
+
+    client = replica(iris_bytes, BatchingConfig(max_batch_size=16))
+    x = load_iris().data.astype(np.float32)
+    bodies = [
+        {"id": str(i), "inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32",
+                                   "data": x[i].tolist()}]}
+        for i in range(len(x))
+    ]  # fmt: skip
+    replies = await asyncio.gather(*(client.infer(b) for b in bodies))
+    runtime = client.plane._runtime
+    assert max(runtime.batch_sizes) > 1, runtime.batch_sizes
+    assert sum(size * n for size, n in runtime.batch_sizes.items()) == len(x)
+    # compared with ONNX Runtime run directly on the whole set
+    expected = runtime._inner.run({"float_input": x}, ["label", "probabilities"])
+    for i, reply in enumerate(replies):
+        doc = reply.json()
+        assert doc["id"] == str(i)
+        proba = np.array(doc["outputs"][1]["data"], dtype=np.float32)
+        np.testing.assert_allclose(proba, expected["probabilities"][i], atol=1e-6)
+        assert doc["outputs"][0]["data"] == [int(expected["label"][i])]
+
+
+async def test_a_timeout_ends_a_slow_request_with_a_clear_error(replica, iris_bytes) -> None:
+    client = replica(iris_bytes, BatchingConfig(max_batch_size=8, max_queue_delay_s=0.5))
+    reply = await client.infer({**GOOD, "parameters": {"timeout": 20_000}})  # 20 ms, in µs
+    assert reply.status_code == 504
+    assert "timeout of 20 ms" in reply.json()["error"]
+    reply = await client.infer(GOOD, timeout_ms=30)
+    assert reply.status_code == 504

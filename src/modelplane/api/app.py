@@ -18,7 +18,7 @@ from modelplane.dashboard.pages import create_router as dashboard_router
 from modelplane.errors import ModelplaneError
 from modelplane.security.middleware import AuthMiddleware
 from modelplane.serving.gateway import Gateway
-from modelplane.serving.http import create_v2_router
+from modelplane.serving.http import V2Surface
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
@@ -49,8 +49,6 @@ def create_app(services: Services, gateway: Gateway, lifespan: Lifespan | None =
 
     app.include_router(models.create_router(services))
     app.include_router(deployments.create_router(services))
-    app.include_router(
-        create_v2_router(gateway, __version__, services.settings.serving.max_request_bytes)
-    )
     app.include_router(dashboard_router())
-    return AuthMiddleware(app, services.keys)
+    max_body = services.settings.serving.max_request_bytes
+    return AuthMiddleware(V2Surface(app, gateway, __version__, max_body), services.keys)

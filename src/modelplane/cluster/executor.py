@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from modelplane.domain import Replica
+from modelplane.domain import Replica, ServingConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +19,8 @@ class ReplicaSpec:
     version: int
     artifact: Path
     digest: str
+    revision: str = ""
+    config: ServingConfig = field(default_factory=ServingConfig)
 
 
 class ReplicaExecutor(Protocol):

@@ -13,11 +13,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
-import httpx
-
 from modelplane.cluster.executor import ReplicaSpec
 from modelplane.domain import Replica, ReplicaState
-from modelplane.serving.replica_app import TOKEN_HEADER
+from modelplane.serving.replica_client import probe
 from modelplane.settings import Settings
 
 UNHEALTHY_AFTER = 3  # failed probes in a row before a ready replica counts as unhealthy
@@ -66,9 +64,12 @@ class LocalExecutor:
             "--digest", spec.digest,
             "--uds", str(socket),
             "--threads", str(serving.intra_op_threads),
-            "--max-request-bytes", str(serving.max_request_bytes),
             "--max-elements", str(serving.max_tensor_elements),
+            "--max-batch-size", str(spec.config.max_batch_size),
+            "--max-queue-delay-ms", str(spec.config.max_queue_delay_ms),
         ]  # fmt: skip
+        for size in spec.config.preferred_batch_sizes:
+            command += ["--preferred-batch-size", str(size)]
         env = {**os.environ, "MODELPLANE_REPLICA_TOKEN": self._token}
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         replica = Replica(
@@ -80,6 +81,7 @@ class LocalExecutor:
             state=ReplicaState.STARTING,
             started_at=time.time(),
             pid=proc.pid,
+            revision=spec.revision,
         )
         self._procs[spec.replica_id] = _Process(replica, proc, socket, log)
         return replica
@@ -100,15 +102,7 @@ class LocalExecutor:
     async def _probe(self, entry: _Process) -> bool:
         if not entry.socket.exists():
             return False
-        transport = httpx.AsyncHTTPTransport(uds=str(entry.socket))
-        try:
-            async with httpx.AsyncClient(transport=transport, base_url="http://replica") as c:
-                response = await c.get(
-                    "/v2/health/ready", headers={TOKEN_HEADER: self._token}, timeout=2.0
-                )
-            return response.status_code == 200
-        except httpx.HTTPError:
-            return False
+        return await probe(entry.replica.url, self._token)
 
     async def _check(self, entry: _Process) -> Replica:
         replica = entry.replica

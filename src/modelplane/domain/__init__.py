@@ -1,7 +1,7 @@
 """Pure data of modelplane: no I/O, imports nothing else of ours."""
 
 from modelplane.domain.auth import ApiKey, Principal, Role
-from modelplane.domain.deployment import Deployment, Replica, ReplicaState
+from modelplane.domain.deployment import Deployment, Replica, ReplicaState, ServingConfig
 from modelplane.domain.model import Artifact, Model, ModelRef, ModelVersion
 from modelplane.domain.signature import DATATYPES, Signature, TensorSpec
 
@@ -17,6 +17,7 @@ __all__ = [
     "Replica",
     "ReplicaState",
     "Role",
+    "ServingConfig",
     "Signature",
     "TensorSpec",
 ]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 
 class ReplicaState(enum.StrEnum):
@@ -36,6 +39,34 @@ def can_transition(old: ReplicaState, new: ReplicaState) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class ServingConfig:
+    """How a deployment serves: batching and back-pressure. Validated where it enters (API)."""
+
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 0.0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queued_requests: int = 256
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "max_batch_size": self.max_batch_size,
+            "max_queue_delay_ms": self.max_queue_delay_ms,
+            "preferred_batch_sizes": list(self.preferred_batch_sizes),
+            "max_queued_requests": self.max_queued_requests,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServingConfig:
+        default = cls()
+        return cls(
+            max_batch_size=int(data.get("max_batch_size", default.max_batch_size)),
+            max_queue_delay_ms=float(data.get("max_queue_delay_ms", default.max_queue_delay_ms)),
+            preferred_batch_sizes=tuple(int(x) for x in data.get("preferred_batch_sizes", ())),
+            max_queued_requests=int(data.get("max_queued_requests", default.max_queued_requests)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Deployment:
     """What the user asked for: ``replicas`` copies of one model version serving as ``name``."""
 
@@ -45,10 +76,17 @@ class Deployment:
     replicas: int
     created_at: datetime
     updated_at: datetime
+    config: ServingConfig = field(default_factory=ServingConfig)
 
     @property
     def ref(self) -> str:
         return f"{self.model}:{self.version}"
+
+    @property
+    def revision(self) -> str:
+        """Changes whenever replicas must be replaced: a new version or serving config."""
+        config = ",".join(f"{k}={v}" for k, v in sorted(self.config.to_dict().items()))
+        return hashlib.sha256(f"{self.model}:{self.version}|{config}".encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +102,4 @@ class Replica:
     started_at: float
     pid: int | None = None
     message: str = ""
+    revision: str = ""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from modelplane.domain import Deployment, ModelRef, ModelVersion
+from modelplane.domain import Deployment, ModelRef, ModelVersion, ServingConfig
 from modelplane.domain.model import name_problem
 from modelplane.errors import InvalidInput, NotFound
 from modelplane.registry.service import RegistryService, now, to_version
@@ -32,6 +32,7 @@ def _record(row: DeploymentRow) -> DeploymentRecord:
             replicas=row.replicas,
             created_at=row.created_at,
             updated_at=row.updated_at,
+            config=ServingConfig.from_dict(row.config or {}),
         ),
         version,
     )
@@ -42,8 +43,15 @@ class DeploymentStore:
         self._sessions = sessions
         self._registry = registry
 
-    def apply(self, ref: ModelRef, replicas: int, name: str | None = None) -> DeploymentRecord:
-        """Create or update the deployment ``name`` (default: the model's name)."""
+    def apply(
+        self,
+        ref: ModelRef,
+        replicas: int,
+        name: str | None = None,
+        config: ServingConfig | None = None,
+    ) -> DeploymentRecord:
+        """Create or update the deployment ``name`` (default: the model's name). ``config``
+        None keeps an existing deployment's serving configuration."""
         name = name or ref.name
         if problem := name_problem(name):
             raise InvalidInput(problem.replace("model name", "deployment name"))
@@ -63,6 +71,7 @@ class DeploymentStore:
                     name=name,
                     version_id=version_id,
                     replicas=replicas,
+                    config=(config or ServingConfig()).to_dict(),
                     created_at=stamp,
                     updated_at=stamp,
                 )
@@ -71,6 +80,8 @@ class DeploymentStore:
                 row.version_id = version_id
                 row.replicas = replicas
                 row.updated_at = stamp
+                if config is not None:
+                    row.config = config.to_dict()
             session.flush()
             return _record(self._load(session, name))
 

@@ -68,6 +68,7 @@ class DeploymentRow(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     replicas: Mapped[int] = mapped_column(Integer)
+    config: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

@@ -9,14 +9,15 @@ import numpy as np
 
 from modelplane.domain import Signature
 
+Arrays = dict[str, np.ndarray]
+
 
 class Runtime(Protocol):
-    """A loaded model. ``signature`` is valid after ``load``."""
+    """A loaded model. ``signature`` is valid after ``load``. ``predict`` is a coroutine so that
+    wrappers (batching, isolation) compose without blocking the event loop."""
 
     signature: Signature
 
     def load(self) -> None: ...
 
-    def predict(
-        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
-    ) -> dict[str, np.ndarray]: ...
+    async def predict(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> Arrays: ...

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,8 @@ class OnnxRuntime:
         self._path = path
         self._threads = intra_op_threads
         self._session: ort.InferenceSession | None = None
+        # one inference at a time per replica: ONNX Runtime's own threads do the parallel work
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.signature = Signature((), ())
 
     def load(self) -> None:
@@ -59,9 +63,16 @@ class OnnxRuntime:
             tuple(_spec(a) for a in self._session.get_outputs()),
         )
 
-    def predict(
+    async def predict(
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
     ) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.run, inputs, outputs)
+
+    def run(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Run synchronously (in the caller's thread)."""
         if self._session is None:
             raise RuntimeError("predict() before load()")
         try:

@@ -61,7 +61,8 @@ class Controller:
         records = await asyncio.to_thread(self._deployments.list)
         by_name = {r.deployment.name: r for r in records}
         desired = [
-            Desired(r.deployment.name, r.deployment.version, r.deployment.replicas) for r in records
+            Desired(r.deployment.name, r.deployment.revision, r.deployment.replicas)
+            for r in records
         ]
         observed = await self._executor.observe()
         for replica in observed:
@@ -98,6 +99,8 @@ class Controller:
             version=version.version,
             artifact=self._blob_path(version.artifact.digest),
             digest=version.artifact.digest,
+            revision=record.deployment.revision,
+            config=record.deployment.config,
         )
         self._starts[spec.deployment].append(self._clock())
         log.info("starting replica %s of %s (%s)", spec.replica_id, spec.deployment, version.ref)
@@ -110,11 +113,13 @@ class Controller:
             ready = [
                 r for r in observed if r.deployment == d.name and r.state == ReplicaState.READY
             ]
+            serving = [r for r in ready if r.revision == d.revision]
             version, signature = d.version, record.version.signature
             previous = self._table.get(d.name)
-            if previous and not any(r.version == d.version for r in ready):
-                # rolling update: the old version serves until the new one is ready
+            if not serving and previous is not None:
+                # rolling update: the old revision serves until the new one is ready
                 version, signature = int(previous.version), previous.signature
+                serving = [r for r in ready if r.version == version]
             routes.append(
                 Route(
                     name=d.name,
@@ -122,7 +127,8 @@ class Controller:
                     version=str(version),
                     signature=signature,
                     desired=d.replicas,
-                    endpoints=tuple(Endpoint(r.id, r.url) for r in ready if r.version == version),
+                    endpoints=tuple(Endpoint(r.id, r.url) for r in serving),
+                    max_queued=d.config.max_queued_requests,
                 )
             )
         self._table.publish(routes)

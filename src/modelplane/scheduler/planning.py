@@ -11,7 +11,7 @@ from modelplane.domain import Replica, ReplicaState
 @dataclass(frozen=True, slots=True)
 class Desired:
     name: str
-    version: int
+    revision: str
     replicas: int
 
 
@@ -38,8 +38,9 @@ def plan(
 ) -> list[Action]:
     """Actions that move ``observed`` toward ``desired``.
 
-    Replicas of a deployment's old version keep serving until enough of the new version are
-    ready (a rolling update). Failed and unhealthy replicas are stopped and replaced.
+    Replicas of a deployment's old revision (version or serving config) keep serving until
+    enough of the new one are ready (a rolling update). Failed and unhealthy replicas are
+    stopped and replaced.
     ``start_budget`` caps starts per deployment (crash-loop back-off); absent means no cap.
     """
     actions: list[Action] = []
@@ -54,8 +55,8 @@ def plan(
     for d in desired:
         mine = [r for r in observed if r.deployment == d.name and r.state in LIVE]
         healthy = [r for r in mine if r.state != ReplicaState.UNHEALTHY]
-        current = [r for r in healthy if r.version == d.version]
-        old = [r for r in healthy if r.version != d.version]
+        current = [r for r in healthy if r.revision == d.revision]
+        old = [r for r in healthy if r.revision != d.revision]
         missing = d.replicas - len(current)
         if missing > 0:
             budget = missing if start_budget is None else min(missing, start_budget.get(d.name, 0))
@@ -66,5 +67,5 @@ def plan(
             actions.extend(Stop(r.id, "scaled down") for r in extras[:-missing])
         ready = sum(1 for r in current if r.state == ReplicaState.READY)
         if old and ready >= d.replicas:
-            actions.extend(Stop(r.id, f"replaced by version {d.version}") for r in old)
+            actions.extend(Stop(r.id, "replaced by a new revision") for r in old)
     return actions

@@ -1,27 +1,8 @@
-"""Reading a request body with a size limit, so a huge body never sits in memory."""
+"""The one message for a body over the limit."""
 
 from __future__ import annotations
 
-from starlette.requests import Request
-
-from modelplane.errors import InvalidInput, PayloadTooLarge
-
-
-async def read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise InvalidInput("Content-Length must be an integer")
-        if int(declared) > limit:
-            raise too_large(int(declared), limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(size, limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+from modelplane.errors import PayloadTooLarge
 
 
 def too_large(size: int, limit: int) -> PayloadTooLarge:

@@ -1,21 +1,38 @@
-"""The transport-agnostic core of a replica: V2 inference on one Runtime."""
+"""The transport-agnostic core of a replica: V2 inference on one Runtime, answering frames."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
+import orjson
 
-from modelplane.errors import NotFound
-from modelplane.protocol import v2
+from modelplane.errors import DeadlineExceeded, InvalidInput, ModelplaneError
+from modelplane.protocol import frames, v2
 from modelplane.runtime import Runtime
+
+JSON_OK = 200
 
 
 @dataclass(frozen=True, slots=True)
 class EncodedResponse:
     body: bytes
     header_length: int | None
+
+
+def _timeout_s(request: v2.InferenceRequest, frame_timeout_ms: int) -> float | None:
+    """The tighter of the request's ``timeout`` parameter (microseconds, as Triton) and the
+    gateway's deadline."""
+    limits = []
+    raw = request.parameters.get("timeout")
+    if raw is not None:
+        if not isinstance(raw, int) or isinstance(raw, bool) or raw <= 0:
+            raise InvalidInput(f"parameter 'timeout' must be a positive integer (µs), got {raw!r}")
+        limits.append(raw / 1e6)
+    if frame_timeout_ms:
+        limits.append(frame_timeout_ms / 1e3)
+    return min(limits) if limits else None
 
 
 class DataPlane:
@@ -32,14 +49,6 @@ class DataPlane:
         self._runtime.load()
         self.ready = True
 
-    def check(self, name: str, version: str | None) -> None:
-        if name != self.name:
-            raise NotFound(f"model {name!r} is not served here")
-        if version is not None and version != self.version:
-            raise NotFound(
-                f"version {version} of model {name!r} is not deployed (deployed: {self.version})"
-            )
-
     def metadata(self) -> dict[str, Any]:
         signature = self._runtime.signature
         return {
@@ -50,10 +59,34 @@ class DataPlane:
             "outputs": [t.to_dict() for t in signature.outputs],
         }
 
-    async def infer(self, body: bytes, header_length: int | None) -> EncodedResponse:
+    async def infer(
+        self, body: bytes, header_length: int | None, deadline_ms: int = 0
+    ) -> EncodedResponse:
         signature = self._runtime.signature
         request = v2.decode_request(body, header_length, signature, self._limits)
         names = v2.output_names(request, signature)
-        results = await run_in_threadpool(self._runtime.predict, request.inputs, names)
+        timeout = _timeout_s(request, deadline_ms)
+        try:
+            results = await asyncio.wait_for(self._runtime.predict(request.inputs, names), timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the request did not finish within its timeout of {timeout * 1e3:g} ms"
+                if timeout
+                else "the request timed out"
+            ) from None
         payload, length = v2.encode_response(self.name, self.version, request, results, names)
         return EncodedResponse(payload, length)
+
+    async def handle(self, frame: frames.RequestFrame) -> frames.ResponseFrame:
+        """Answer one frame; errors become a status and ``{"error": ...}``, never a crash."""
+        try:
+            if frame.op == frames.INFER:
+                result = await self.infer(frame.payload, frame.header_len, frame.timeout_ms)
+                return frames.ResponseFrame(frame.id, JSON_OK, result.header_length, result.body)
+            if frame.op == frames.READY:
+                return frames.ResponseFrame(frame.id, 200 if self.ready else 503, None, b"")
+            if frame.op == frames.METADATA:
+                return frames.ResponseFrame(frame.id, 200, None, orjson.dumps(self.metadata()))
+            raise InvalidInput(f"unknown operation {frame.op}")
+        except ModelplaneError as exc:
+            return frames.ResponseFrame(frame.id, exc.status, None, v2.error_body(exc.message))

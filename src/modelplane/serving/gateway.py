@@ -1,7 +1,5 @@
-"""The gateway: checks routes, picks a replica (least outstanding requests), forwards bytes.
-
-It never decodes tensors; the replica does that once.
-"""
+"""The gateway: checks routes, bounds queues, picks a replica (least outstanding requests),
+forwards bytes. It never decodes tensors; the replica does that once."""
 
 from __future__ import annotations
 
@@ -9,20 +7,17 @@ import asyncio
 from collections import defaultdict
 from dataclasses import dataclass
 
-import httpx
-
-from modelplane.errors import DeadlineExceeded, NotFound, Unavailable
-from modelplane.serving.replica_app import TOKEN_HEADER
+from modelplane.errors import DeadlineExceeded, NotFound, Overloaded, Unavailable
+from modelplane.protocol import frames
+from modelplane.serving.replica_client import ReplicaConnection, ReplicaGone
 from modelplane.serving.routing import Endpoint, Route, RoutingTable
-
-FORWARD_HEADERS = ("content-type", "inference-header-content-length")
 
 
 @dataclass(frozen=True, slots=True)
 class Forwarded:
     status: int
     body: bytes
-    headers: dict[str, str]
+    header_length: int | None
 
 
 class Gateway:
@@ -30,8 +25,10 @@ class Gateway:
         self.table = table
         self._token = token
         self._timeout = timeout_s
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._connections: dict[str, ReplicaConnection] = {}
+        self._connecting: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._outstanding: defaultdict[str, int] = defaultdict(int)
+        self._queued: defaultdict[str, int] = defaultdict(int)
 
     def route(self, name: str, version: str | None) -> Route:
         route = self.table.get(name)
@@ -45,31 +42,45 @@ class Gateway:
             )
         return route
 
-    def _client(self, endpoint: Endpoint) -> httpx.AsyncClient:
-        client = self._clients.get(endpoint.url)
-        if client is None:
-            limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-            if endpoint.url.startswith("unix:"):
-                transport = httpx.AsyncHTTPTransport(uds=endpoint.url[5:], limits=limits)
-                client = httpx.AsyncClient(transport=transport, base_url="http://replica")
-            else:
-                client = httpx.AsyncClient(base_url=endpoint.url, limits=limits)
-            self._clients[endpoint.url] = client
-        return client
+    async def _connection(self, endpoint: Endpoint) -> ReplicaConnection:
+        connection = self._connections.get(endpoint.url)
+        if connection is not None and connection.open:
+            return connection
+        async with self._connecting[endpoint.url]:
+            connection = self._connections.get(endpoint.url)
+            if connection is None or not connection.open:
+                connection = await ReplicaConnection.connect(endpoint.url, self._token)
+                self._connections[endpoint.url] = connection
+        return connection
 
     def _pick(self, route: Route, exclude: set[str]) -> Endpoint | None:
-        candidates = [e for e in route.endpoints if e.replica_id not in exclude]
-        if not candidates:
-            return None
-        return min(candidates, key=lambda e: self._outstanding[e.replica_id])
+        best: Endpoint | None = None
+        best_load = 0
+        for endpoint in route.endpoints:
+            if endpoint.replica_id in exclude:
+                continue
+            load = self._outstanding[endpoint.replica_id]
+            if best is None or load < best_load:
+                best, best_load = endpoint, load
+        return best
 
-    async def infer(self, route: Route, body: bytes, headers: dict[str, str]) -> Forwarded:
-        """Forward an inference to a ready replica; retry once elsewhere if a replica cannot be
-        reached before it answered."""
-        path = f"/v2/models/{route.name}/versions/{route.version}/infer"
-        send = {k: v for k, v in headers.items() if k in FORWARD_HEADERS}
-        send[TOKEN_HEADER] = self._token
+    async def infer(self, route: Route, body: bytes, header_length: int | None) -> Forwarded:
+        """Forward an inference to a ready replica. Excess load gets 429 at once; a replica that
+        goes away before answering is retried once on another."""
+        if self._queued[route.name] >= route.max_queued:
+            raise Overloaded(
+                f"model {route.name!r} has {route.max_queued} requests in flight, its limit; "
+                "retry after a moment"
+            )
+        self._queued[route.name] += 1
+        try:
+            return await self._forward(route, body, header_length)
+        finally:
+            self._queued[route.name] -= 1
+
+    async def _forward(self, route: Route, body: bytes, header_length: int | None) -> Forwarded:
         tried: set[str] = set()
+        deadline_ms = int(self._timeout * 1000)
         for _attempt in range(2):
             endpoint = self._pick(route, tried)
             if endpoint is None:
@@ -77,26 +88,26 @@ class Gateway:
             tried.add(endpoint.replica_id)
             self._outstanding[endpoint.replica_id] += 1
             try:
-                response = await self._client(endpoint).post(
-                    path, content=body, headers=send, timeout=self._timeout
+                connection = await self._connection(endpoint)
+                reply = await connection.request(
+                    frames.INFER, body, header_length, deadline_ms, self._timeout + 1.0
                 )
-            except (httpx.ConnectError, httpx.RemoteProtocolError):
+            except ReplicaGone:
                 continue
-            except httpx.TimeoutException:
+            except TimeoutError:
                 raise DeadlineExceeded(
                     f"model {route.name!r} did not answer within {self._timeout:g}s"
                 ) from None
             finally:
                 self._outstanding[endpoint.replica_id] -= 1
-            out = {k: v for k, v in response.headers.items() if k in FORWARD_HEADERS}
-            return Forwarded(response.status_code, response.content, out)
-        ready = len(route.endpoints)
+            return Forwarded(reply.status, reply.payload, reply.header_len)
         raise Unavailable(
-            f"model {route.name!r} has no ready replica ({ready} of {route.desired} ready); "
-            "retry shortly or check `modelplane deployments status "
+            f"model {route.name!r} has no ready replica ({len(route.endpoints)} of "
+            f"{route.desired} ready); retry shortly or check `modelplane deployments status "
             f"{route.name}`"
         )
 
     async def close(self) -> None:
-        clients, self._clients = self._clients, {}
-        await asyncio.gather(*(c.aclose() for c in clients.values()))
+        connections, self._connections = self._connections, {}
+        for connection in connections.values():
+            connection.close()

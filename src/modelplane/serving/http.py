@@ -1,94 +1,135 @@
-"""The public V2 REST surface of the gateway (a thin adapter over ``Gateway``)."""
+"""The public V2 REST surface of the gateway as a plain ASGI app: no framework routing or body
+parsing on the hot path. Everything outside ``/v2`` goes to the wrapped app."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelplane.errors import InvalidInput, ModelplaneError
-from modelplane.protocol.v2 import EXTENSIONS
-from modelplane.serving.body import read_limited
+from modelplane.errors import InvalidInput, ModelplaneError, NotFound, Overloaded
+from modelplane.protocol.v2 import EXTENSIONS, error_body
+from modelplane.serving.body import too_large
 from modelplane.serving.gateway import Gateway
-from modelplane.serving.responses import JSON, error_response
 
 PLATFORM = "onnxruntime_onnx"
+JSON = b"application/json"
+BINARY = b"application/octet-stream"
 
 
-def create_v2_router(gateway: Gateway, version: str, max_request_bytes: int) -> APIRouter:
-    router = APIRouter(tags=["inference (KServe V2)"])
+def _parse_header_length(raw: bytes | None) -> int | None:
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise InvalidInput(
+            f"Inference-Header-Content-Length must be a non-negative integer, got {raw!r}"
+        )
+    return int(raw)
 
-    @router.get("/v2/health/live")
-    async def live() -> Response:
-        return Response(b"", 200)
 
-    @router.get("/v2/health/ready")
-    async def ready() -> Response:
-        return Response(b"", 200)
+class V2Surface:
+    def __init__(self, app: ASGIApp, gateway: Gateway, version: str, max_body: int) -> None:
+        self._app = app
+        self._gateway = gateway
+        self._max_body = max_body
+        self._server_metadata = orjson.dumps(
+            {"name": "modelplane", "version": version, "extensions": EXTENSIONS}
+        )
 
-    @router.get("/v2")
-    async def server_metadata() -> Response:
-        doc = {"name": "modelplane", "version": version, "extensions": EXTENSIONS}
-        return Response(orjson.dumps(doc), media_type=JSON)
-
-    def metadata(name: str, version: str | None) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or not (path == "/v2" or path.startswith("/v2/")):
+            await self._app(scope, receive, send)
+            return
         try:
-            route = gateway.route(name, version)
+            await self._dispatch(scope, receive, send, path)
         except ModelplaneError as exc:
-            return error_response(exc)
-        doc: dict[str, Any] = {
+            extra = [(b"retry-after", b"1")] if isinstance(exc, Overloaded) else []
+            await _reply(send, exc.status, error_body(exc.message), JSON, extra)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        method = scope["method"]
+        parts = path.rstrip("/").split("/")[2:]  # after "", "v2"
+        if method == "GET" and parts in ([], ["health", "live"], ["health", "ready"]):
+            body = self._server_metadata if not parts else b""
+            await _reply(send, 200, body, JSON if body else b"text/plain")
+            return
+        if len(parts) < 2 or parts[0] != "models":
+            raise NotFound(f"no V2 route {path!r}; see /docs and docs/api.md")
+        name, rest = parts[1], parts[2:]
+        version = None
+        if len(rest) >= 2 and rest[0] == "versions":
+            version, rest = rest[1], rest[2:]
+        if rest == ["infer"] and method == "POST":
+            await self._infer(scope, receive, send, name, version)
+        elif rest == [] and method == "GET":
+            await _reply(send, 200, orjson.dumps(self._metadata(name, version)), JSON)
+        elif rest == ["ready"] and method == "GET":
+            route = self._gateway.route(name, version)
+            if not route.endpoints:
+                raise InvalidInput(
+                    f"model {name!r} is not ready: 0 of {route.desired} replicas ready"
+                )
+            await _reply(send, 200, b"", b"text/plain")
+        else:
+            raise NotFound(f"no V2 route {method} {path!r}; see docs/api.md")
+
+    def _metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        route = self._gateway.route(name, version)
+        return {
             "name": route.name,
             "versions": [route.version],
             "platform": PLATFORM,
             "inputs": [t.to_dict() for t in route.signature.inputs],
             "outputs": [t.to_dict() for t in route.signature.outputs],
         }
-        return Response(orjson.dumps(doc), media_type=JSON)
 
-    def model_ready(name: str, version: str | None) -> Response:
-        try:
-            route = gateway.route(name, version)
-        except ModelplaneError as exc:
-            return error_response(exc)
-        if route.endpoints:
-            return Response(b"", 200)
-        return error_response(
-            InvalidInput(f"model {name!r} is not ready: 0 of {route.desired} replicas ready")
-        )
+    async def _infer(
+        self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
+    ) -> None:
+        route = self._gateway.route(name, version)
+        header_length = None
+        for key, value in scope["headers"]:
+            if key == b"inference-header-content-length":
+                header_length = _parse_header_length(value)
+            elif key == b"content-length" and value.isdigit() and int(value) > self._max_body:
+                raise too_large(int(value), self._max_body)
+        body = await self._read_body(receive)
+        result = await self._gateway.infer(route, body, header_length)
+        if result.header_length is None:
+            await _reply(send, result.status, result.body, JSON)
+        else:
+            extra = [(b"inference-header-content-length", str(result.header_length).encode())]
+            await _reply(send, result.status, result.body, BINARY, extra)
 
-    async def infer(request: Request, name: str, version: str | None) -> Response:
-        try:
-            route = gateway.route(name, version)
-            body = await read_limited(request, max_request_bytes)
-            result = await gateway.infer(route, body, dict(request.headers))
-        except ModelplaneError as exc:
-            return error_response(exc)
-        return Response(result.body, result.status, headers=result.headers)
+    async def _read_body(self, receive: Receive) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidInput("the client went away before sending the whole body")
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > self._max_body:
+                    raise too_large(size, self._max_body)
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    @router.get("/v2/models/{name}")
-    async def model_metadata(name: str) -> Response:
-        return metadata(name, None)
 
-    @router.get("/v2/models/{name}/versions/{version}")
-    async def version_metadata(name: str, version: str) -> Response:
-        return metadata(name, version)
-
-    @router.get("/v2/models/{name}/ready")
-    async def model_is_ready(name: str) -> Response:
-        return model_ready(name, None)
-
-    @router.get("/v2/models/{name}/versions/{version}/ready")
-    async def version_is_ready(name: str, version: str) -> Response:
-        return model_ready(name, version)
-
-    @router.post("/v2/models/{name}/infer")
-    async def model_infer(request: Request, name: str) -> Response:
-        return await infer(request, name, None)
-
-    @router.post("/v2/models/{name}/versions/{version}/infer")
-    async def version_infer(request: Request, name: str, version: str) -> Response:
-        return await infer(request, name, version)
-
-    return router
+async def _reply(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

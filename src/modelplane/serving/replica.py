@@ -1,4 +1,4 @@
-"""A replica process: verify the artifact, load it, serve V2 on a Unix socket or TCP port.
+"""A replica process: verify the artifact, load it, answer frames on a Unix socket or TCP port.
 
 Started by an executor (``python -m modelplane.serving.replica ...``); exits by itself when the
 process that started it goes away, so a killed server never leaves replicas behind.
@@ -7,20 +7,22 @@ process that started it goes away, so a killed server never leaves replicas behi
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
-import uvicorn
-
 from modelplane.artifacts import sha256_file
 from modelplane.protocol.v2 import Limits
+from modelplane.runtime.batching import BatchingConfig, BatchingRuntime
 from modelplane.runtime.onnx import OnnxRuntime
 from modelplane.serving.dataplane import DataPlane
-from modelplane.serving.replica_app import create_replica_app
+from modelplane.serving.replica_server import ReplicaProtocol
 from modelplane.settings import ReplicaSettings
 
 log = logging.getLogger("modelplane.replica")
@@ -36,8 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--max-request-bytes", type=int, default=64 << 20)
     parser.add_argument("--max-elements", type=int, default=1 << 28)
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-queue-delay-ms", type=float, default=0.0)
+    parser.add_argument("--preferred-batch-size", type=int, action="append", default=[])
     return parser
 
 
@@ -46,7 +50,29 @@ def _watch_parent(parent: int) -> None:
         if os.getppid() != parent:
             log.warning("parent process %s is gone; replica exits", parent)
             os._exit(0)
-        time.sleep(1.0)
+        time.sleep(0.5)
+
+
+async def _serve(args: argparse.Namespace, plane: DataPlane, token: bytes) -> None:
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+
+    def finish() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, finish)
+    if args.uds is not None:
+        server = await loop.create_unix_server(lambda: ReplicaProtocol(plane, token), args.uds)
+        os.chmod(args.uds, 0o600)
+    else:
+        server = await loop.create_server(
+            lambda: ReplicaProtocol(plane, token), args.host, args.port
+        )
+    log.info("serving %s:%s", plane.name, plane.version)
+    async with server:
+        await stop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,19 +83,28 @@ def main(argv: list[str] | None = None) -> int:
     if actual != args.digest:
         log.error("artifact digest mismatch: expected %s, found %s", args.digest, actual)
         return 3
-    runtime = OnnxRuntime(args.artifact, args.threads)
+    config = BatchingConfig(
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_s=args.max_queue_delay_ms / 1000,
+        preferred_batch_sizes=tuple(args.preferred_batch_size),
+    )
+    runtime = BatchingRuntime(OnnxRuntime(args.artifact, args.threads), config)
     plane = DataPlane(args.name, args.version, runtime, Limits(args.max_elements))
     started = time.perf_counter()
     plane.load()
-    log.info("loaded %s:%s in %.2fs", args.name, args.version, time.perf_counter() - started)
-    app = create_replica_app(plane, ReplicaSettings().token, args.max_request_bytes)
-    if args.uds is not None:
-        config = uvicorn.Config(app, uds=str(args.uds), log_level="warning", access_log=False)
-    else:
-        config = uvicorn.Config(
-            app, host=args.host, port=args.port, log_level="warning", access_log=False
-        )
-    uvicorn.Server(config).run()
+    log.info(
+        "loaded %s:%s in %.2fs (batching %s)",
+        args.name,
+        args.version,
+        time.perf_counter() - started,
+        "on" if runtime.enabled else "off",
+    )
+    token = ReplicaSettings().token.encode()
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    asyncio.run(_serve(args, plane, token))
     return 0
 
 

@@ -25,6 +25,7 @@ class Route:
     signature: Signature
     desired: int
     endpoints: tuple[Endpoint, ...] = ()
+    max_queued: int = 256
 
 
 @dataclass(slots=True)
