@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 import itertools
+from typing import cast
 
 from modelplane.protocol import frames
 

@@ -7,9 +7,9 @@ the connection.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 import hmac
 import logging
+from typing import cast
 
 from modelplane.protocol import frames, v2
 from modelplane.serving.dataplane import DataPlane
