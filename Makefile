@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck unit integration e2e bench clean
+.PHONY: install run test lint typecheck unit integration e2e bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,18 @@ e2e: install
 
 bench: install
 	$(BIN)/python bench/serving.py
+
+## Regenerate the V2 gRPC stubs (protobuf 6 gencode, private descriptor pool: see the README there).
+PROTO_DIR := src/modelplane/protocol/grpc
+proto:
+	$(PYTHON) -m venv /tmp/modelplane-protoc
+	/tmp/modelplane-protoc/bin/pip install -q 'grpcio-tools<1.76' 'protobuf<7'
+	cd $(PROTO_DIR) && /tmp/modelplane-protoc/bin/python -m grpc_tools.protoc -I. \
+		--python_out=. --pyi_out=. --grpc_python_out=. grpc_predict_v2.proto
+	sed -i 's/^import grpc_predict_v2_pb2 as/from modelplane.protocol.grpc import grpc_predict_v2_pb2 as/' \
+		$(PROTO_DIR)/grpc_predict_v2_pb2_grpc.py
+	sed -i 's/_descriptor_pool.Default().AddSerializedFile/_descriptor_pool.DescriptorPool().AddSerializedFile/' \
+		$(PROTO_DIR)/grpc_predict_v2_pb2.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

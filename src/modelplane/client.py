@@ -13,18 +13,6 @@ from modelplane import errors
 from modelplane.settings import ClientSettings
 
 CHUNK = 1 << 20
-STATUS_ERRORS: dict[int, type[errors.ModelplaneError]] = {
-    400: errors.InvalidInput,
-    401: errors.Unauthenticated,
-    403: errors.PermissionDenied,
-    404: errors.NotFound,
-    409: errors.Conflict,
-    413: errors.PayloadTooLarge,
-    422: errors.UnsupportedModel,
-    429: errors.Overloaded,
-    503: errors.Unavailable,
-    504: errors.DeadlineExceeded,
-}
 NUMPY_V2 = {
     "b": "BOOL", "u1": "UINT8", "u2": "UINT16", "u4": "UINT32", "u8": "UINT64", "i1": "INT8",
     "i2": "INT16", "i4": "INT32", "i8": "INT64", "f2": "FP16", "f4": "FP32", "f8": "FP64",
@@ -102,7 +90,7 @@ def _raise_for(response: httpx.Response) -> None:
         message = str(response.json().get("error", response.text))
     except ValueError:
         message = response.text or response.reason_phrase
-    raise STATUS_ERRORS.get(response.status_code, errors.ModelplaneError)(message)
+    raise errors.error_for_status(response.status_code, message)
 
 
 def _encode_input(name: str, value: Any, datatype: str | None = None) -> dict[str, Any]:

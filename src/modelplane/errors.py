@@ -62,3 +62,22 @@ class Unavailable(ModelplaneError):
 class DeadlineExceeded(ModelplaneError):
     code = "deadline_exceeded"
     status = 504
+
+
+STATUS_ERRORS: dict[int, type[ModelplaneError]] = {
+    400: InvalidInput,
+    401: Unauthenticated,
+    403: PermissionDenied,
+    404: NotFound,
+    409: Conflict,
+    413: PayloadTooLarge,
+    422: UnsupportedModel,
+    429: Overloaded,
+    503: Unavailable,
+    504: DeadlineExceeded,
+}
+
+
+def error_for_status(status: int, message: str) -> ModelplaneError:
+    """The error of this tree that an HTTP status stands for."""
+    return STATUS_ERRORS.get(status, ModelplaneError)(message)

@@ -14,6 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
+from modelplane import __version__
 from modelplane.api.app import create_app
 from modelplane.api.services import Services
 from modelplane.cluster.local import LocalExecutor
@@ -25,6 +26,7 @@ from modelplane.registry.keys import KeyStore
 from modelplane.registry.service import RegistryService
 from modelplane.scheduler.controller import Controller
 from modelplane.serving.gateway import Gateway
+from modelplane.serving.grpc import create_grpc_server
 from modelplane.serving.routing import RoutingTable
 from modelplane.settings import Settings
 
@@ -81,8 +83,23 @@ def build(settings: Settings) -> Platform:
     gateway = Gateway(table, executor.token, settings.serving.request_timeout_s)
     services = Services(settings, registry, deployments, keys, controller)
 
+    grpc_server = create_grpc_server(gateway, keys, __version__, settings.serving.max_request_bytes)
+    grpc_address = f"{settings.server.host}:{settings.server.grpc_port}"
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # grpc.aio binds to the running loop, so the server is made here, not in build()
+        grpc_server = create_grpc_server(
+            gateway, keys, __version__, settings.serving.max_request_bytes
+        )
+        try:
+            grpc_server.add_insecure_port(grpc_address)
+        except RuntimeError:
+            raise RuntimeError(
+                f"cannot listen for gRPC on {grpc_address}; is the port in use? "
+                "Choose another with --grpc-port"
+            ) from None
+        await grpc_server.start()
         controller.start()
         if settings.demo:
             from modelplane.demo import ensure_demo
@@ -95,6 +112,7 @@ def build(settings: Settings) -> Platform:
         try:
             yield
         finally:
+            await grpc_server.stop(grace=2.0)
             await controller.stop()
             await gateway.close()
 
@@ -104,13 +122,14 @@ def build(settings: Settings) -> Platform:
 
 def banner(settings: Settings, created: bool) -> str:
     url = f"http://{settings.server.host}:{settings.server.port}"
+    grpc = f"{settings.server.host}:{settings.server.grpc_port}"
     key = settings.admin_key_path
     first = "created on this first start" if created else "from an earlier start"
     return f"""
 modelplane is up.
   Dashboard     {url}/          (sign in with the admin key)
   API docs      {url}/docs
-  V2 inference  {url}/v2/models/<name>/infer
+  V2 inference  {url}/v2/models/<name>/infer   (gRPC: {grpc})
   Admin key     {key}   ({first}; keep it secret)
 
 Try it:

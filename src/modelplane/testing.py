@@ -11,7 +11,14 @@ from onnx import TensorProto, helper
 
 from modelplane.demo import iris_onnx, train_iris
 
-__all__ = ["free_port", "identity_onnx", "iris_onnx", "train_iris", "wait_for"]
+__all__ = [
+    "free_port",
+    "identity_onnx",
+    "iris_onnx",
+    "multi_identity_onnx",
+    "train_iris",
+    "wait_for",
+]
 
 V2_TO_ONNX = {
     "BOOL": TensorProto.BOOL,
@@ -50,10 +57,25 @@ def wait_for(check: Callable[[], bool], timeout: float = 60.0, interval: float =
 
 def identity_onnx(datatype: str, shape: Sequence[int | None] = (None, 2)) -> bytes:
     """A one-node ONNX model whose output ``y`` equals its input ``x`` (any V2 datatype)."""
-    elem = V2_TO_ONNX[datatype]
-    x = helper.make_tensor_value_info("x", elem, list(shape))
-    y = helper.make_tensor_value_info("y", elem, list(shape))
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
+    return multi_identity_onnx({"x": datatype}, shape, {"x": "y"})
+
+
+def multi_identity_onnx(
+    inputs: dict[str, str],
+    shape: Sequence[int | None] = (None, 2),
+    names: dict[str, str] | None = None,
+) -> bytes:
+    """An ONNX model passing each input (name -> V2 datatype) to an output of the same type,
+    named ``names[input]`` or ``<input>_out``."""
+    names = names or {}
+    nodes, graph_inputs, graph_outputs = [], [], []
+    for name, datatype in inputs.items():
+        out = names.get(name, f"{name}_out")
+        elem = V2_TO_ONNX[datatype]
+        graph_inputs.append(helper.make_tensor_value_info(name, elem, list(shape)))
+        graph_outputs.append(helper.make_tensor_value_info(out, elem, list(shape)))
+        nodes.append(helper.make_node("Identity", [name], [out]))
+    graph = helper.make_graph(nodes, "identity", graph_inputs, graph_outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)

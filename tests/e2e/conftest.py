@@ -23,6 +23,7 @@ class Server:
     home: Path
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -44,7 +45,8 @@ class Server:
     def start(self, *args: str) -> None:
         with (self.home.parent / "serve.log").open("ab") as log:
             self.proc = subprocess.Popen(
-                [str(BIN / "modelplane"), "serve", "--port", str(self.port), *args],
+                [str(BIN / "modelplane"), "serve", "--port", str(self.port),
+                 "--grpc-port", str(self.grpc_port), *args],
                 env=self._env(), stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         wait_for(self.ready, timeout=60)

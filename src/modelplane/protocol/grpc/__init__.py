@@ -1,0 +1,1 @@
+"""Generated V2 gRPC stubs (see README.md)."""

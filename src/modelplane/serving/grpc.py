@@ -1,0 +1,204 @@
+"""The V2 gRPC surface (``inference.GRPCInferenceService``): a thin adapter over ``Gateway``.
+
+ModelInfer turns the protobuf envelope into the V2 binary REST form that replicas read (tensor
+bytes are passed through untouched, never decoded here) and turns the replica's binary answer
+back into ``raw_output_contents``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import orjson
+
+from modelplane.domain import Principal
+from modelplane.errors import InvalidInput, ModelplaneError, Unauthenticated, error_for_status
+from modelplane.protocol.grpc import grpc_predict_v2_pb2 as pb
+from modelplane.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelplane.protocol.v2 import EXTENSIONS
+from modelplane.security.middleware import Authenticator
+from modelplane.serving.gateway import Gateway
+
+STATUS_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ALREADY_EXISTS,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+CONTENT_FIELDS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def _parameter(value: pb.InferParameter) -> Any:
+    choice = value.WhichOneof("parameter_choice")
+    return getattr(value, choice) if choice else None
+
+
+def _parameters(params: Any) -> dict[str, Any]:
+    return {key: _parameter(value) for key, value in params.items()}
+
+
+def to_rest(request: pb.ModelInferRequest) -> tuple[bytes, int]:
+    """The V2 binary REST body (JSON header + blobs) for a gRPC request, and the header length."""
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries but there are {len(request.inputs)} inputs"
+        )
+    inputs = []
+    for i, tensor in enumerate(request.inputs):
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
+        if raw:
+            entry["parameters"] = {"binary_data_size": len(raw[i])}
+        else:
+            field = CONTENT_FIELDS.get(tensor.datatype)
+            if field is None:
+                raise InvalidInput(
+                    f"input {tensor.name!r}: {tensor.datatype} must be sent in raw_input_contents"
+                )
+            values = list(getattr(tensor.contents, field))
+            if tensor.datatype == "BYTES":
+                values = [v.decode("utf-8", "surrogateescape") for v in values]
+            entry["data"] = values
+        inputs.append(entry)
+    doc: dict[str, Any] = {"inputs": inputs, "parameters": _parameters(request.parameters)}
+    doc["parameters"]["binary_data_output"] = True
+    if request.id:
+        doc["id"] = request.id
+    if request.outputs:
+        doc["outputs"] = [
+            {"name": o.name, "parameters": {"binary_data": True}} for o in request.outputs
+        ]
+    header = orjson.dumps(doc)
+    return header + b"".join(raw), len(header)
+
+
+def from_rest(body: bytes, header_length: int | None) -> pb.ModelInferResponse:
+    end = len(body) if header_length is None else header_length
+    doc = orjson.loads(body[:end])
+    response = pb.ModelInferResponse(
+        model_name=doc["model_name"], model_version=doc.get("model_version", ""),
+        id=doc.get("id", ""),
+    )  # fmt: skip
+    offset = end
+    for out in doc["outputs"]:
+        tensor = response.outputs.add(name=out["name"], datatype=out["datatype"])
+        tensor.shape.extend(out["shape"])
+        size = int(out.get("parameters", {}).get("binary_data_size", 0))
+        response.raw_output_contents.append(body[offset : offset + size])
+        offset += size
+    return response
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, gateway: Gateway, auth: Authenticator, version: str) -> None:
+        self._gateway = gateway
+        self._auth = auth
+        self._version = version
+
+    def _principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                text = value.decode() if isinstance(value, bytes) else value
+                scheme, _, token = text.partition(" ")
+                if scheme.lower() == "bearer" and token:
+                    principal = self._auth.authenticate(token.strip())
+                    if principal is not None:
+                        return principal
+                    raise Unauthenticated("invalid or revoked API key")
+        raise Unauthenticated("missing API key: send 'authorization: Bearer <key>' metadata")
+
+    @staticmethod
+    async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: ModelplaneError) -> None:
+        await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=True)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+        try:
+            self._principal(context)
+        except ModelplaneError as exc:
+            await self._abort(context, exc)
+        return pb.ServerMetadataResponse(
+            name="modelplane", version=self._version, extensions=EXTENSIONS
+        )
+
+    async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
+        try:
+            self._principal(context)
+            route = self._gateway.route(request.name, request.version or None)
+        except ModelplaneError as exc:
+            await self._abort(context, exc)
+        return pb.ModelReadyResponse(ready=bool(route.endpoints))
+
+    async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
+        try:
+            self._principal(context)
+            route = self._gateway.route(request.name, request.version or None)
+        except ModelplaneError as exc:
+            await self._abort(context, exc)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=route.name,
+            versions=[route.version],
+            platform="onnxruntime_onnx",
+            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape)
+                    for t in route.signature.inputs],
+            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape)
+                     for t in route.signature.outputs],
+        )  # fmt: skip
+
+    async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
+        try:
+            self._principal(context)
+            route = self._gateway.route(request.model_name, request.model_version or None)
+            body, header_length = to_rest(request)
+            result = await self._gateway.infer(route, body, header_length)
+            if result.status != 200:
+                message = orjson.loads(result.body).get("error", "inference failed")
+                raise error_for_status(result.status, message)
+            return from_rest(result.body, result.header_length)
+        except ModelplaneError as exc:
+            await self._abort(context, exc)
+            raise  # unreachable: abort raises
+
+
+def create_grpc_server(
+    gateway: Gateway, auth: Authenticator, version: str, max_message_bytes: int
+) -> grpc.aio.Server:
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    server = grpc.aio.server(options=options)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]  # generated stub
+        InferenceServicer(gateway, auth, version), server
+    )
+    return server
