@@ -83,7 +83,6 @@ def build(settings: Settings) -> Platform:
     gateway = Gateway(table, executor.token, settings.serving.request_timeout_s)
     services = Services(settings, registry, deployments, keys, controller)
 
-    grpc_server = create_grpc_server(gateway, keys, __version__, settings.serving.max_request_bytes)
     grpc_address = f"{settings.server.host}:{settings.server.grpc_port}"
 
     @asynccontextmanager
