@@ -81,6 +81,7 @@ class DeploymentInfo(TypedDict):
     replicas: list[ReplicaInfo]
     last_failure: str | None
     endpoint: str
+    config: dict[str, Any]
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -224,8 +225,17 @@ class Client:
         self._request("DELETE", f"/api/v1/models/{name}")
 
     # ---- deployments ------------------------------------------------------------------------
-    def deploy(self, model: str, *, replicas: int = 1, name: str | None = None) -> DeploymentInfo:
-        body = {"model": model, "replicas": replicas, "name": name}
+    def deploy(
+        self,
+        model: str,
+        *,
+        replicas: int = 1,
+        name: str | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> DeploymentInfo:
+        """Create or update a deployment. ``config`` holds serving settings (max_batch_size,
+        max_queue_delay_ms, preferred_batch_sizes, max_queued_requests); omitted keeps them."""
+        body = {"model": model, "replicas": replicas, "name": name, "config": config}
         result: DeploymentInfo = self._request("POST", "/api/v1/deployments", json=body).json()
         return result
 

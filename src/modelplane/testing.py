@@ -15,6 +15,7 @@ __all__ = [
     "free_port",
     "identity_onnx",
     "iris_onnx",
+    "mlp_onnx",
     "multi_identity_onnx",
     "train_iris",
     "wait_for",
@@ -76,6 +77,38 @@ def multi_identity_onnx(
         graph_outputs.append(helper.make_tensor_value_info(out, elem, list(shape)))
         nodes.append(helper.make_node("Identity", [name], [out]))
     graph = helper.make_graph(nodes, "identity", graph_inputs, graph_outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def mlp_onnx(sizes: Sequence[int] = (256, 1024, 1024, 1024, 10), seed: int = 0) -> bytes:
+    """A fully connected FP32 network (MatMul, Add, Relu) with random weights: input ``x``
+    [N, sizes[0]], output ``y`` [N, sizes[-1]]."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, weights = [], []
+    current = "x"
+    for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+        w = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
+        b = np.zeros(fan_out, dtype=np.float32)
+        weights += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        last = i == len(sizes) - 2
+        nodes.append(helper.make_node("MatMul", [current, f"w{i}"], [f"m{i}"]))
+        nodes.append(helper.make_node("Add", [f"m{i}", f"b{i}"], ["y" if last else f"a{i}"]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"a{i}"], [f"h{i}"]))
+            current = f"h{i}"
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, sizes[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, sizes[-1]])],
+        initializer=weights,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from modelplane.domain import Model, ModelVersion, Replica
+from modelplane.domain import Model, ModelVersion, Replica, ServingConfig
 from modelplane.registry.deployments import DeploymentRecord
 
 
@@ -82,10 +82,34 @@ class AliasIn(BaseModel):
     version: int = Field(ge=1, examples=[1])
 
 
+class ServingConfigIn(BaseModel):
+    """Batching and back-pressure of a deployment."""
+
+    max_batch_size: int = Field(32, ge=1, le=4096, description="largest merged batch; 1 = off")
+    max_queue_delay_ms: float = Field(
+        0.0, ge=0, le=10_000, description="wait this long for a fuller batch; 0 = never wait"
+    )
+    preferred_batch_sizes: list[int] = Field(default_factory=list, max_length=16)
+    max_queued_requests: int = Field(
+        256, ge=1, le=100_000, description="requests in flight before the gateway answers 429"
+    )
+
+    def to_domain(self) -> ServingConfig:
+        return ServingConfig(
+            max_batch_size=self.max_batch_size,
+            max_queue_delay_ms=self.max_queue_delay_ms,
+            preferred_batch_sizes=tuple(self.preferred_batch_sizes),
+            max_queued_requests=self.max_queued_requests,
+        )
+
+
 class DeployIn(BaseModel):
     model: str = Field(description="NAME, NAME:VERSION or NAME@ALIAS", examples=["iris@production"])
     name: str | None = Field(None, description="deployment name; default: the model's name")
     replicas: int = Field(1, ge=0, le=64)
+    config: ServingConfigIn | None = Field(
+        None, description="serving config; omitted keeps an existing deployment's config"
+    )
 
 
 class ReplicaOut(BaseModel):
@@ -121,6 +145,7 @@ class DeploymentOut(BaseModel):
     replicas: list[ReplicaOut]
     last_failure: str | None
     endpoint: str
+    config: ServingConfigIn
 
     @classmethod
     def of(
@@ -149,6 +174,7 @@ class DeploymentOut(BaseModel):
             replicas=[ReplicaOut.of(r) for r in replicas],
             last_failure=last_failure,
             endpoint=f"/v2/models/{d.name}/infer",
+            config=ServingConfigIn.model_validate(d.config.to_dict()),
         )
 
 

@@ -206,10 +206,29 @@ def deploy(
     name: Annotated[str | None, typer.Option(help="Deployment name (default: model)")] = None,
     wait: Annotated[bool, typer.Option(help="Wait until every replica is ready.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 120.0,
+    max_batch_size: Annotated[
+        int | None, typer.Option(help="Largest merged batch (1 turns batching off). [32]")
+    ] = None,
+    max_queue_delay_ms: Annotated[
+        float | None, typer.Option(help="Wait up to this for a fuller batch. [0]")
+    ] = None,
+    preferred_batch_size: Annotated[
+        list[int] | None, typer.Option(help="Batch size to aim for, repeatable.")
+    ] = None,
+    max_queued: Annotated[
+        int | None, typer.Option(help="Requests in flight before 429. [256]")
+    ] = None,
 ) -> None:
     """Deploy a model version (create or update)."""
+    given = {
+        "max_batch_size": max_batch_size,
+        "max_queue_delay_ms": max_queue_delay_ms,
+        "preferred_batch_sizes": preferred_batch_size,
+        "max_queued_requests": max_queued,
+    }
+    config = {k: v for k, v in given.items() if v is not None} or None
     with handled(), Client() as client:
-        info = client.deploy(ref, replicas=replicas, name=name)
+        info = client.deploy(ref, replicas=replicas, name=name, config=config)
         console.print(
             f"deploying {info['ref']} as [bold]{info['name']}[/bold] "
             f"({replicas} replica{'s' if replicas != 1 else ''})"

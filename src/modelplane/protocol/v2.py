@@ -16,7 +16,7 @@ from modelplane.domain import Signature, TensorSpec
 from modelplane.errors import InvalidInput
 from modelplane.protocol.datatypes import V2_TO_NUMPY, v2_datatype
 
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "statistics"]
 HEADER_LENGTH = "inference-header-content-length"
 
 

@@ -1,5 +1,5 @@
 """Runtimes: what loads a model and runs it."""
 
-from modelplane.runtime.base import Runtime
+from modelplane.runtime.base import BatchStats, Runtime
 
-__all__ = ["Runtime"]
+__all__ = ["BatchStats", "Runtime"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -21,3 +21,10 @@ class Runtime(Protocol):
     def load(self) -> None: ...
 
     async def predict(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> Arrays: ...
+
+
+@runtime_checkable
+class BatchStats(Protocol):
+    """Optional: a runtime that merges requests reports how often each batch size ran."""
+
+    batch_sizes: Mapping[int, int]

@@ -10,7 +10,7 @@ import orjson
 
 from modelplane.errors import DeadlineExceeded, InvalidInput, ModelplaneError
 from modelplane.protocol import frames, v2
-from modelplane.runtime import Runtime
+from modelplane.runtime import BatchStats, Runtime
 
 JSON_OK = 200
 
@@ -44,6 +44,8 @@ class DataPlane:
         self._runtime = runtime
         self._limits = limits
         self.ready = False
+        self.inference_count = 0
+        self.failure_count = 0
 
     def load(self) -> None:
         self._runtime.load()
@@ -57,6 +59,17 @@ class DataPlane:
             "platform": "onnxruntime_onnx",
             "inputs": [t.to_dict() for t in signature.inputs],
             "outputs": [t.to_dict() for t in signature.outputs],
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Counts in the shape of Triton's statistics extension (the parts we keep)."""
+        runtime = self._runtime
+        sizes = runtime.batch_sizes if isinstance(runtime, BatchStats) else {}
+        return {
+            "inference_count": self.inference_count,
+            "failure_count": self.failure_count,
+            "execution_count": sum(sizes.values()),
+            "batch_sizes": {str(size): count for size, count in sorted(sizes.items())},
         }
 
     async def infer(
@@ -81,12 +94,19 @@ class DataPlane:
         """Answer one frame; errors become a status and ``{"error": ...}``, never a crash."""
         try:
             if frame.op == frames.INFER:
-                result = await self.infer(frame.payload, frame.header_len, frame.timeout_ms)
+                self.inference_count += 1
+                try:
+                    result = await self.infer(frame.payload, frame.header_len, frame.timeout_ms)
+                except ModelplaneError:
+                    self.failure_count += 1
+                    raise
                 return frames.ResponseFrame(frame.id, JSON_OK, result.header_length, result.body)
             if frame.op == frames.READY:
                 return frames.ResponseFrame(frame.id, 200 if self.ready else 503, None, b"")
             if frame.op == frames.METADATA:
                 return frames.ResponseFrame(frame.id, 200, None, orjson.dumps(self.metadata()))
+            if frame.op == frames.STATS:
+                return frames.ResponseFrame(frame.id, 200, None, orjson.dumps(self.stats()))
             raise InvalidInput(f"unknown operation {frame.op}")
         except ModelplaneError as exc:
             return frames.ResponseFrame(frame.id, exc.status, None, v2.error_body(exc.message))

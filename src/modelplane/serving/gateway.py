@@ -4,8 +4,11 @@ forwards bytes. It never decodes tensors; the replica does that once."""
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from modelplane.errors import DeadlineExceeded, NotFound, Overloaded, Unavailable
 from modelplane.protocol import frames
@@ -106,6 +109,37 @@ class Gateway:
             f"{route.desired} ready); retry shortly or check `modelplane deployments status "
             f"{route.name}`"
         )
+
+    async def stats(self, route: Route) -> dict[str, Any]:
+        """Counts summed over the route's ready replicas, in Triton's statistics shape."""
+        inference = execution = failure = 0
+        batches: Counter[int] = Counter()
+        for endpoint in route.endpoints:
+            try:
+                connection = await self._connection(endpoint)
+                reply = await connection.request(frames.STATS, b"", None, 0, 5.0)
+            except (ReplicaGone, TimeoutError):
+                continue
+            doc = orjson.loads(reply.payload)
+            inference += doc["inference_count"]
+            execution += doc["execution_count"]
+            failure += doc["failure_count"]
+            batches.update({int(k): v for k, v in doc["batch_sizes"].items()})
+        return {
+            "model_stats": [
+                {
+                    "name": route.name,
+                    "version": route.version,
+                    "inference_count": inference,
+                    "execution_count": execution,
+                    "inference_stats": {"fail": {"count": failure}},
+                    "batch_stats": [
+                        {"batch_size": size, "compute_infer": {"count": count}}
+                        for size, count in sorted(batches.items())
+                    ],
+                }
+            ]
+        }
 
     async def close(self) -> None:
         connections, self._connections = self._connections, {}

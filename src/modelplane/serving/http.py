@@ -65,6 +65,9 @@ class V2Surface:
             await self._infer(scope, receive, send, name, version)
         elif rest == [] and method == "GET":
             await _reply(send, 200, orjson.dumps(self._metadata(name, version)), JSON)
+        elif rest == ["stats"] and method == "GET":
+            stats = await self._gateway.stats(self._gateway.route(name, version))
+            await _reply(send, 200, orjson.dumps(stats), JSON)
         elif rest == ["ready"] and method == "GET":
             route = self._gateway.route(name, version)
             if not route.endpoints:

@@ -33,7 +33,8 @@ def create_router(services: Services) -> APIRouter:
             ref = ModelRef.parse(body.model)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
-        record = store.apply(ref, body.replicas, body.name)
+        config = body.config.to_domain() if body.config is not None else None
+        record = store.apply(ref, body.replicas, body.name, config)
         controller.kick()
         return out(record)
 
