@@ -107,6 +107,26 @@ def test_bad_inputs_get_4xx_and_the_next_request_works(deployed, path, body, sta
     assert good.status_code == 200
 
 
+def test_raw_binary_body_and_binary_outputs(deployed, iris_sklearn) -> None:
+    x = load_iris().data[:3].astype(np.float32)
+    response = httpx.post(
+        f"{deployed.url}/v2/models/iris/infer",
+        content=x.tobytes(),
+        headers={**deployed.auth, "Inference-Header-Content-Length": "0"},
+    )
+    assert response.status_code == 200, response.text
+    length = int(response.headers["inference-header-content-length"])
+    doc = json.loads(response.content[:length])
+    sizes = [o["parameters"]["binary_data_size"] for o in doc["outputs"]]
+    names = [o["name"] for o in doc["outputs"]]
+    blobs = response.content[length:]
+    assert len(blobs) == sum(sizes)
+    index = names.index("probabilities")
+    start = sum(sizes[:index])
+    proba = np.frombuffer(blobs[start : start + sizes[index]], dtype=np.float32).reshape(3, 3)
+    np.testing.assert_allclose(proba, iris_sklearn.predict_proba(x), atol=1e-5)
+
+
 def test_cli_predict_and_tables(deployed, tmp_path: Path) -> None:
     result = deployed.cli("predict", "iris", "--input", '{"float_input": [[5.1, 3.5, 1.4, 0.2]]}')
     assert result.returncode == 0, result.stderr
