@@ -60,6 +60,7 @@ def ensure_wrk() -> str:
     if found:
         return found
     print("wrk not found; installing Debian's package (needs root) ...", flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=False)
     subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False)
     found = shutil.which("wrk")
     if not found:

@@ -27,7 +27,10 @@ def push(server, path: Path, name: str = "iris") -> None:
 
 def infer_ok(server) -> bool:
     response = httpx.post(f"{server.url}/v2/models/iris/infer", headers=server.auth, json=GOOD)
-    return response.status_code == 200 and response.json()["outputs"][0]["data"] == [0]
+    ok = response.status_code == 200 and response.json()["outputs"][0]["data"] == [0]
+    if not ok:
+        print(f"inference failed: {response.status_code} {response.text}")
+    return ok
 
 
 def replica_pids(server) -> list[int]:
@@ -95,8 +98,11 @@ def test_a_replica_that_dies_is_replaced(server_factory, iris_file) -> None:
     assert server.cli("deploy", "iris").returncode == 0
     [pid] = replica_pids(server)
     os.kill(pid, signal.SIGKILL)
-    wait_for(
-        lambda: server.deployment("iris")["state"] == "ready" and replica_pids(server) != [pid],
-        timeout=60,
-    )
+
+    def replaced() -> bool:
+        info = server.deployment("iris")  # one snapshot: state and pids from the same moment
+        pids = [r["pid"] for r in info["replicas"]]  # type: ignore[union-attr]
+        return info["state"] == "ready" and pids != [pid]
+
+    wait_for(replaced, timeout=60)
     assert infer_ok(server)
