@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -45,6 +46,8 @@ class Version(TypedDict):
     created_at: str
     parent: str | None
     aliases: list[str]
+    source_digest: str | None
+    report: dict[str, Any] | None
 
 
 class ModelSummary(TypedDict):
@@ -119,6 +122,18 @@ def _decode_output(out: Mapping[str, Any]) -> np.ndarray:
     return np.asarray(out["data"], dtype=np.dtype(V2_NUMPY[out["datatype"]])).reshape(shape)
 
 
+def _parity_summary(report: Mapping[str, Any] | None) -> str:
+    if not report:
+        return ""
+    parts = []
+    for out in report.get("outputs", []):
+        if "max_abs_error" in out:
+            parts.append(f"{out['name']}: max abs error {out['max_abs_error']:.3g}")
+        elif "label_agreement" in out:
+            parts.append(f"{out['name']}: label agreement {out['label_agreement']:.1%}")
+    return " (" + "; ".join(parts) + ")" if parts else ""
+
+
 class Client:
     """Talks to a modelplane server. Defaults come from ``MODELPLANE_URL`` and
     ``MODELPLANE_API_KEY`` (else ``$MODELPLANE_HOME/admin.key``)."""
@@ -170,8 +185,17 @@ class Client:
         tags: Mapping[str, str] | None = None,
         parent: str | None = None,
         progress: Callable[[int], None] | None = None,
+        trust_pickle: bool = False,
+        samples: str | Path | None = None,
+        tolerance: float | None = None,
+        force: bool = False,
+        input_shape: Sequence[int] | None = None,
+        on_stage: Callable[[str], None] | None = None,
+        timeout: float = 900.0,
     ) -> Version:
-        """Upload a model file, streamed in chunks; ``progress`` gets the bytes sent so far."""
+        """Upload a model file, streamed in chunks; ``progress`` gets the bytes sent so far.
+        A non-ONNX model is converted and verified on the server; this waits for that
+        (``on_stage`` hears convert / verify / store) and returns the new version."""
         file = Path(path)
         if not file.is_file():
             raise errors.InvalidInput(f"{file} is not a file")
@@ -186,6 +210,16 @@ class Client:
                     yield chunk
 
         params: dict[str, Any] = {"format": format, "description": description}
+        if trust_pickle:
+            params["trust_pickle"] = "true"
+        if samples is not None:
+            params["samples"] = self.upload_samples(samples)
+        if tolerance is not None:
+            params["tolerance"] = tolerance
+        if force:
+            params["force"] = "true"
+        if input_shape:
+            params["input_shape"] = ",".join(str(d) for d in input_shape)
         if tags:
             params["tag"] = [f"{k}={v}" for k, v in tags.items()]
         if parent:
@@ -197,8 +231,44 @@ class Client:
             content=chunks(),
             headers={"Content-Type": "application/octet-stream"},
         )
+        if response.status_code == 202:
+            return self._await_conversion(response.json()["id"], on_stage, timeout)
         result: Version = response.json()
         return result
+
+    def upload_samples(self, path: str | Path) -> str:
+        """Store sample inputs (.npz or JSON) for a push's parity check; returns their digest."""
+        data = Path(path).read_bytes()
+        response = self._request("POST", "/api/v1/samples", content=data)
+        digest: str = response.json()["digest"]
+        return digest
+
+    def conversion(self, conversion_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/api/v1/conversions/{conversion_id}").json()
+        return result
+
+    def _await_conversion(
+        self, conversion_id: str, on_stage: Callable[[str], None] | None, timeout: float
+    ) -> Version:
+        deadline = time.monotonic() + timeout
+        seen = ""
+        while time.monotonic() < deadline:
+            job = self.conversion(conversion_id)
+            if job["stage"] != seen and on_stage is not None:
+                on_stage(job["stage"])
+            seen = job["stage"]
+            if job["state"] == "succeeded":
+                return self.version(job["model"], job["version"])
+            if job["state"] == "failed":
+                raise errors.UnsupportedModel(
+                    f"conversion {conversion_id} failed: {job['error']}"
+                    + _parity_summary(job.get("report"))
+                )
+            time.sleep(0.3)
+        raise errors.DeadlineExceeded(
+            f"conversion {conversion_id} still running after {timeout:g}s; follow it with "
+            f"`modelplane conversions show {conversion_id}`"
+        )
 
     def models(self) -> list[ModelSummary]:
         result: list[ModelSummary] = self._request("GET", "/api/v1/models").json()

@@ -20,6 +20,7 @@ from modelplane.api.services import Services
 from modelplane.cluster.local import LocalExecutor
 from modelplane.domain import Role
 from modelplane.registry.blobs import LocalBlobStore
+from modelplane.registry.conversions import ConversionService
 from modelplane.registry.db import make_engine, make_sessions, migrate
 from modelplane.registry.deployments import DeploymentStore
 from modelplane.registry.keys import KeyStore
@@ -81,7 +82,11 @@ def build(settings: Settings) -> Platform:
         max_starts_per_minute=settings.scheduler.max_restarts_per_minute,
     )
     gateway = Gateway(table, executor.token, settings.serving.request_timeout_s)
-    services = Services(settings, registry, deployments, keys, controller)
+    conversions = ConversionService(sessions, registry, blobs, settings)
+    interrupted = conversions.fail_interrupted()
+    if interrupted:
+        log.info("%d conversion(s) were interrupted by the last stop; push them again", interrupted)
+    services = Services(settings, registry, deployments, keys, controller, conversions)
 
     grpc_address = f"{settings.server.host}:{settings.server.grpc_port}"
 

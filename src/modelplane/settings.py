@@ -36,6 +36,13 @@ class ServingSettings(BaseModel):
     intra_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads per replica; 0=auto")
 
 
+class ConvertSettings(BaseModel):
+    timeout_s: float = Field(600.0, gt=0, description="A conversion running longer is stopped")
+    memory_limit_bytes: int = Field(
+        8 * GIB, ge=0, description="Address-space limit of the conversion process; 0 = none"
+    )
+
+
 class SchedulerSettings(BaseModel):
     reconcile_interval_s: float = Field(1.0, gt=0)
     health_interval_s: float = Field(2.0, gt=0)
@@ -58,6 +65,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = RegistrySettings()
     serving: ServingSettings = ServingSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    convert: ConvertSettings = ConvertSettings()
     demo: bool = Field(False, description="Train, push and deploy the iris demo on first start")
 
     @property
@@ -75,6 +83,10 @@ class Settings(BaseSettings):
     @property
     def log_dir(self) -> Path:
         return self.home / "logs"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.home / "work"
 
 
 class ClientSettings(BaseSettings):

@@ -83,10 +83,23 @@ async def test_a_bad_upload_leaves_nothing_behind(stores, iris_bytes, settings) 
 
 async def test_unsupported_formats_say_how_to_proceed(stores, iris_bytes) -> None:
     registry, _, _ = stores
-    with pytest.raises(UnsupportedModel, match="convert the model to ONNX"):
+    with pytest.raises(UnsupportedModel, match="the file is a onnx model; use --format auto"):
         await registry.push(PushRequest("m", source_format="torch"), chunks(iris_bytes))
     with pytest.raises(InvalidInput, match="unknown format"):
         await registry.push(PushRequest("m", source_format="pickle"), chunks(iris_bytes))
+
+
+async def test_pickles_are_refused_unless_trusted(stores, settings) -> None:
+    import pickle
+
+    registry, _, blobs = stores
+    payload = pickle.dumps({"not": "a model"}, protocol=4)
+    with pytest.raises(UnsupportedModel, match="--trust-pickle"):
+        await registry.upload(PushRequest("m"), chunks(payload))
+    assert list(blobs.digests()) == []
+    upload = await registry.upload(PushRequest("m", trust_pickle=True), chunks(payload))
+    assert upload.source_format == "sklearn"
+    assert upload.signature is None
 
 
 async def test_deployed_versions_cannot_be_deleted(stores, iris_bytes) -> None:

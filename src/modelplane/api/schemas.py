@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from modelplane.domain import Model, ModelVersion, Replica, ServingConfig
+from modelplane.domain import Conversion, Model, ModelVersion, Replica, ServingConfig
 from modelplane.registry.deployments import DeploymentRecord
 
 
@@ -36,6 +36,8 @@ class VersionOut(BaseModel):
     created_at: datetime
     parent: str | None
     aliases: list[str]
+    source_digest: str | None = None
+    report: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, v: ModelVersion) -> VersionOut:
@@ -53,6 +55,8 @@ class VersionOut(BaseModel):
             created_at=v.created_at,
             parent=v.parent,
             aliases=list(v.aliases),
+            source_digest=v.source_digest,
+            report=v.report,
         )
 
 
@@ -185,3 +189,38 @@ class ErrorOut(BaseModel):
 
 def error_doc(message: str, code: str) -> dict[str, Any]:
     return {"error": message, "code": code}
+
+
+class ConversionOut(BaseModel):
+    id: str
+    model: str
+    source_format: str
+    state: str
+    stage: str
+    error: str | None
+    report: dict[str, Any] | None
+    version: int | None
+    created_at: datetime
+    updated_at: datetime
+    url: str
+
+    @classmethod
+    def of(cls, c: Conversion) -> ConversionOut:
+        return cls(
+            id=c.id,
+            model=c.model,
+            source_format=c.source_format,
+            state=c.state,
+            stage=c.stage,
+            error=c.error,
+            report=c.report,
+            version=c.version,
+            created_at=c.created_at,
+            updated_at=c.updated_at,
+            url=f"/api/v1/conversions/{c.id}",
+        )
+
+
+class SamplesOut(BaseModel):
+    digest: str
+    size: int

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from modelplane.registry.conversions import ConversionService
 from modelplane.registry.deployments import DeploymentStore
 from modelplane.registry.keys import KeyStore
 from modelplane.registry.service import RegistryService
@@ -18,3 +19,4 @@ class Services:
     deployments: DeploymentStore
     keys: KeyStore
     controller: Controller
+    conversions: ConversionService

@@ -12,7 +12,14 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from modelplane import errors
-from modelplane.cli.output import console, handled, human_size, state_style, table
+from modelplane.cli.output import (
+    console,
+    handled,
+    human_size,
+    print_report,
+    state_style,
+    table,
+)
 from modelplane.client import Client
 
 app = typer.Typer(
@@ -69,9 +76,21 @@ def push(
     ] = "auto",
     description: Annotated[str, typer.Option(help="What this version is.")] = "",
     tag: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
+    trust_pickle: Annotated[
+        bool, typer.Option(help="Allow a pickle (scikit-learn); loaded only in isolation.")
+    ] = False,
+    samples: Annotated[
+        Path | None, typer.Option(help="Inputs for the parity check (.npz or JSON).")
+    ] = None,
+    tolerance: Annotated[float | None, typer.Option(help="Parity tolerance (atol/rtol).")] = None,
+    force: Annotated[bool, typer.Option(help="Keep a model that fails parity.")] = False,
+    input_shape: Annotated[
+        str | None, typer.Option(help="Example input shape for TorchScript, e.g. 1,3,32,32.")
+    ] = None,
     as_json: Json = False,
 ) -> None:
-    """Upload a model file as a new immutable version."""
+    """Upload a model file as a new immutable version (converted to ONNX and verified when it
+    is not ONNX)."""
     tags = {}
     for item in tag or []:
         key, sep, value = item.partition("=")
@@ -103,10 +122,15 @@ def push(
         if as_json:
             _print_json(version)
             return
+        converted = (
+            f" from {version['source_format']}" if version["source_format"] != "onnx" else ""
+        )
         console.print(
-            f"pushed [bold]{version['ref']}[/bold] ({human_size(version['size'])}, "
+            f"pushed [bold]{version['ref']}[/bold]{converted} ({human_size(version['size'])}, "
             f"sha256:{version['digest'][:12]})"
         )
+        if report := version.get("report"):
+            print_report(report)
 
 
 @models_app.command("list")
@@ -163,6 +187,8 @@ def models_show(
         ],
         title=versions[0]["model"] if versions else ref,
     )
+    if versions and versions[-1].get("report"):
+        print_report(versions[-1]["report"])
     if versions:
         sig = versions[-1]["signature"]
         table(
@@ -301,6 +327,26 @@ def deployments_status(name: str, as_json: Json = False) -> None:
             for r in d["replicas"]
         ],
     )
+
+
+conversions_app = typer.Typer(help="Follow conversions of pushed models.", no_args_is_help=True)
+app.add_typer(conversions_app, name="conversions")
+
+
+@conversions_app.command("show")
+def conversions_show(conversion_id: str, as_json: Json = False) -> None:
+    """Show a conversion: state, stage, error, parity report."""
+    with handled(), Client() as client:
+        job = client.conversion(conversion_id)
+    if as_json:
+        _print_json(job)
+        return
+    console.print(f"[bold]{job['id']}[/bold]  {job['model']}  {job['source_format']}  "
+                  f"{job['state']} ({job['stage']})")  # fmt: skip
+    if job["error"]:
+        console.print(f"error: {job['error']}", highlight=False)
+    if job["report"]:
+        print_report(job["report"])
 
 
 @app.command()

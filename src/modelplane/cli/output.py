@@ -68,3 +68,22 @@ def human_size(size: int) -> str:
 def state_style(state: str) -> Callable[[str], str]:
     color = {"ready": "green", "degraded": "yellow", "pending": "yellow"}.get(state, "red")
     return lambda text: f"[{color}]{text}[/{color}]"
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """A parity (or optimization) report as a table."""
+    verdict = "[green]passed[/green]" if report.get("passed") else "[red]failed[/red]"
+    rows = []
+    for out in report.get("outputs", []):
+        if "label_agreement" in out:
+            measure = f"label agreement {out['label_agreement']:.2%}"
+        elif "max_abs_error" in out:
+            measure = f"max abs {out['max_abs_error']:.3g}, max rel {out['max_rel_error']:.3g}"
+        else:
+            measure = out.get("problem") or f"{out.get('mismatches', 0)} mismatches"
+        rows.append([out["name"], measure, "yes" if out["passed"] else "NO"])
+    table(
+        ["OUTPUT", "DIFFERENCE", "WITHIN TOLERANCE"],
+        rows,
+        title=f"parity {verdict} ({report.get('inputs', '')}, batch {report.get('batch', '')})",
+    )

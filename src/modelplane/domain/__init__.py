@@ -2,13 +2,14 @@
 
 from modelplane.domain.auth import ApiKey, Principal, Role
 from modelplane.domain.deployment import Deployment, Replica, ReplicaState, ServingConfig
-from modelplane.domain.model import Artifact, Model, ModelRef, ModelVersion
+from modelplane.domain.model import Artifact, Conversion, Model, ModelRef, ModelVersion
 from modelplane.domain.signature import DATATYPES, Signature, TensorSpec
 
 __all__ = [
     "DATATYPES",
     "ApiKey",
     "Artifact",
+    "Conversion",
     "Deployment",
     "Model",
     "ModelRef",

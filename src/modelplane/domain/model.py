@@ -5,12 +5,24 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from modelplane.domain.signature import Signature
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 SOURCE_FORMATS = ("onnx", "sklearn", "torch", "keras", "tensorflow", "transformers")
+# what detection finds, finer than the --format names users give
+DETECTED_FORMATS = {
+    "onnx": "onnx",
+    "sklearn": "sklearn",
+    "torchscript": "torch",
+    "torch-export": "torch",
+    "keras": "keras",
+    "keras-h5": "keras",
+    "tensorflow": "tensorflow",
+    "transformers": "transformers",
+}
 
 
 def name_problem(name: str) -> str | None:
@@ -96,7 +108,25 @@ class ModelVersion:
     created_at: datetime
     parent: str | None = None
     aliases: tuple[str, ...] = ()
+    source_digest: str | None = None
+    report: dict[str, Any] | None = None
 
     @property
     def ref(self) -> str:
         return f"{self.model}:{self.version}"
+
+
+@dataclass(frozen=True, slots=True)
+class Conversion:
+    """A push of a non-ONNX model: converted, verified, then stored as a version."""
+
+    id: str
+    model: str
+    source_format: str
+    state: str  # running | succeeded | failed
+    stage: str  # convert | verify | store | done
+    created_at: datetime
+    updated_at: datetime
+    error: str | None = None
+    report: dict[str, Any] | None = None
+    version: int | None = None

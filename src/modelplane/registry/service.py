@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
@@ -12,8 +13,14 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from modelplane.convert import onnx as onnx_source
+from modelplane.convert.detect import detect
 from modelplane.domain import Artifact, Model, ModelRef, ModelVersion, Signature
-from modelplane.domain.model import SOURCE_FORMATS, alias_problem, name_problem
+from modelplane.domain.model import (
+    DETECTED_FORMATS,
+    SOURCE_FORMATS,
+    alias_problem,
+    name_problem,
+)
 from modelplane.errors import Conflict, InvalidInput, NotFound, UnsupportedModel
 from modelplane.registry.blobs import BlobStore
 from modelplane.registry.tables import AliasRow, DeploymentRow, ModelRow, VersionRow
@@ -27,6 +34,16 @@ class PushRequest:
     tags: dict[str, str] = field(default_factory=dict)
     parent: str | None = None
     created_by: str = ""
+    trust_pickle: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """An upload kept in the blob store: ONNX with its signature, or a conversion's source."""
+
+    artifact: Artifact
+    source_format: str
+    signature: Signature | None
 
 
 def now() -> datetime:
@@ -46,6 +63,8 @@ def to_version(row: VersionRow) -> ModelVersion:
         created_at=row.created_at,
         parent=row.parent,
         aliases=tuple(sorted(a.alias for a in row.model.aliases if a.version_id == row.id)),
+        source_digest=row.source_digest,
+        report=row.report,
     )
 
 
@@ -68,35 +87,61 @@ class RegistryService:
         self._max_upload = max_upload
 
     # ---- push -------------------------------------------------------------------------------
-    async def push(self, request: PushRequest, body: AsyncIterator[bytes]) -> ModelVersion:
-        """Stream ``body`` into the blob store and record a new version. Nothing becomes visible
-        unless every step succeeds."""
+    async def upload(self, request: PushRequest, body: AsyncIterator[bytes]) -> Upload:
+        """Stream ``body`` into the blob store and find its format. ONNX is validated before it
+        is kept; other formats are kept as the source of a conversion. Pickles are refused
+        unless the push trusts them."""
         if problem := name_problem(request.name):
             raise InvalidInput(problem)
-        source_format = request.source_format
-        if source_format not in ("auto", *SOURCE_FORMATS):
+        wanted = request.source_format
+        if wanted not in ("auto", *SOURCE_FORMATS):
             raise InvalidInput(
-                f"unknown format {source_format!r}; use one of auto, {', '.join(SOURCE_FORMATS)}"
-            )
-        if source_format not in ("auto", "onnx"):
-            raise UnsupportedModel(
-                f"pushing {source_format} models is not supported yet; convert the model to ONNX "
-                "and push the .onnx file with --format onnx"
+                f"unknown format {wanted!r}; use one of auto, {', '.join(SOURCE_FORMATS)}"
             )
         staged = self._blobs.stage(self._max_upload)
         try:
             async for chunk in body:
                 await run_in_threadpool(staged.write, chunk)
             await run_in_threadpool(staged.seal)
-            signature = await run_in_threadpool(onnx_source.inspect, staged.path)
+            found = await run_in_threadpool(detect, staged.path)
+            if wanted not in ("auto", DETECTED_FORMATS[found]):
+                raise UnsupportedModel(
+                    f"--format {wanted} was given but the file is a {DETECTED_FORMATS[found]} "
+                    "model; use --format auto"
+                )
+            if found == "sklearn" and not request.trust_pickle:
+                raise UnsupportedModel(
+                    "this is a pickle (scikit-learn/joblib). Loading a pickle runs code from the "
+                    "file, so modelplane refuses it unless you push with --trust-pickle and a key "
+                    "allowed to; it is then loaded only in the isolated conversion process. "
+                    "Pushing ONNX (skl2onnx) avoids pickle altogether"
+                )
+            signature = None
+            if found == "onnx":
+                signature = await run_in_threadpool(onnx_source.inspect, staged.path)
             artifact = await run_in_threadpool(staged.commit)
         except BaseException:
             staged.discard()
             raise
-        return await run_in_threadpool(self._record, request, artifact, signature)
+        return Upload(artifact, found, signature)
 
-    def _record(
-        self, request: PushRequest, artifact: Artifact, signature: Signature
+    async def push(self, request: PushRequest, body: AsyncIterator[bytes]) -> ModelVersion:
+        """Push an ONNX model as a new version (other formats go through conversions)."""
+        upload = await self.upload(request, body)
+        if upload.signature is None:
+            raise UnsupportedModel(f"{upload.source_format} models need a conversion")
+        return await run_in_threadpool(
+            self.record, request, upload.artifact, upload.signature, "onnx", None, None
+        )
+
+    def record(
+        self,
+        request: PushRequest,
+        artifact: Artifact,
+        signature: Signature,
+        source_format: str,
+        source_digest: str | None,
+        report: dict[str, Any] | None,
     ) -> ModelVersion:
         for _attempt in range(5):
             try:
@@ -115,13 +160,15 @@ class RegistryService:
                         version=number,
                         digest=artifact.digest,
                         size=artifact.size,
-                        source_format="onnx",
+                        source_format=source_format,
                         signature=signature.to_dict(),
                         description=request.description,
                         tags=request.tags,
                         created_by=request.created_by,
                         created_at=now(),
                         parent=request.parent,
+                        source_digest=source_digest,
+                        report=report,
                     )
                     session.add(row)
                     session.flush()
@@ -178,16 +225,17 @@ class RegistryService:
         with self._sessions.begin() as session:
             row = self._version_row(session, ModelRef(name, version=version))
             self._refuse_if_deployed(session, [row.id], f"{name}:{version}")
-            digest = row.digest
+            digests = {row.digest, row.source_digest}
             session.execute(delete(AliasRow).where(AliasRow.version_id == row.id))
             session.delete(row)
-        self._drop_blob_if_unused(digest)
+        for digest in digests:
+            self._drop_blob_if_unused(digest)
 
     def delete_model(self, name: str) -> None:
         with self._sessions.begin() as session:
             model = self._model_row(session, name)
             self._refuse_if_deployed(session, [v.id for v in model.versions], name)
-            digests = {v.digest for v in model.versions}
+            digests = {d for v in model.versions for d in (v.digest, v.source_digest)}
             session.execute(delete(AliasRow).where(AliasRow.model_id == model.id))
             for v in list(model.versions):
                 session.delete(v)
@@ -201,6 +249,7 @@ class RegistryService:
         removed = self._blobs.clean_staging()
         with self._sessions() as session:
             used = set(session.scalars(select(VersionRow.digest)).all())
+            used |= {d for d in session.scalars(select(VersionRow.source_digest)).all() if d}
         for digest in list(self._blobs.digests()):
             if digest not in used:
                 self._blobs.delete(digest)
@@ -208,11 +257,12 @@ class RegistryService:
         return removed
 
     # ---- helpers ----------------------------------------------------------------------------
-    def _drop_blob_if_unused(self, digest: str) -> None:
+    def _drop_blob_if_unused(self, digest: str | None) -> None:
+        if digest is None:
+            return
+        refers = (VersionRow.digest == digest) | (VersionRow.source_digest == digest)
         with self._sessions() as session:
-            count = session.scalar(
-                select(func.count()).select_from(VersionRow).where(VersionRow.digest == digest)
-            )
+            count = session.scalar(select(func.count()).select_from(VersionRow).where(refers))
         if not count:
             self._blobs.delete(digest)
 
@@ -256,5 +306,6 @@ class RegistryService:
             raise NotFound(f"model {ref.name!r} has no version {ref.version} (versions: {known})")
         return found
 
-    def blob_path(self, digest: str) -> str:
-        return str(self._blobs.path(digest))
+    @property
+    def blobs(self) -> BlobStore:
+        return self._blobs

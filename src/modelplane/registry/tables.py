@@ -44,6 +44,8 @@ class VersionRow(Base):
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     parent: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    source_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    report: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
 
     model: Mapped[ModelRow] = relationship(back_populates="versions")
 
@@ -84,3 +86,20 @@ class ApiKeyRow(Base):
     name: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked: Mapped[bool] = mapped_column(default=False)
+
+
+class ConversionRow(Base):
+    __tablename__ = "conversions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model: Mapped[str] = mapped_column(String(63))
+    source_format: Mapped[str] = mapped_column(String(32))
+    source_digest: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    stage: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(String, nullable=True)
+    report: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

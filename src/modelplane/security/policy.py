@@ -15,6 +15,7 @@ class Action(enum.StrEnum):
     DEPLOY = "deploy"
     DELETE = "delete"
     MANAGE_KEYS = "manage_keys"
+    TRUST_PICKLE = "trust_pickle"
 
 
 ALLOWED: dict[Role, frozenset[Action]] = {

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from modelplane.api.deps import allow
-from modelplane.api.schemas import AliasIn, ModelDetail, ModelOut, VersionOut
+from modelplane.api.schemas import AliasIn, ConversionOut, ModelDetail, ModelOut, VersionOut
 from modelplane.api.services import Services
 from modelplane.domain import ModelRef, Principal
 from modelplane.errors import InvalidInput
+from modelplane.registry.conversions import ConversionOptions
 from modelplane.registry.service import PushRequest
-from modelplane.security.policy import Action
+from modelplane.security.policy import Action, authorize
 
 
 def _tags(raw: list[str]) -> dict[str, str]:
@@ -26,6 +28,18 @@ def _tags(raw: list[str]) -> dict[str, str]:
     return tags
 
 
+def _shape(raw: str | None) -> tuple[int, ...] | None:
+    if raw is None:
+        return None
+    try:
+        dims = tuple(int(d) for d in raw.split(","))
+    except ValueError:
+        dims = ()
+    if not dims or any(d < 1 for d in dims):
+        raise InvalidInput(f"invalid input_shape {raw!r}: use positive integers, e.g. 1,3,32,32")
+    return dims
+
+
 def create_router(services: Services) -> APIRouter:
     router = APIRouter(prefix="/api/v1/models", tags=["models"])
     registry = services.registry
@@ -34,6 +48,7 @@ def create_router(services: Services) -> APIRouter:
         "/{name}/versions",
         status_code=201,
         response_model=VersionOut,
+        responses={202: {"model": ConversionOut, "description": "conversion started"}},
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -53,8 +68,19 @@ def create_router(services: Services) -> APIRouter:
         parent: Annotated[
             str | None, Query(description="lineage: NAME:VERSION this came from")
         ] = None,
-    ) -> VersionOut:
-        """Upload a model file as the request body (streamed; never held whole in memory)."""
+        trust_pickle: Annotated[bool, Query(description="allow loading a pickle")] = False,
+        samples: Annotated[str | None, Query(description="digest from POST /samples")] = None,
+        tolerance: Annotated[float | None, Query(gt=0, description="parity atol/rtol")] = None,
+        force: Annotated[bool, Query(description="keep a model that fails parity")] = False,
+        input_shape: Annotated[
+            str | None, Query(description="example input shape, e.g. 1,3,32,32")
+        ] = None,
+    ) -> Any:
+        """Upload a model file as the request body (streamed; never held whole in memory).
+        ONNX becomes a version at once (201); other formats start a conversion (202) that
+        ``GET /api/v1/conversions/{id}`` follows."""
+        if trust_pickle:
+            authorize(who, Action.TRUST_PICKLE)
         push_request = PushRequest(
             name=name,
             source_format=format,
@@ -62,9 +88,18 @@ def create_router(services: Services) -> APIRouter:
             tags=_tags(tag or []),
             parent=parent,
             created_by=who.name or who.key_id,
+            trust_pickle=trust_pickle,
         )
-        version = await registry.push(push_request, request.stream())
-        return VersionOut.of(version)
+        options = ConversionOptions(samples, tolerance, force, _shape(input_shape))
+        upload = await registry.upload(push_request, request.stream())
+        if upload.signature is not None:
+            version = await run_in_threadpool(
+                registry.record, push_request, upload.artifact, upload.signature, "onnx",
+                None, None,
+            )  # fmt: skip
+            return VersionOut.of(version)
+        conversion = services.conversions.start(push_request, upload, options)
+        return JSONResponse(ConversionOut.of(conversion).model_dump(mode="json"), 202)
 
     @router.get("", response_model=list[ModelOut])
     def list_models(_: Annotated[Principal, Depends(allow(Action.READ))]) -> list[ModelOut]:

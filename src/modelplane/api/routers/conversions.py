@@ -1,0 +1,51 @@
+"""/api/v1/conversions (jobs started by pushes of non-ONNX models) and /api/v1/samples."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from modelplane.api.deps import allow
+from modelplane.api.schemas import ConversionOut, SamplesOut
+from modelplane.api.services import Services
+from modelplane.domain import Principal
+from modelplane.security.policy import Action
+
+MAX_SAMPLES = 64 << 20
+
+
+def create_router(services: Services) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", tags=["conversions"])
+    conversions = services.conversions
+
+    @router.get("/conversions", response_model=list[ConversionOut])
+    def list_conversions(
+        _: Annotated[Principal, Depends(allow(Action.READ))],
+    ) -> list[ConversionOut]:
+        return [ConversionOut.of(c) for c in conversions.list()]
+
+    @router.get("/conversions/{conversion_id}", response_model=ConversionOut)
+    def show(
+        conversion_id: str, _: Annotated[Principal, Depends(allow(Action.READ))]
+    ) -> ConversionOut:
+        return ConversionOut.of(conversions.get(conversion_id))
+
+    @router.post("/samples", status_code=201, response_model=SamplesOut)
+    async def upload_samples(
+        request: Request, _: Annotated[Principal, Depends(allow(Action.PUSH))]
+    ) -> SamplesOut:
+        """Store sample inputs (.npz, or JSON ``{name: [[...]]}``) for a push's parity check;
+        pass the returned digest as ``samples=`` when pushing."""
+        staged = services.registry.blobs.stage(MAX_SAMPLES)
+        try:
+            async for chunk in request.stream():
+                await run_in_threadpool(staged.write, chunk)
+            artifact = await run_in_threadpool(staged.commit)
+        except BaseException:
+            staged.discard()
+            raise
+        return SamplesOut(digest=artifact.digest, size=artifact.size)
+
+    return router

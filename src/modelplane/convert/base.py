@@ -1,0 +1,32 @@
+"""What every source-format converter gives back (runs inside the conversion worker)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertOptions:
+    trust_pickle: bool = False
+    input_shape: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Converted:
+    """The ONNX file, and a way to run the original model on the same inputs."""
+
+    onnx_path: Path
+    original: Callable[[Arrays], Arrays]
+    label_outputs: tuple[str, ...] = ()
+    example_inputs: Arrays = field(default_factory=dict)
+
+
+class Converter(Protocol):
+    def __call__(self, source: Path, workdir: Path, options: ConvertOptions) -> Converted: ...

@@ -1,0 +1,109 @@
+"""Runs the conversion worker in its own process, with a time and a memory limit, a scratch
+folder, and an environment that holds nothing of the platform's (no keys, no database URL)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelplane.errors import UnsupportedModel, error_for_status
+
+# what the worker may see of the environment
+PASS_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionSpec:
+    source: Path
+    source_format: str
+    workdir: Path
+    trust_pickle: bool = False
+    samples: Path | None = None
+    tolerance: float | None = None
+    input_shape: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionResult:
+    onnx_path: Path
+    report: dict[str, Any]
+
+
+class ConversionRunner:
+    def __init__(self, timeout_s: float, memory_limit_bytes: int) -> None:
+        self._timeout = timeout_s
+        self._memory = memory_limit_bytes
+
+    async def run(
+        self, spec: ConversionSpec, on_stage: Callable[[str], None] | None = None
+    ) -> ConversionResult:
+        spec.workdir.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "source": str(spec.source),
+            "format": spec.source_format,
+            "workdir": str(spec.workdir),
+            "trust_pickle": spec.trust_pickle,
+            "samples": str(spec.samples) if spec.samples else None,
+            "tolerance": spec.tolerance,
+            "input_shape": list(spec.input_shape) if spec.input_shape else None,
+            "memory_limit_bytes": self._memory,
+        }
+        (spec.workdir / "spec.json").write_text(json.dumps(doc))
+        env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
+        env.update(HOME=str(spec.workdir), KERAS_BACKEND="torch", HF_HUB_OFFLINE="1",
+                   OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "modelplane.convert.worker", str(spec.workdir / "spec.json"),
+            cwd=spec.workdir, env=env, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        try:
+            await asyncio.wait_for(self._follow(proc, on_stage), self._timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            raise UnsupportedModel(
+                f"the conversion did not finish within {self._timeout:g}s and was stopped; raise "
+                "MODELPLANE_CONVERT__TIMEOUT_S if the model is just large"
+            ) from None
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        error_file = spec.workdir / "error.json"
+        if proc.returncode != 0:
+            if error_file.exists():
+                error = json.loads(error_file.read_text())
+                raise error_for_status(int(error["status"]), error["message"])
+            if proc.returncode is not None and proc.returncode < 0:
+                raise UnsupportedModel(
+                    f"the conversion process was killed by signal {-proc.returncode} (out of "
+                    f"memory? the limit is {self._memory >> 20} MiB)"
+                )
+            raise UnsupportedModel(f"the conversion process failed (exit {proc.returncode})")
+        report = json.loads((spec.workdir / "report.json").read_text())
+        return ConversionResult(spec.workdir / "model.onnx", report)
+
+    @staticmethod
+    async def _follow(
+        proc: asyncio.subprocess.Process, on_stage: Callable[[str], None] | None
+    ) -> None:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        drain = asyncio.create_task(proc.stderr.read())
+        async for line in proc.stdout:
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if on_stage is not None and isinstance(event, dict) and "stage" in event:
+                    on_stage(str(event["stage"]))
+        await drain
+        await proc.wait()

@@ -1,0 +1,128 @@
+"""The conversion worker: one isolated process per conversion (``python -m
+modelplane.convert.worker SPEC``). It never sees the platform's keys, database or settings; the
+parent gives it a scratch folder, a time limit and a memory limit.
+
+Progress goes to stdout as JSON lines (``{"stage": ...}``); the result to ``report.json`` or
+``error.json`` in the scratch folder.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelplane.convert.base import Arrays, Converter, ConvertOptions
+from modelplane.errors import InvalidInput, ModelplaneError, UnsupportedModel
+
+
+def _converter(source_format: str) -> Converter:
+    if source_format == "sklearn":
+        from modelplane.convert import sklearn_source
+
+        return sklearn_source.convert
+    if source_format == "torchscript":
+        from modelplane.convert import torch_source
+
+        return torch_source.convert_torchscript
+    if source_format == "torch-export":
+        from modelplane.convert import torch_source
+
+        return torch_source.convert_export
+    if source_format in ("keras", "keras-h5"):
+        from modelplane.convert import keras_source
+
+        return keras_source.convert
+    raise UnsupportedModel(f"converting {source_format} models is not supported yet")
+
+
+EXTRAS = {"sklearn": "sklearn", "torch": "torch", "keras": "keras", "joblib": "sklearn",
+          "skl2onnx": "sklearn", "onnxscript": "torch", "h5py": "keras"}  # fmt: skip
+
+
+def _load_samples(path: Path) -> Arrays:
+    if path.read_bytes()[:2] == b"PK":
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    try:
+        doc = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"samples must be .npz or JSON {{name: [[...]]}}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput('samples JSON must be an object: {"input_name": [[...]], ...}')
+    return {k: np.asarray(v) for k, v in doc.items()}
+
+
+def _emit(stage: str, **fields: Any) -> None:
+    print(json.dumps({"stage": stage, **fields}), flush=True)
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    from modelplane.convert import onnx as onnx_source
+    from modelplane.convert.parity import compare, generate_inputs
+
+    workdir = Path(spec["workdir"])
+    options = ConvertOptions(
+        trust_pickle=bool(spec.get("trust_pickle")),
+        input_shape=tuple(spec["input_shape"]) if spec.get("input_shape") else None,
+    )
+    _emit("convert")
+    started = time.perf_counter()
+    converted = _converter(spec["format"])(Path(spec["source"]), workdir, options)
+    convert_s = time.perf_counter() - started
+    _emit("verify")
+    signature = onnx_source.inspect(converted.onnx_path)
+    if spec.get("samples"):
+        inputs, origin = _load_samples(Path(spec["samples"])), "samples given with the push"
+        for tensor in signature.inputs:
+            if tensor.name in inputs and inputs[tensor.name].dtype.kind == "f":
+                inputs[tensor.name] = inputs[tensor.name].astype(np.float32)
+    else:
+        inputs, origin = generate_inputs(signature), "generated from the signature"
+    session = ort.InferenceSession(str(converted.onnx_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    actual = dict(zip(names, session.run(names, inputs), strict=True))
+    expected = converted.original(inputs)
+    report = compare(expected, actual, converted.label_outputs, spec.get("tolerance"))
+    report["inputs"] = origin
+    report["batch"] = int(next(iter(inputs.values())).shape[0]) if inputs else 0
+    report["convert_seconds"] = round(convert_s, 3)
+    return report
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[0]).read_text())
+    limit = int(spec.get("memory_limit_bytes", 0))
+    if limit:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    workdir = Path(spec["workdir"])
+    try:
+        report = run(spec)
+    except MemoryError:
+        error = {"message": f"the conversion ran out of memory (limit {limit >> 20} MiB)",
+                 "status": 422}  # fmt: skip
+    except ModelplaneError as exc:
+        error = {"message": exc.message, "status": exc.status}
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").split(".")[0], "all")
+        error = {"message": f"the {exc.name} package is missing on the server; install it with "
+                            f"pip install 'modelplane[{extra}]'", "status": 422}  # fmt: skip
+    except Exception as exc:
+        error = {"message": f"conversion failed: {type(exc).__name__}: {str(exc)[:400]}",
+                 "status": 422}  # fmt: skip
+    else:
+        (workdir / "report.json").write_text(json.dumps(report))
+        return 0
+    (workdir / "error.json").write_text(json.dumps(error))
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,194 @@
+"""Conversions: a pushed non-ONNX model is converted in an isolated worker, verified against the
+original (parity report), and stored as a version. Watchable as a job."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from modelplane.convert import onnx as onnx_source
+from modelplane.convert.runner import ConversionRunner, ConversionSpec
+from modelplane.domain import Conversion
+from modelplane.domain.model import DETECTED_FORMATS
+from modelplane.errors import ModelplaneError, NotFound
+from modelplane.registry.blobs import DIGEST_RE, BlobStore
+from modelplane.registry.service import PushRequest, RegistryService, Upload, now
+from modelplane.registry.tables import ConversionRow
+from modelplane.settings import Settings
+
+log = logging.getLogger("modelplane.conversions")
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionOptions:
+    samples_digest: str | None = None
+    tolerance: float | None = None
+    force: bool = False
+    input_shape: tuple[int, ...] | None = None
+
+
+def _to_conversion(row: ConversionRow) -> Conversion:
+    return Conversion(
+        id=row.id,
+        model=row.model,
+        source_format=row.source_format,
+        state=row.state,
+        stage=row.stage,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        error=row.error,
+        report=row.report,
+        version=row.version,
+    )
+
+
+class ConversionService:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        registry: RegistryService,
+        blobs: BlobStore,
+        settings: Settings,
+    ) -> None:
+        self._sessions = sessions
+        self._registry = registry
+        self._blobs = blobs
+        self._settings = settings
+        self._runner = ConversionRunner(
+            settings.convert.timeout_s, settings.convert.memory_limit_bytes
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, request: PushRequest, upload: Upload, options: ConversionOptions) -> Conversion:
+        if options.samples_digest is not None and (
+            not DIGEST_RE.match(options.samples_digest)
+            or not self._blobs.path(options.samples_digest).is_file()
+        ):
+            raise NotFound(
+                f"no uploaded samples with digest {options.samples_digest!r}; upload them with "
+                "POST /api/v1/samples first"
+            )
+        stamp = now()
+        row = ConversionRow(
+            id=uuid.uuid4().hex[:16],
+            model=request.name,
+            source_format=upload.source_format,
+            source_digest=upload.artifact.digest,
+            state="running",
+            stage="convert",
+            created_by=request.created_by,
+            created_at=stamp,
+            updated_at=stamp,
+        )
+        with self._sessions.begin() as session:
+            session.add(row)
+        task = asyncio.create_task(self._run(row.id, request, upload, options))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return _to_conversion(row)
+
+    def get(self, conversion_id: str) -> Conversion:
+        with self._sessions() as session:
+            row = session.get(ConversionRow, conversion_id)
+            if row is None:
+                raise NotFound(f"no conversion {conversion_id!r}")
+            return _to_conversion(row)
+
+    def list(self) -> list[Conversion]:
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(ConversionRow).order_by(ConversionRow.created_at.desc()).limit(100)
+            ).all()
+            return [_to_conversion(r) for r in rows]
+
+    def fail_interrupted(self) -> int:
+        """Mark conversions a previous process left running as failed (run at start)."""
+        with self._sessions.begin() as session:
+            rows = session.scalars(select(ConversionRow).where(ConversionRow.state == "running"))
+            count = 0
+            for row in rows:
+                row.state, row.error, row.updated_at = "failed", "interrupted by a restart", now()
+                count += 1
+            return count
+
+    def _update(self, conversion_id: str, **fields: object) -> None:
+        with self._sessions.begin() as session:
+            row = session.get(ConversionRow, conversion_id)
+            if row is not None:
+                for key, value in fields.items():
+                    setattr(row, key, value)
+                row.updated_at = now()
+
+    async def _run(
+        self, conversion_id: str, request: PushRequest, upload: Upload, options: ConversionOptions
+    ) -> None:
+        workdir = self._settings.work_dir / conversion_id
+        try:
+            spec = ConversionSpec(
+                source=self._blobs.path(upload.artifact.digest),
+                source_format=upload.source_format,
+                workdir=workdir,
+                trust_pickle=request.trust_pickle,
+                samples=self._blobs.path(options.samples_digest) if options.samples_digest
+                else None,
+                tolerance=options.tolerance,
+                input_shape=options.input_shape,
+            )  # fmt: skip
+
+            def stage(name: str) -> None:
+                self._update(conversion_id, stage=name)
+
+            result = await self._runner.run(spec, stage)
+            report = result.report
+            if not report["passed"] and not options.force:
+                failing = [o["name"] for o in report["outputs"] if not o["passed"]]
+                self._update(
+                    conversion_id, state="failed", report=report,
+                    error=f"the converted model does not match the original on output(s) "
+                    f"{', '.join(failing)}; see the report, or push with --force to keep it",
+                )  # fmt: skip
+                return
+            stage("store")
+            version = await run_in_threadpool(self._store, request, upload, result.onnx_path,
+                                              report)  # fmt: skip
+            self._update(conversion_id, state="succeeded", stage="done", report=report,
+                         version=version)  # fmt: skip
+            log.info("conversion %s stored %s:%s", conversion_id, request.name, version)
+        except ModelplaneError as exc:
+            self._update(conversion_id, state="failed", error=exc.message)
+        except Exception as exc:
+            log.exception("conversion %s failed", conversion_id)
+            self._update(conversion_id, state="failed", error=f"internal error: {exc}")
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _store(
+        self, request: PushRequest, upload: Upload, onnx_path: object, report: dict[str, object]
+    ) -> int:
+        from pathlib import Path
+
+        path = Path(str(onnx_path))
+        staged = self._blobs.stage(self._settings.registry.max_upload_bytes)
+        try:
+            with path.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    staged.write(chunk)
+            staged.seal()
+            signature = onnx_source.inspect(staged.path)
+            artifact = staged.commit()
+        except BaseException:
+            staged.discard()
+            raise
+        version = self._registry.record(
+            request, artifact, signature, DETECTED_FORMATS[upload.source_format],
+            upload.artifact.digest, dict(report),
+        )  # fmt: skip
+        return version.version
