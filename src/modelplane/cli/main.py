@@ -67,6 +67,17 @@ def serve(
     run_server(settings.model_copy(update=update))
 
 
+def _dims(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(d) for d in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(
+            f"use comma-separated integers, e.g. 1,3,32,32: {text!r}"
+        ) from None
+
+
 @app.command()
 def push(
     path: Annotated[Path, typer.Argument(help="Model file to upload.")],
@@ -111,14 +122,18 @@ def push(
             disable=as_json,
         ) as progress:
             task = progress.add_task(f"uploading {path.name}", total=size)
+
+            def on_stage(stage: str) -> None:
+                label = {"convert": "converting", "verify": "verifying parity",
+                         "store": "storing", "done": "done"}.get(stage, stage)  # fmt: skip
+                progress.update(task, description=label, completed=size)
+
             version = client.push(
-                path,
-                name,
-                format=format,
-                description=description,
-                tags=tags,
+                path, name, format=format, description=description, tags=tags,
                 progress=lambda sent: progress.update(task, completed=sent),
-            )
+                trust_pickle=trust_pickle, samples=samples, tolerance=tolerance, force=force,
+                input_shape=_dims(input_shape), on_stage=on_stage,
+            )  # fmt: skip
         if as_json:
             _print_json(version)
             return

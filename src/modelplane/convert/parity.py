@@ -19,7 +19,7 @@ DEFAULT_TOLERANCE: dict[str, tuple[float, float]] = {
 LABEL_AGREEMENT = 0.99
 
 
-def generate_inputs(signature: Signature, batch: int = 8, seed: int = 0) -> Arrays:
+def generate_inputs(signature: Signature, batch: int = 64, seed: int = 0) -> Arrays:
     """Inputs that fit the signature: -1 becomes ``batch`` for the first dimension, 16 after."""
     rng = np.random.default_rng(seed)
     inputs: Arrays = {}
