@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -20,6 +21,7 @@ from modelplane.security.middleware import AuthMiddleware
 from modelplane.serving.gateway import Gateway
 from modelplane.serving.http import V2Surface
 
+log = logging.getLogger("modelplane.api")
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
@@ -42,6 +44,14 @@ def create_app(services: Services, gateway: Gateway, lifespan: Lifespan | None =
     @app.exception_handler(ModelplaneError)
     async def on_error(_: Request, exc: ModelplaneError) -> JSONResponse:
         return JSONResponse(error_doc(exc.message, exc.code), status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def on_bug(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return JSONResponse(
+            error_doc("internal error; the server log has the details", "internal"),
+            status_code=500,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

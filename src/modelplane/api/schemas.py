@@ -221,6 +221,11 @@ class ConversionOut(BaseModel):
         )
 
 
+class OptimizeIn(BaseModel):
+    level: str | None = Field(None, description="basic, extended or all", examples=["all"])
+    quantize: str | None = Field(None, description="int8 or fp16", examples=["int8"])
+
+
 class SamplesOut(BaseModel):
     digest: str
     size: int

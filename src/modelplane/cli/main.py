@@ -344,6 +344,30 @@ def deployments_status(name: str, as_json: Json = False) -> None:
     )
 
 
+@app.command()
+def optimize(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION to start from")],
+    quantize: Annotated[str | None, typer.Option(help="int8 or fp16")] = None,
+    level: Annotated[str | None, typer.Option(help="basic, extended or all")] = None,
+    as_json: Json = False,
+) -> None:
+    """Make a faster version: graph optimization and/or quantization, measured and reported."""
+    name, sep, version = ref.partition(":")
+    if not sep or not version.isdigit():
+        raise typer.BadParameter("use NAME:VERSION, for example mlp:1")
+    with handled(), Client() as client, console.status("optimizing") as status:
+        result = client.optimize(
+            name, int(version), level=level, quantize=quantize,
+            on_stage=lambda stage: status.update(f"{stage}..."),
+        )  # fmt: skip
+    if as_json:
+        _print_json(result)
+        return
+    console.print(f"created [bold]{result['ref']}[/bold] from {ref} ({result['description']})")
+    if report := result.get("report"):
+        print_report(report)
+
+
 conversions_app = typer.Typer(help="Follow conversions of pushed models.", no_args_is_help=True)
 app.add_typer(conversions_app, name="conversions")
 

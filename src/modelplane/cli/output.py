@@ -72,7 +72,17 @@ def state_style(state: str) -> Callable[[str], str]:
 
 def print_report(report: dict[str, Any]) -> None:
     """A parity (or optimization) report as a table."""
+    if optimization := report.get("optimization"):
+        rows = [
+            [size.replace("_", " "), f"{v['before_ms']:.3f}", f"{v['after_ms']:.3f}",
+             f"{v['speedup']:.2f}x"]
+            for size, v in optimization["latency"].items()
+        ]  # fmt: skip
+        table(["", "BEFORE ms", "AFTER ms", "SPEEDUP"], rows,
+              title=f"latency, 1 thread (size {human_size(optimization['size_before'])} -> "
+              f"{human_size(optimization['size_after'])})")  # fmt: skip
     verdict = "[green]passed[/green]" if report.get("passed") else "[red]failed[/red]"
+    kind = "accuracy vs the source version" if "optimization" in report else "parity"
     rows = []
     for out in report.get("outputs", []):
         if "label_agreement" in out:
@@ -85,5 +95,5 @@ def print_report(report: dict[str, Any]) -> None:
     table(
         ["OUTPUT", "DIFFERENCE", "WITHIN TOLERANCE"],
         rows,
-        title=f"parity {verdict} ({report.get('inputs', '')}, batch {report.get('batch', '')})",
+        title=f"{kind} {verdict} ({report.get('inputs', '')}, batch {report.get('batch', '')})",
     )

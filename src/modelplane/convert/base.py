@@ -10,6 +10,8 @@ from typing import Protocol
 import numpy as np
 
 Arrays = dict[str, np.ndarray]
+OPTIMIZATION_LEVELS = ("basic", "extended", "all")
+QUANTIZATIONS = ("int8", "fp16")
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,8 @@ class ConversionSpec:
     samples: Path | None = None
     tolerance: float | None = None
     input_shape: tuple[int, ...] | None = None
+    level: str | None = None
+    quantize: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,8 @@ class ConversionRunner:
             "tolerance": spec.tolerance,
             "input_shape": list(spec.input_shape) if spec.input_shape else None,
             "memory_limit_bytes": self._memory,
+            "level": spec.level,
+            "quantize": spec.quantize,
         }
         (spec.workdir / "spec.json").write_text(json.dumps(doc))
         env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}

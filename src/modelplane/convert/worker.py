@@ -42,7 +42,9 @@ def _converter(source_format: str) -> Converter:
 
 
 EXTRAS = {"sklearn": "sklearn", "torch": "torch", "keras": "keras", "joblib": "sklearn",
-          "skl2onnx": "sklearn", "onnxscript": "torch", "h5py": "keras"}  # fmt: skip
+          "skl2onnx": "sklearn", "onnxscript": "torch", "h5py": "keras",
+          "tensorflow": "tensorflow", "tf2onnx": "tensorflow", "transformers": "transformers",
+          "tokenizers": "transformers"}  # fmt: skip
 
 
 def _load_samples(path: Path) -> Arrays:
@@ -64,6 +66,13 @@ def _emit(stage: str, **fields: Any) -> None:
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     import onnxruntime as ort
+
+    if spec["format"] == "optimize":
+        from modelplane.convert.optimize import optimize
+
+        _emit("optimize")
+        return optimize(Path(spec["source"]), Path(spec["workdir"]), spec.get("level"),
+                        spec.get("quantize"))  # fmt: skip
 
     from modelplane.convert import onnx as onnx_source
     from modelplane.convert.parity import compare, generate_inputs

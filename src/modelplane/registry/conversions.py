@@ -14,16 +14,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from modelplane.convert import onnx as onnx_source
+from modelplane.convert.base import OPTIMIZATION_LEVELS, QUANTIZATIONS
 from modelplane.convert.runner import ConversionRunner, ConversionSpec
-from modelplane.domain import Conversion
+from modelplane.domain import Conversion, ModelVersion
 from modelplane.domain.model import DETECTED_FORMATS
-from modelplane.errors import ModelplaneError, NotFound
+from modelplane.errors import InvalidInput, ModelplaneError, NotFound
 from modelplane.registry.blobs import DIGEST_RE, BlobStore
 from modelplane.registry.service import PushRequest, RegistryService, Upload, now
 from modelplane.registry.tables import ConversionRow
 from modelplane.settings import Settings
 
 log = logging.getLogger("modelplane.conversions")
+OPTIMIZE = "optimize"  # the worker's operation for a version that is already ONNX
 CHUNK = 1 << 20
 
 
@@ -33,6 +35,8 @@ class ConversionOptions:
     tolerance: float | None = None
     force: bool = False
     input_shape: tuple[int, ...] | None = None
+    level: str | None = None
+    quantize: str | None = None
 
 
 def _to_conversion(row: ConversionRow) -> Conversion:
@@ -95,6 +99,30 @@ class ConversionService:
         task.add_done_callback(self._tasks.discard)
         return _to_conversion(row)
 
+    def optimize(
+        self, source: ModelVersion, level: str | None, quantize: str | None, created_by: str
+    ) -> Conversion:
+        """A new version made from ``source`` by graph optimization and/or quantization."""
+        if level is None and quantize is None:
+            raise InvalidInput("say what to do: --level basic|extended|all and/or "
+                               "--quantize int8|fp16")  # fmt: skip
+        if level not in (None, *OPTIMIZATION_LEVELS) or quantize not in (None, *QUANTIZATIONS):
+            raise InvalidInput(
+                f"invalid optimization (level {level!r}, quantize {quantize!r}); use --level "
+                "basic|extended|all and --quantize int8|fp16"
+            )
+        what = ", ".join(p for p in (quantize, level and f"level {level}") if p)
+        request = PushRequest(
+            name=source.model,
+            description=f"optimized from {source.ref} ({what})",
+            tags=dict(source.tags),
+            parent=source.ref,
+            created_by=created_by,
+        )
+        upload = Upload(source.artifact, OPTIMIZE, None)
+        options = ConversionOptions(force=True, level=level, quantize=quantize)
+        return self.start(request, upload, options)
+
     def get(self, conversion_id: str) -> Conversion:
         with self._sessions() as session:
             row = session.get(ConversionRow, conversion_id)
@@ -141,6 +169,8 @@ class ConversionService:
                 else None,
                 tolerance=options.tolerance,
                 input_shape=options.input_shape,
+                level=options.level,
+                quantize=options.quantize,
             )  # fmt: skip
 
             def stage(name: str) -> None:
@@ -187,8 +217,10 @@ class ConversionService:
         except BaseException:
             staged.discard()
             raise
+        optimized = upload.source_format == OPTIMIZE
         version = self._registry.record(
-            request, artifact, signature, DETECTED_FORMATS[upload.source_format],
-            upload.artifact.digest, dict(report),
+            request, artifact, signature,
+            "onnx" if optimized else DETECTED_FORMATS[upload.source_format],
+            None if optimized else upload.artifact.digest, dict(report),
         )  # fmt: skip
         return version.version

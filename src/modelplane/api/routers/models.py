@@ -9,7 +9,14 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from modelplane.api.deps import allow
-from modelplane.api.schemas import AliasIn, ConversionOut, ModelDetail, ModelOut, VersionOut
+from modelplane.api.schemas import (
+    AliasIn,
+    ConversionOut,
+    ModelDetail,
+    ModelOut,
+    OptimizeIn,
+    VersionOut,
+)
 from modelplane.api.services import Services
 from modelplane.domain import ModelRef, Principal
 from modelplane.errors import InvalidInput
@@ -124,6 +131,22 @@ def create_router(services: Services) -> APIRouter:
         else:
             parsed = ModelRef(name, alias=ref)
         return VersionOut.of(registry.resolve(parsed))
+
+    @router.post("/{name}/versions/{version}/optimize", status_code=202,
+                 response_model=ConversionOut)  # fmt: skip
+    async def optimize(
+        name: str,
+        version: int,
+        body: OptimizeIn,
+        who: Annotated[Principal, Depends(allow(Action.PUSH))],
+    ) -> ConversionOut:
+        """Make a new version by graph optimization and/or quantization; follow the returned
+        conversion for the measured speedup and the accuracy change."""
+        source = await run_in_threadpool(registry.resolve, ModelRef(name, version=version))
+        job = services.conversions.optimize(
+            source, body.level, body.quantize, who.name or who.key_id
+        )
+        return ConversionOut.of(job)
 
     @router.put("/{name}/aliases/{alias}", response_model=VersionOut)
     def set_alias(
