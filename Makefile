@@ -39,6 +39,7 @@ e2e: install
 
 bench: install
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/convert.py
 
 ## Regenerate the V2 gRPC stubs (protobuf 6 gencode, private descriptor pool: see the README there).
 PROTO_DIR := src/modelplane/protocol/grpc

@@ -1,0 +1,142 @@
+"""Conversion benchmark: time to convert and verify each source format (in the isolated worker,
+as a push does), and the speed and accuracy of each optimization of the MLP.
+
+    .venv/bin/python bench/convert.py
+
+Writes bench/results/convert-<time>.json and .md and prints the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelplane.convert.runner import ConversionRunner, ConversionSpec
+from modelplane.testing import mlp_onnx
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+
+
+def build_models(folder: Path) -> dict[str, tuple[Path, str, dict[str, Any]]]:
+    """One model per format, made in code: name -> (file, worker format, spec extras)."""
+    import joblib
+    import torch
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
+    models: dict[str, tuple[Path, str, dict[str, Any]]] = {}
+    x, y = load_iris(return_X_y=True)
+    pipe = make_pipeline(StandardScaler(), RandomForestClassifier(n_estimators=50, random_state=0))
+    joblib.dump(pipe.fit(x, y), folder / "pipe.joblib")
+    models["scikit-learn pipeline (scaler + RF)"] = (
+        folder / "pipe.joblib", "sklearn", {"trust_pickle": True})  # fmt: skip
+
+    mlp = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.ReLU(),
+                              torch.nn.Linear(1024, 10)).eval()  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(mlp), folder / "mlp.pt")
+    models["torch MLP (TorchScript)"] = (
+        folder / "mlp.pt",
+        "torchscript",
+        {"input_shape": (1, 256)},
+    )
+
+    cnn = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(16, 10),
+    ).eval()  # fmt: skip
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(cnn, (torch.randn(2, 3, 32, 32),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, folder / "cnn.pt2")
+    models["torch CNN (torch.export)"] = (folder / "cnn.pt2", "torch-export", {})
+
+    km = keras.Sequential([keras.Input((8,)), keras.layers.Dense(10, activation="relu"),
+                           keras.layers.Dense(1)])  # fmt: skip
+    km.compile(optimizer="adam", loss="mse")
+    km.fit(np.random.rand(64, 8), np.random.rand(64, 1), epochs=1, verbose=0)
+    km.save(folder / "model.keras")
+    models["Keras tutorial model (.keras)"] = (folder / "model.keras", "keras", {})
+    return models
+
+
+async def run() -> dict[str, Any]:
+    runner = ConversionRunner(timeout_s=900, memory_limit_bytes=8 << 30)
+    work = Path(tempfile.mkdtemp(prefix="bench-convert-"))
+    rows = []
+    for name, (path, fmt, extra) in build_models(work).items():
+        started = time.perf_counter()
+        result = await runner.run(ConversionSpec(path, fmt, work / f"job-{fmt}", **extra))
+        wall = time.perf_counter() - started
+        worst = max((o.get("max_abs_error", 0.0) for o in result.report["outputs"]), default=0.0)
+        rows.append({"model": name, "format": fmt, "total_s": round(wall, 2),
+                     "convert_s": result.report["convert_seconds"],
+                     "parity": "passed" if result.report["passed"] else "FAILED",
+                     "max_abs_error": worst})  # fmt: skip
+        print(f"  {name:<38} {wall:6.2f}s  parity {rows[-1]['parity']}  max abs {worst:.2e}",
+              flush=True)  # fmt: skip
+    source = work / "mlp.onnx"
+    source.write_bytes(mlp_onnx())
+    optimizations = []
+    for quantize, level in ((None, "all"), ("int8", None), ("int8", "all"), ("fp16", None)):
+        spec = ConversionSpec(source, "optimize", work / f"opt-{quantize}-{level}",
+                              quantize=quantize, level=level)  # fmt: skip
+        result = await runner.run(spec)
+        opt = result.report["optimization"]
+        optimizations.append({
+            "quantize": quantize, "level": level,
+            "speedup_batch_1": opt["latency"]["batch_1"]["speedup"],
+            "speedup_batch_32": opt["latency"]["batch_32"]["speedup"],
+            "size_ratio": round(opt["size_after"] / opt["size_before"], 2),
+            "max_abs_error": result.report["outputs"][0].get("max_abs_error"),
+        })  # fmt: skip
+        print(f"  optimize quantize={quantize} level={level}: {optimizations[-1]}", flush=True)
+    return {"conversions": rows, "optimizations": optimizations}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "| model | format | convert + verify (s) | of which convert (s) | parity | max abs error |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in result["conversions"]:
+        lines.append(f"| {r['model']} | {r['format']} | {r['total_s']:.2f} | {r['convert_s']:.2f}"
+                     f" | {r['parity']} | {r['max_abs_error']:.1e} |")  # fmt: skip
+    lines += ["", "| MLP 256-1024-1024-1024-10 optimization | speedup batch 1 | speedup batch 32 "
+              "| size | max abs error vs source |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for o in result["optimizations"]:
+        what = ", ".join(p for p in (o["quantize"], o["level"] and f"level {o['level']}") if p)
+        lines.append(f"| {what} | {o['speedup_batch_1']:.2f}x | {o['speedup_batch_32']:.2f}x | "
+                     f"{o['size_ratio']:.2f}x | {o['max_abs_error']:.1e} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    RESULTS.mkdir(exist_ok=True)
+    result = asyncio.run(run())
+    result["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (RESULTS / f"convert-{stamp}.json").write_text(json.dumps(result, indent=2))
+    table = markdown(result)
+    (RESULTS / f"convert-{stamp}.md").write_text(table)
+    print()
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
