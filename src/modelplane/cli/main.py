@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,7 +21,7 @@ from modelplane.cli.output import (
     state_style,
     table,
 )
-from modelplane.client import Client
+from modelplane.client import Client, pack_directory
 
 app = typer.Typer(
     help="modelplane: serve trained models securely.",
@@ -80,7 +81,7 @@ def _dims(text: str | None) -> list[int] | None:
 
 @app.command()
 def push(
-    path: Annotated[Path, typer.Argument(help="Model file to upload.")],
+    path: Annotated[Path, typer.Argument(help="Model file or directory to upload.")],
     name: Annotated[str, typer.Option("--name", "-n", help="Model name.")],
     format: Annotated[
         str, typer.Option(help="auto|onnx|sklearn|torch|keras|tensorflow|transformers")
@@ -108,9 +109,11 @@ def push(
         if not sep:
             raise typer.BadParameter(f"invalid tag {item!r}: use KEY=VALUE")
         tags[key] = value
-    with handled(), Client() as client:
-        if not path.is_file():
-            raise errors.InvalidInput(f"{path} is not a file")
+    with handled(), Client() as client, tempfile.TemporaryDirectory() as scratch:
+        if path.is_dir():
+            path = pack_directory(path, Path(scratch))
+        elif not path.is_file():
+            raise errors.InvalidInput(f"{path} is not a file or directory")
         size = path.stat().st_size
         with Progress(
             "[progress.description]{task.description}",

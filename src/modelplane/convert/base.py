@@ -28,6 +28,8 @@ class Converted:
     original: Callable[[Arrays], Arrays]
     label_outputs: tuple[str, ...] = ()
     example_inputs: Arrays = field(default_factory=dict)
+    # inputs the parity check must use when the user gave none (e.g. token ids of real text)
+    parity_inputs: Arrays | None = None
 
 
 class Converter(Protocol):

@@ -74,15 +74,18 @@ def _tar_format(path: Path) -> str:
         return "tensorflow"
     if "config.json" in bare and ("tokenizer.json" in bare or "vocab.txt" in bare):
         return "transformers"
+    if any(n.endswith(".onnx") for n in bare):
+        return "onnx-folder"
     raise UnsupportedModel(
-        "a directory upload must be a TensorFlow SavedModel (saved_model.pb) or a Hugging Face "
-        "model directory (config.json and tokenizer.json)"
+        "a directory upload must be a TensorFlow SavedModel (saved_model.pb), a Hugging Face "
+        "model directory (config.json and tokenizer.json) or an ONNX model with its external "
+        "data files"
     )
 
 
 def detect(path: Path) -> str:
-    """One of: onnx, keras, keras-h5, torchscript, torch-export, sklearn, tensorflow,
-    transformers. Raises UnsupportedModel with what was found otherwise."""
+    """One of: onnx, onnx-folder, keras, keras-h5, torchscript, torch-export, sklearn,
+    tensorflow, transformers. Raises UnsupportedModel with what was found otherwise."""
     with path.open("rb") as f:
         head = f.read(16)
     if head.startswith(HDF5):

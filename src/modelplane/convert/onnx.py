@@ -8,6 +8,7 @@ from typing import Any
 import onnx
 
 from modelplane.domain import Signature, TensorSpec
+from modelplane.domain.signature import TEXT_INPUT, TOKENIZER_METADATA
 from modelplane.errors import UnsupportedModel
 
 # onnx.TensorProto element type -> V2 datatype
@@ -57,8 +58,8 @@ def _check_no_external_data(model: Any) -> None:
     for tensor in onnx.external_data_helper._get_all_tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             raise UnsupportedModel(
-                f"tensor {tensor.name!r} refers to external data files; push a single "
-                "self-contained .onnx file (onnx.save(model, path, save_as_external_data=False))"
+                f"tensor {tensor.name!r} refers to external data files; push the folder that "
+                "holds the .onnx file and its data files (modelplane push FOLDER --name ...)"
             )
 
 
@@ -80,6 +81,9 @@ def inspect(path: Path) -> Signature:
         _tensor_spec(v, "input") for v in model.graph.input if v.name not in initializers
     )
     outputs = tuple(_tensor_spec(v, "output") for v in model.graph.output)
+    if any(p.key == TOKENIZER_METADATA for p in model.metadata_props):
+        # the replica tokenizes: clients send strings
+        inputs = (TensorSpec(TEXT_INPUT, "BYTES", (-1,)),)
     if not inputs or not outputs:
         raise UnsupportedModel("the ONNX model has no inputs or no outputs")
     return Signature(inputs, outputs)

@@ -38,6 +38,14 @@ def _converter(source_format: str) -> Converter:
         from modelplane.convert import keras_source
 
         return keras_source.convert
+    if source_format == "onnx-folder":
+        from modelplane.convert import onnx_external
+
+        return onnx_external.convert
+    if source_format == "transformers":
+        from modelplane.convert import transformers_source
+
+        return transformers_source.convert
     raise UnsupportedModel(f"converting {source_format} models is not supported yet")
 
 
@@ -93,6 +101,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         for tensor in signature.inputs:
             if tensor.name in inputs and inputs[tensor.name].dtype.kind == "f":
                 inputs[tensor.name] = inputs[tensor.name].astype(np.float32)
+    elif converted.parity_inputs is not None:
+        inputs, origin = converted.parity_inputs, "sample inputs made by the converter"
     else:
         inputs, origin = generate_inputs(signature), "generated from the signature"
     session = ort.InferenceSession(str(converted.onnx_path), providers=["CPUExecutionProvider"])

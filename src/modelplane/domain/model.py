@@ -15,6 +15,7 @@ SOURCE_FORMATS = ("onnx", "sklearn", "torch", "keras", "tensorflow", "transforme
 # what detection finds, finer than the --format names users give
 DETECTED_FORMATS = {
     "onnx": "onnx",
+    "onnx-folder": "onnx",
     "sklearn": "sklearn",
     "torchscript": "torch",
     "torch-export": "torch",

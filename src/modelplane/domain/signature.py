@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# ONNX metadata keys of a model that takes text: the tokenizer (tokenizers' JSON) and its
+# maximum length. Such a model's served signature is one BYTES input named TEXT_INPUT.
+TOKENIZER_METADATA = "modelplane.tokenizer"
+MAX_LENGTH_METADATA = "modelplane.max_length"
+TEXT_INPUT = "text"
+
 # V2 datatype -> element size in bytes (BYTES is variable: 0).
 DATATYPES: dict[str, int] = {
     "BOOL": 1,

@@ -49,6 +49,7 @@ class OnnxRuntime:
         # one inference at a time per replica: ONNX Runtime's own threads do the parallel work
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.signature = Signature((), ())
+        self.metadata: dict[str, str] = {}
 
     def load(self) -> None:
         options = ort.SessionOptions()
@@ -62,6 +63,7 @@ class OnnxRuntime:
             tuple(_spec(a) for a in self._session.get_inputs()),
             tuple(_spec(a) for a in self._session.get_outputs()),
         )
+        self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
 
     async def predict(
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]

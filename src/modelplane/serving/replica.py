@@ -21,6 +21,7 @@ from modelplane.artifacts import sha256_file
 from modelplane.protocol.v2 import Limits
 from modelplane.runtime.batching import BatchingConfig, BatchingRuntime
 from modelplane.runtime.onnx import OnnxRuntime
+from modelplane.runtime.text import TokenizingRuntime
 from modelplane.serving.dataplane import DataPlane
 from modelplane.serving.replica_server import ReplicaProtocol
 from modelplane.settings import ReplicaSettings
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         max_queue_delay_s=args.max_queue_delay_ms / 1000,
         preferred_batch_sizes=tuple(args.preferred_batch_size),
     )
-    runtime = BatchingRuntime(OnnxRuntime(args.artifact, args.threads), config)
+    runtime = BatchingRuntime(TokenizingRuntime(OnnxRuntime(args.artifact, args.threads)), config)
     plane = DataPlane(args.name, args.version, runtime, Limits(args.max_elements))
     started = time.perf_counter()
     plane.load()
