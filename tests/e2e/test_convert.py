@@ -228,3 +228,25 @@ def test_onnx_with_external_data_is_pushed_as_a_folder(shared_server, tmp_path: 
 
     expected = ort.InferenceSession(str(folder / "model.onnx")).run(None, {"x": x})[0]
     np.testing.assert_allclose(call(shared_server, "ext", {"x": x})["y"], expected, atol=1e-6)
+
+
+def test_tensorflow_saved_model(shared_server, tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    class Scorer(tf.Module):
+        def __init__(self) -> None:
+            self.w = tf.Variable(tf.random.stateless_normal([4, 3], seed=[1, 2]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="features")])
+        def score(self, x: Any) -> Any:
+            return {"scores": tf.nn.softmax(tf.matmul(x, self.w))}
+
+    module = Scorer()
+    folder = tmp_path / "saved"
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.score})
+    version = push_and_deploy(shared_server, folder, "tfmodel")
+    assert version["source_format"] == "tensorflow"
+    x = np.random.default_rng(5).standard_normal((6, 4)).astype(np.float32)
+    expected = module.score(tf.constant(x))["scores"].numpy()
+    np.testing.assert_allclose(call(shared_server, "tfmodel", {"features": x})["scores"],
+                               expected, atol=1e-5)  # fmt: skip

@@ -63,7 +63,8 @@ class ConversionRunner:
         (spec.workdir / "spec.json").write_text(json.dumps(doc))
         env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
         env.update(HOME=str(spec.workdir), KERAS_BACKEND="torch", HF_HUB_OFFLINE="1",
-                   OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")  # fmt: skip
+                   OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1",
+                   TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")  # fmt: skip
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "modelplane.convert.worker", str(spec.workdir / "spec.json"),
             cwd=spec.workdir, env=env, stdout=asyncio.subprocess.PIPE,

@@ -38,6 +38,10 @@ def _converter(source_format: str) -> Converter:
         from modelplane.convert import keras_source
 
         return keras_source.convert
+    if source_format == "tensorflow":
+        from modelplane.convert import tensorflow_source
+
+        return tensorflow_source.convert
     if source_format == "onnx-folder":
         from modelplane.convert import onnx_external
 
