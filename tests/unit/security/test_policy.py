@@ -15,3 +15,9 @@ def test_user_may_read_and_infer_only() -> None:
     authorize(user, Action.INFER)
     with pytest.raises(PermissionDenied, match="may not deploy"):
         authorize(user, Action.DEPLOY)
+
+
+def test_only_admins_may_trust_pickles() -> None:
+    authorize(Principal("k", Role.ADMIN, "admin"), Action.TRUST_PICKLE)
+    with pytest.raises(PermissionDenied):
+        authorize(Principal("k", Role.OPERATOR, "ci"), Action.TRUST_PICKLE)
