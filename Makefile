@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck unit integration e2e bench proto clean
+.PHONY: install system-deps run test lint typecheck unit integration e2e bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+## Debian packages the tests use as real servers (Prometheus); installed when missing and root.
+system-deps:
+	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; } || \
+		echo "prometheus is missing: apt-get install prometheus (the Prometheus test will fail)"
+
 ## Start modelplane on 127.0.0.1:8000 with the iris demo deployed.
 run: install
 	$(BIN)/modelplane serve --demo
 
 ## Lint, types, import rules, then every test tier.
-test: install lint typecheck
+test: install system-deps lint typecheck
 	$(BIN)/pytest
 
 lint: install

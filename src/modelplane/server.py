@@ -12,6 +12,7 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp
 
 from modelplane import __version__
@@ -30,6 +31,7 @@ from modelplane.serving.gateway import Gateway
 from modelplane.serving.grpc import create_grpc_server
 from modelplane.serving.routing import RoutingTable
 from modelplane.settings import Settings
+from modelplane.telemetry.metrics import Metrics
 
 log = logging.getLogger("modelplane")
 
@@ -73,6 +75,7 @@ def build(settings: Settings) -> Platform:
     created = ensure_admin_key(keys, settings.admin_key_path)
     executor = LocalExecutor(settings)
     table = RoutingTable()
+    metrics = Metrics(CollectorRegistry())
     controller = Controller(
         deployments,
         executor,
@@ -80,13 +83,16 @@ def build(settings: Settings) -> Platform:
         blobs.path,
         interval_s=settings.scheduler.reconcile_interval_s,
         max_starts_per_minute=settings.scheduler.max_restarts_per_minute,
+        on_step=metrics.reconcile.observe,
     )
-    gateway = Gateway(table, executor.token, settings.serving.request_timeout_s)
-    conversions = ConversionService(sessions, registry, blobs, settings)
+    gateway = Gateway(table, executor.token, settings.serving.request_timeout_s, metrics)
+    conversions = ConversionService(sessions, registry, blobs, settings, metrics)
     interrupted = conversions.fail_interrupted()
     if interrupted:
         log.info("%d conversion(s) were interrupted by the last stop; push them again", interrupted)
-    services = Services(settings, registry, deployments, keys, controller, conversions)
+    services = Services(
+        settings, registry, deployments, keys, controller, conversions, gateway, metrics
+    )
 
     grpc_address = f"{settings.server.host}:{settings.server.grpc_port}"
 

@@ -9,7 +9,9 @@ from modelplane.registry.deployments import DeploymentStore
 from modelplane.registry.keys import KeyStore
 from modelplane.registry.service import RegistryService
 from modelplane.scheduler.controller import Controller
+from modelplane.serving.gateway import Gateway
 from modelplane.settings import Settings
+from modelplane.telemetry.metrics import Metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,3 +22,5 @@ class Services:
     keys: KeyStore
     controller: Controller
     conversions: ConversionService
+    gateway: Gateway
+    metrics: Metrics

@@ -23,6 +23,7 @@ from modelplane.registry.blobs import DIGEST_RE, BlobStore
 from modelplane.registry.service import PushRequest, RegistryService, Upload, now
 from modelplane.registry.tables import ConversionRow
 from modelplane.settings import Settings
+from modelplane.telemetry.metrics import Metrics
 
 log = logging.getLogger("modelplane.conversions")
 OPTIMIZE = "optimize"  # the worker's operation for a version that is already ONNX
@@ -61,7 +62,9 @@ class ConversionService:
         registry: RegistryService,
         blobs: BlobStore,
         settings: Settings,
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
         self._sessions = sessions
         self._registry = registry
         self._blobs = blobs
@@ -148,6 +151,8 @@ class ConversionService:
             return count
 
     def _update(self, conversion_id: str, **fields: object) -> None:
+        if fields.get("state") in ("succeeded", "failed"):
+            self._metrics.conversions.labels(str(fields["state"])).inc()
         with self._sessions.begin() as session:
             row = session.get(ConversionRow, conversion_id)
             if row is not None:

@@ -8,6 +8,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from modelplane.domain import Signature
+from modelplane.telemetry.histogram import Histogram
 
 Arrays = dict[str, np.ndarray]
 
@@ -25,6 +26,9 @@ class Runtime(Protocol):
 
 @runtime_checkable
 class BatchStats(Protocol):
-    """Optional: a runtime that merges requests reports how often each batch size ran."""
+    """Optional: a runtime that merges requests reports how often each batch size ran and how
+    long requests waited and batches computed."""
 
     batch_sizes: Mapping[int, int]
+    queue_seconds: Histogram
+    compute_seconds: Histogram

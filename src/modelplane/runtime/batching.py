@@ -21,6 +21,7 @@ import numpy as np
 from modelplane.domain import Signature
 from modelplane.errors import InvalidInput, Overloaded
 from modelplane.runtime.base import Arrays, Runtime
+from modelplane.telemetry.histogram import Histogram
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,8 @@ class BatchingRuntime:
         self._task: asyncio.Task[None] | None = None
         self._enabled = False
         self.batch_sizes: Counter[int] = Counter()
+        self.queue_seconds = Histogram()
+        self.compute_seconds = Histogram()
         self.signature = inner.signature
 
     def load(self) -> None:
@@ -69,14 +72,12 @@ class BatchingRuntime:
 
     async def predict(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> Arrays:
         if not self._enabled:
-            self.batch_sizes[_rows(inputs)] += 1
-            return await self._inner.predict(inputs, outputs)
+            return await self._unbatched(inputs, outputs)
         if len(self._queue) >= self._config.max_queue:
             raise Overloaded(f"the replica queue is full ({self._config.max_queue} requests)")
         size = _rows(inputs)
         if size > self._config.max_batch_size:
-            self.batch_sizes[size] += 1
-            return await self._inner.predict(inputs, outputs)
+            return await self._unbatched(inputs, outputs)
         key = tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(inputs.items()))
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(inputs, tuple(outputs), size, key, future))
@@ -84,6 +85,15 @@ class BatchingRuntime:
             self._task = asyncio.create_task(self._run(), name="batcher")
         self._wake.set()
         return await future
+
+    async def _unbatched(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> Arrays:
+        self.batch_sizes[_rows(inputs)] += 1
+        self.queue_seconds.observe(0.0)
+        started = time.perf_counter()
+        try:
+            return await self._inner.predict(inputs, outputs)
+        finally:
+            self.compute_seconds.observe(time.perf_counter() - started)
 
     async def _run(self) -> None:
         while True:
@@ -124,6 +134,9 @@ class BatchingRuntime:
 
     async def _execute(self, batch: list[_Item]) -> None:
         self.batch_sizes[sum(i.size for i in batch)] += 1
+        started = time.perf_counter()
+        for item in batch:
+            self.queue_seconds.observe(started - item.enqueued)
         names = list(dict.fromkeys(n for i in batch for n in i.outputs))
         try:
             if len(batch) == 1:
@@ -139,6 +152,8 @@ class BatchingRuntime:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        finally:
+            self.compute_seconds.observe(time.perf_counter() - started)
         offset = 0
         for item in batch:
             end = offset + item.size

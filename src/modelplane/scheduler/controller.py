@@ -31,7 +31,9 @@ class Controller:
         interval_s: float = 1.0,
         max_starts_per_minute: int = 5,
         clock: Callable[[], float] = time.monotonic,
+        on_step: Callable[[float], None] | None = None,
     ) -> None:
+        self._on_step = on_step
         self._deployments = deployments
         self._executor = executor
         self._table = table
@@ -48,6 +50,9 @@ class Controller:
     # ---- what the API reads -----------------------------------------------------------------
     def replicas(self, deployment: str) -> list[Replica]:
         return [r for r in self._observed if r.deployment == deployment]
+
+    def all_replicas(self) -> list[Replica]:
+        return list(self._observed)
 
     def last_failure(self, deployment: str) -> str | None:
         return self._last_failure.get(deployment)
@@ -141,6 +146,8 @@ class Controller:
             except Exception:
                 log.exception("reconcile step failed; retrying")
             elapsed = time.perf_counter() - started
+            if self._on_step is not None:
+                self._on_step(elapsed)
             if elapsed > 5:
                 log.warning("reconcile step took %.1fs", elapsed)
             with contextlib.suppress(TimeoutError):

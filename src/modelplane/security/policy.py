@@ -16,12 +16,13 @@ class Action(enum.StrEnum):
     DELETE = "delete"
     MANAGE_KEYS = "manage_keys"
     TRUST_PICKLE = "trust_pickle"
+    METRICS = "metrics"
 
 
 ALLOWED: dict[Role, frozenset[Action]] = {
     Role.ADMIN: frozenset(Action),
     Role.OPERATOR: frozenset(
-        {Action.READ, Action.INFER, Action.PUSH, Action.DEPLOY, Action.DELETE}
+        {Action.READ, Action.INFER, Action.PUSH, Action.DEPLOY, Action.DELETE, Action.METRICS}
     ),
     Role.USER: frozenset({Action.READ, Action.INFER}),
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ import orjson
 from modelplane.errors import DeadlineExceeded, InvalidInput, ModelplaneError
 from modelplane.protocol import frames, v2
 from modelplane.runtime import BatchStats, Runtime
+from modelplane.telemetry.histogram import Histogram
 
 JSON_OK = 200
 
@@ -46,9 +48,13 @@ class DataPlane:
         self.ready = False
         self.inference_count = 0
         self.failure_count = 0
+        self.load_seconds = 0.0
+        self.request_seconds = Histogram()
 
     def load(self) -> None:
+        started = time.perf_counter()
         self._runtime.load()
+        self.load_seconds = time.perf_counter() - started
         self.ready = True
 
     def metadata(self) -> dict[str, Any]:
@@ -64,13 +70,20 @@ class DataPlane:
     def stats(self) -> dict[str, Any]:
         """Counts in the shape of Triton's statistics extension (the parts we keep)."""
         runtime = self._runtime
-        sizes = runtime.batch_sizes if isinstance(runtime, BatchStats) else {}
-        return {
+        batching = runtime if isinstance(runtime, BatchStats) else None
+        sizes = batching.batch_sizes if batching else {}
+        doc = {
             "inference_count": self.inference_count,
             "failure_count": self.failure_count,
             "execution_count": sum(sizes.values()),
             "batch_sizes": {str(size): count for size, count in sorted(sizes.items())},
+            "load_seconds": self.load_seconds,
+            "request_seconds": self.request_seconds.snapshot(),
         }
+        if batching is not None:
+            doc["queue_seconds"] = batching.queue_seconds.snapshot()
+            doc["compute_seconds"] = batching.compute_seconds.snapshot()
+        return doc
 
     async def infer(
         self, body: bytes, header_length: int | None, deadline_ms: int = 0
@@ -95,11 +108,14 @@ class DataPlane:
         try:
             if frame.op == frames.INFER:
                 self.inference_count += 1
+                started = time.perf_counter()
                 try:
                     result = await self.infer(frame.payload, frame.header_len, frame.timeout_ms)
                 except ModelplaneError:
                     self.failure_count += 1
                     raise
+                finally:
+                    self.request_seconds.observe(time.perf_counter() - started)
                 return frames.ResponseFrame(frame.id, JSON_OK, result.header_length, result.body)
             if frame.op == frames.READY:
                 return frames.ResponseFrame(frame.id, 200 if self.ready else 503, None, b"")

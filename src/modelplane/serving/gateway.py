@@ -4,16 +4,24 @@ forwards bytes. It never decodes tensors; the replica does that once."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from modelplane.errors import DeadlineExceeded, NotFound, Overloaded, Unavailable
+from modelplane.errors import (
+    DeadlineExceeded,
+    ModelplaneError,
+    NotFound,
+    Overloaded,
+    Unavailable,
+)
 from modelplane.protocol import frames
 from modelplane.serving.replica_client import ReplicaConnection, ReplicaGone
 from modelplane.serving.routing import Endpoint, Route, RoutingTable
+from modelplane.telemetry.metrics import Metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,8 +32,10 @@ class Forwarded:
 
 
 class Gateway:
-    def __init__(self, table: RoutingTable, token: str, timeout_s: float) -> None:
+    def __init__(self, table: RoutingTable, token: str, timeout_s: float, metrics: Metrics) -> None:
         self.table = table
+        self._metrics = metrics
+        self.traffic: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
         self._token = token
         self._timeout = timeout_s
         self._connections: dict[str, ReplicaConnection] = {}
@@ -70,16 +80,30 @@ class Gateway:
     async def infer(self, route: Route, body: bytes, header_length: int | None) -> Forwarded:
         """Forward an inference to a ready replica. Excess load gets 429 at once; a replica that
         goes away before answering is retried once on another."""
+        metrics = self._metrics
         if self._queued[route.name] >= route.max_queued:
+            metrics.requests.labels(route.name, route.version, "429").inc()
             raise Overloaded(
                 f"model {route.name!r} has {route.max_queued} requests in flight, its limit; "
                 "retry after a moment"
             )
         self._queued[route.name] += 1
+        in_flight = metrics.in_flight.labels(route.name)
+        in_flight.inc()
+        started = time.perf_counter()
+        status = 500
         try:
-            return await self._forward(route, body, header_length)
+            result = await self._forward(route, body, header_length)
+            status = result.status
+            return result
+        except ModelplaneError as exc:
+            status = exc.status
+            raise
         finally:
             self._queued[route.name] -= 1
+            in_flight.dec()
+            metrics.requests.labels(route.name, route.version, str(status)).inc()
+            metrics.latency.labels(route.name, route.version).observe(time.perf_counter() - started)
 
     async def _forward(self, route: Route, body: bytes, header_length: int | None) -> Forwarded:
         tried: set[str] = set()
@@ -103,6 +127,9 @@ class Gateway:
                 ) from None
             finally:
                 self._outstanding[endpoint.replica_id] -= 1
+            counts = self.traffic[endpoint.replica_id]
+            counts[0] += len(body)
+            counts[1] += len(reply.payload)
             return Forwarded(reply.status, reply.payload, reply.header_len)
         raise Unavailable(
             f"model {route.name!r} has no ready replica ({len(route.endpoints)} of "
@@ -110,35 +137,48 @@ class Gateway:
             f"{route.name}`"
         )
 
-    async def stats(self, route: Route) -> dict[str, Any]:
-        """Counts summed over the route's ready replicas, in Triton's statistics shape."""
-        inference = execution = failure = 0
-        batches: Counter[int] = Counter()
+    async def replica_stats(self, route: Route) -> list[tuple[Endpoint, dict[str, Any] | None]]:
+        """Each ready replica's counters (None where it did not answer)."""
+        results: list[tuple[Endpoint, dict[str, Any] | None]] = []
         for endpoint in route.endpoints:
             try:
                 connection = await self._connection(endpoint)
                 reply = await connection.request(frames.STATS, b"", None, 0, 5.0)
+                results.append((endpoint, orjson.loads(reply.payload)))
             except (ReplicaGone, TimeoutError):
+                results.append((endpoint, None))
+        return results
+
+    async def stats(self, route: Route) -> dict[str, Any]:
+        """Counts summed over the route's ready replicas, in Triton's statistics shape."""
+        inference = execution = failure = 0
+        batches: Counter[int] = Counter()
+        request_ns = compute_ns = queue_ns = 0
+        for _, doc in await self.replica_stats(route):
+            if doc is None:
                 continue
-            doc = orjson.loads(reply.payload)
             inference += doc["inference_count"]
             execution += doc["execution_count"]
             failure += doc["failure_count"]
             batches.update({int(k): v for k, v in doc["batch_sizes"].items()})
+            request_ns += int(doc["request_seconds"]["sum"] * 1e9)
+            compute_ns += int(doc.get("compute_seconds", {}).get("sum", 0) * 1e9)
+            queue_ns += int(doc.get("queue_seconds", {}).get("sum", 0) * 1e9)
         return {
-            "model_stats": [
-                {
-                    "name": route.name,
-                    "version": route.version,
-                    "inference_count": inference,
-                    "execution_count": execution,
-                    "inference_stats": {"fail": {"count": failure}},
-                    "batch_stats": [
-                        {"batch_size": size, "compute_infer": {"count": count}}
-                        for size, count in sorted(batches.items())
-                    ],
-                }
-            ]
+            "name": route.name,
+            "version": route.version,
+            "inference_count": inference,
+            "execution_count": execution,
+            "inference_stats": {
+                "success": {"count": inference - failure, "ns": request_ns},
+                "fail": {"count": failure},
+                "queue": {"count": inference, "ns": queue_ns},
+                "compute_infer": {"count": execution, "ns": compute_ns},
+            },
+            "batch_stats": [
+                {"batch_size": size, "compute_infer": {"count": count}}
+                for size, count in sorted(batches.items())
+            ],
         }
 
     async def close(self) -> None:

@@ -12,6 +12,7 @@ from modelplane.errors import InvalidInput, ModelplaneError, NotFound, Overloade
 from modelplane.protocol.v2 import EXTENSIONS, error_body
 from modelplane.serving.body import too_large
 from modelplane.serving.gateway import Gateway
+from modelplane.telemetry.metrics import Metrics
 
 PLATFORM = "onnxruntime_onnx"
 JSON = b"application/json"
@@ -29,8 +30,11 @@ def _parse_header_length(raw: bytes | None) -> int | None:
 
 
 class V2Surface:
-    def __init__(self, app: ASGIApp, gateway: Gateway, version: str, max_body: int) -> None:
+    def __init__(
+        self, app: ASGIApp, gateway: Gateway, version: str, max_body: int, metrics: Metrics
+    ) -> None:
         self._app = app
+        self._metrics = metrics
         self._gateway = gateway
         self._max_body = max_body
         self._server_metadata = orjson.dumps(
@@ -55,6 +59,11 @@ class V2Surface:
             body = self._server_metadata if not parts else b""
             await _reply(send, 200, body, JSON if body else b"text/plain")
             return
+        if parts == ["models", "stats"] and method == "GET":
+            routes = list(self._gateway.table.routes.values())
+            stats = [await self._gateway.stats(route) for route in routes]
+            await _reply(send, 200, orjson.dumps({"model_stats": stats}), JSON)
+            return
         if len(parts) < 2 or parts[0] != "models":
             raise NotFound(f"no V2 route {path!r}; see /docs and docs/api.md")
         name, rest = parts[1], parts[2:]
@@ -66,8 +75,8 @@ class V2Surface:
         elif rest == [] and method == "GET":
             await _reply(send, 200, orjson.dumps(self._metadata(name, version)), JSON)
         elif rest == ["stats"] and method == "GET":
-            stats = await self._gateway.stats(self._gateway.route(name, version))
-            await _reply(send, 200, orjson.dumps(stats), JSON)
+            one = await self._gateway.stats(self._gateway.route(name, version))
+            await _reply(send, 200, orjson.dumps({"model_stats": [one]}), JSON)
         elif rest == ["ready"] and method == "GET":
             route = self._gateway.route(name, version)
             if not route.endpoints:
@@ -91,7 +100,11 @@ class V2Surface:
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
     ) -> None:
-        route = self._gateway.route(name, version)
+        try:
+            route = self._gateway.route(name, version)
+        except NotFound:
+            self._metrics.unrouted.labels("404").inc()
+            raise
         header_length = None
         for key, value in scope["headers"]:
             if key == b"inference-header-content-length":

@@ -98,7 +98,12 @@ def create_router(services: Services) -> APIRouter:
             trust_pickle=trust_pickle,
         )
         options = ConversionOptions(samples, tolerance, force, _shape(input_shape))
-        upload = await registry.upload(push_request, request.stream())
+        try:
+            upload = await registry.upload(push_request, request.stream())
+        except Exception:
+            services.metrics.pushes.labels("refused").inc()
+            raise
+        services.metrics.pushes.labels("accepted").inc()
         if upload.signature is not None:
             version = await run_in_threadpool(
                 registry.record, push_request, upload.artifact, upload.signature, "onnx",

@@ -1,0 +1,39 @@
+"""/metrics: Prometheus text format, for keys allowed to read metrics."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from modelplane.api.deps import allow
+from modelplane.api.services import Services
+from modelplane.domain import Principal
+from modelplane.security.policy import Action
+from modelplane.telemetry.metrics import ReplicaSample, Snapshot
+
+
+def create_router(services: Services) -> APIRouter:
+    router = APIRouter(tags=["monitoring"])
+    gateway, controller, metrics = services.gateway, services.controller, services.metrics
+
+    @router.get("/metrics", response_class=Response)
+    async def prometheus(_: Annotated[Principal, Depends(allow(Action.METRICS))]) -> Response:
+        replicas = {r.id: r for r in controller.all_replicas()}
+        samples = []
+        for route in list(gateway.table.routes.values()):
+            for endpoint, stats in await gateway.replica_stats(route):
+                replica = replicas.get(endpoint.replica_id)
+                bytes_in, bytes_out = gateway.traffic[endpoint.replica_id]
+                samples.append(ReplicaSample(
+                    route.name, route.version, endpoint.replica_id,
+                    replica.pid if replica else None, stats, bytes_in, bytes_out,
+                ))  # fmt: skip
+        states = Counter(r.state.value for r in replicas.values())
+        metrics.snapshot = Snapshot(samples, dict(states))
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router

@@ -1,0 +1,195 @@
+"""Every Prometheus series of modelplane, defined once on an injected registry.
+
+Label values are bounded: only routed (deployed) model names become labels; requests for unknown
+names are counted without the name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSample:
+    """What the control plane knows of one replica at scrape time."""
+
+    model: str
+    version: str
+    replica: str
+    pid: int | None
+    stats: dict[str, Any] | None
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+@dataclass
+class Snapshot:
+    replicas: list[ReplicaSample] = field(default_factory=list)
+    states: dict[str, int] = field(default_factory=dict)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "modelplane_requests", "Inference requests by model, version and status code",
+            ["model", "version", "code"], registry=registry,
+        )  # fmt: skip
+        self.unrouted = Counter(
+            "modelplane_requests_unrouted", "Requests for models that are not deployed",
+            ["code"], registry=registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "modelplane_request_duration_seconds", "Gateway time of an inference request",
+            ["model", "version"], buckets=LATENCY, registry=registry,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "modelplane_requests_in_flight", "Inference requests being served",
+            ["model"], registry=registry,
+        )  # fmt: skip
+        self.pushes = Counter(
+            "modelplane_pushes", "Model pushes by outcome", ["result"], registry=registry
+        )
+        self.conversions = Counter(
+            "modelplane_conversions", "Finished conversions by state", ["state"],
+            registry=registry,
+        )  # fmt: skip
+        self.reconcile = Histogram(
+            "modelplane_scheduler_loop_seconds", "Duration of one reconcile step",
+            buckets=LATENCY, registry=registry,
+        )  # fmt: skip
+        self.snapshot = Snapshot()
+        self._processes: dict[int, psutil.Process] = {}
+        registry.register(_ReplicaCollector(self))
+
+    def process(self, pid: int) -> psutil.Process | None:
+        proc = self._processes.get(pid)
+        if proc is None:
+            try:
+                proc = psutil.Process(pid)
+                proc.cpu_percent(None)
+            except psutil.Error:
+                return None
+            self._processes[pid] = proc
+        return proc
+
+
+def _histogram(
+    name: str, doc: str, labels: list[str], samples: Iterable[tuple[list[str], dict[str, Any]]]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for values, data in samples:
+        running, buckets = 0, []
+        for bound, count in zip(data["buckets"], data["counts"], strict=False):
+            running += count
+            buckets.append((repr(float(bound)), running))
+        buckets.append(("+Inf", data["count"]))
+        family.add_metric(values, buckets, data["sum"])
+    return family
+
+
+def _batch_histogram(sizes: dict[str, int]) -> dict[str, Any]:
+    counts = [0] * len(BATCH_BUCKETS)
+    total = 0
+    weighted = 0
+    for size_text, count in sizes.items():
+        size = int(size_text)
+        total += count
+        weighted += size * count
+        for i, bound in enumerate(BATCH_BUCKETS):
+            if size <= bound:
+                counts[i] += count
+                break
+    return {"buckets": list(BATCH_BUCKETS), "counts": counts, "sum": weighted, "count": total}
+
+
+class _ReplicaCollector(Collector):
+    """Replica, node and process series, read at scrape time from the last snapshot."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        snap = self._metrics.snapshot
+        labels = ["model", "version", "replica"]
+        with_stats = [(r, r.stats) for r in snap.replicas if r.stats]
+        yield _histogram("modelplane_replica_queue_seconds", "Time requests waited for a batch",
+                         labels, [([r.model, r.version, r.replica], s["queue_seconds"])
+                                  for r, s in with_stats if "queue_seconds" in s])  # fmt: skip
+        yield _histogram("modelplane_replica_compute_seconds", "ONNX Runtime time per batch",
+                         labels, [([r.model, r.version, r.replica], s["compute_seconds"])
+                                  for r, s in with_stats if "compute_seconds" in s])  # fmt: skip
+        yield _histogram("modelplane_replica_request_seconds", "Replica time per request",
+                         labels, [([r.model, r.version, r.replica], s["request_seconds"])
+                                  for r, s in with_stats])  # fmt: skip
+        yield _histogram("modelplane_batch_size", "Rows per executed batch", labels,
+                         [([r.model, r.version, r.replica], _batch_histogram(s["batch_sizes"]))
+                          for r, s in with_stats])  # fmt: skip
+        load = GaugeMetricFamily("modelplane_model_load_seconds", "Model load time", labels=labels)
+        for r, s in with_stats:
+            load.add_metric([r.model, r.version, r.replica], s["load_seconds"])
+        yield load
+        cpu = GaugeMetricFamily("modelplane_replica_cpu_percent", "Replica CPU (% of one core)",
+                                labels=labels)  # fmt: skip
+        rss = GaugeMetricFamily("modelplane_replica_resident_memory_bytes", "Replica RSS",
+                                labels=labels)  # fmt: skip
+        fds = GaugeMetricFamily("modelplane_replica_open_fds", "Replica open file descriptors",
+                                labels=labels)  # fmt: skip
+        net_in = CounterMetricFamily(
+            "modelplane_replica_network_received_bytes",
+            "Bytes the replica received from the gateway",
+            labels=labels,
+        )
+        net_out = CounterMetricFamily(
+            "modelplane_replica_network_sent_bytes",
+            "Bytes the replica sent to the gateway",
+            labels=labels,
+        )
+        for r in snap.replicas:
+            values = [r.model, r.version, r.replica]
+            net_in.add_metric(values, r.bytes_in)
+            net_out.add_metric(values, r.bytes_out)
+            proc = self._metrics.process(r.pid) if r.pid else None
+            if proc is None:
+                continue
+            try:
+                with proc.oneshot():
+                    cpu.add_metric(values, proc.cpu_percent(None))
+                    rss.add_metric(values, proc.memory_info().rss)
+                    fds.add_metric(values, proc.num_fds())
+            except psutil.Error:
+                continue
+        yield from (cpu, rss, fds, net_in, net_out)
+        states = GaugeMetricFamily("modelplane_replicas", "Replicas by state", labels=["state"])
+        for state, count in sorted(snap.states.items()):
+            states.add_metric([state], count)
+        yield states
+        yield from _node()
+
+
+def _node() -> Iterator[Any]:
+    memory = psutil.virtual_memory()
+    net = psutil.net_io_counters()
+    node = "local"
+    for name, doc, value, kind in (
+        ("modelplane_node_cpu_percent", "Node CPU (% of all cores)", psutil.cpu_percent(None), "g"),
+        ("modelplane_node_memory_used_bytes", "Node memory in use", memory.used, "g"),
+        ("modelplane_node_memory_total_bytes", "Node memory", memory.total, "g"),
+        ("modelplane_node_network_received_bytes", "Node bytes received", net.bytes_recv, "c"),
+        ("modelplane_node_network_sent_bytes", "Node bytes sent", net.bytes_sent, "c"),
+    ):
+        family: Any = (GaugeMetricFamily if kind == "g" else CounterMetricFamily)(
+            name, doc, labels=["node"]
+        )
+        family.add_metric([node], value)
+        yield family

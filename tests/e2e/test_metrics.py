@@ -1,0 +1,124 @@
+"""/metrics after known traffic, and a real Prometheus (Debian's package) scraping it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from modelplane.testing import free_port, wait_for
+
+pytestmark = pytest.mark.e2e
+
+GOOD = {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32",
+                    "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
+BAD = {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "INT64",
+                   "data": [5, 3, 1, 0]}]}  # fmt: skip
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(metrics: dict[Any, float], name: str, **labels: str) -> float:
+    matches = [v for (n, ls), v in metrics.items()
+               if n == name and all((k, v2) in ls for k, v2 in labels.items())]  # fmt: skip
+    assert matches, f"no sample {name} {labels}"
+    return sum(matches)
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory, iris_bytes) -> Any:
+    from tests.e2e.conftest import Server
+
+    server = Server(tmp_path_factory.mktemp("metrics") / "home")
+    server.start()
+    path = server.home.parent / "iris.onnx"
+    path.write_bytes(iris_bytes)
+    assert server.cli("push", str(path), "--name", "iris").returncode == 0
+    assert server.cli("deploy", "iris").returncode == 0
+    with httpx.Client(base_url=server.url, headers=server.auth) as client:
+        for _ in range(37):
+            assert client.post("/v2/models/iris/infer", json=GOOD).status_code == 200
+        for _ in range(5):
+            assert client.post("/v2/models/iris/infer", json=BAD).status_code == 400
+        for i in range(3):
+            assert client.post(f"/v2/models/ghost{i}/infer", json=GOOD).status_code == 404
+    yield server
+    server.stop()
+
+
+def test_metrics_count_what_was_sent(loaded) -> None:
+    assert httpx.get(f"{loaded.url}/metrics").status_code == 401
+    response = httpx.get(f"{loaded.url}/metrics", headers=loaded.auth)
+    assert response.status_code == 200
+    m = samples(response.text)
+    assert value(m, "modelplane_requests_total", model="iris", version="1", code="200") == 37
+    assert value(m, "modelplane_requests_total", model="iris", code="400") == 5
+    assert value(m, "modelplane_requests_unrouted_total", code="404") == 3
+    assert not any("ghost" in str(labels) for _, labels in m)  # unknown names make no series
+    assert value(m, "modelplane_request_duration_seconds_count", model="iris") == 42
+    assert value(m, "modelplane_replica_request_seconds_count", model="iris") == 42
+    assert value(m, "modelplane_replica_compute_seconds_count", model="iris") >= 1
+    assert value(m, "modelplane_batch_size_sum", model="iris") == 37  # rows that ran
+    assert value(m, "modelplane_model_load_seconds", model="iris") > 0
+    assert value(m, "modelplane_replica_network_received_bytes_total", model="iris") > 0
+    assert value(m, "modelplane_replicas", state="ready") == 1
+    assert value(m, "modelplane_node_memory_total_bytes") == psutil.virtual_memory().total
+
+
+def test_replica_memory_agrees_with_psutil(loaded) -> None:
+    [replica] = loaded.deployment("iris")["replicas"]
+    text = httpx.get(f"{loaded.url}/metrics", headers=loaded.auth).text
+    reported = value(samples(text), "modelplane_replica_resident_memory_bytes", model="iris")
+    actual = psutil.Process(replica["pid"]).memory_info().rss
+    assert abs(reported - actual) / actual < 0.10
+
+
+def test_a_real_prometheus_scrapes_it(loaded, tmp_path: Path) -> None:
+    binary = shutil.which("prometheus")
+    assert binary, "Debian's prometheus package is needed: apt-get install prometheus"
+    port = free_port()
+    (tmp_path / "key").write_text(loaded.key)
+    (tmp_path / "prometheus.yml").write_text(f"""
+global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: modelplane
+    authorization:
+      credentials_file: {tmp_path / "key"}
+    static_configs:
+      - targets: ["127.0.0.1:{loaded.port}"]
+""")
+    with (tmp_path / "prometheus.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        query = 'sum(modelplane_requests_total{model="iris",code="200"})'
+
+        def scraped() -> bool:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": query})
+            except httpx.HTTPError:
+                return False
+            result = r.json()["data"]["result"] if r.status_code == 200 else []
+            return bool(result) and float(result[0]["value"][1]) == 37
+
+        wait_for(scraped, timeout=60, interval=0.5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
