@@ -11,6 +11,7 @@ from typing import Any, TypedDict
 
 import httpx
 import numpy as np
+import orjson
 
 from modelplane import errors
 from modelplane.settings import ClientSettings
@@ -359,6 +360,47 @@ class Client:
     def deployment(self, name: str) -> DeploymentInfo:
         result: DeploymentInfo = self._request("GET", f"/api/v1/deployments/{name}").json()
         return result
+
+    def logs(
+        self,
+        name: str,
+        *,
+        replica: str | None = None,
+        since: str | None = None,
+        level: str | None = None,
+        limit: int = 200,
+    ) -> list[dict[str, Any]]:
+        """A deployment's collected log records (newest last)."""
+        params = {k: v for k, v in {"replica": replica, "since": since, "level": level,
+                                    "limit": limit}.items() if v is not None}  # fmt: skip
+        result: list[dict[str, Any]] = self._request(
+            "GET", f"/api/v1/deployments/{name}/logs", params=params
+        ).json()
+        return result
+
+    def follow_logs(
+        self,
+        name: str,
+        *,
+        replica: str | None = None,
+        since: str | None = None,
+        level: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Log records as they are written (stops when the caller stops iterating)."""
+        params = {k: v for k, v in {"replica": replica, "since": since, "level": level,
+                                    "follow": "true"}.items() if v is not None}  # fmt: skip
+        try:
+            with self._http.stream(
+                "GET", f"/api/v1/deployments/{name}/logs", params=params, timeout=None
+            ) as response:
+                if not response.is_success:
+                    response.read()
+                    _raise_for(response)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield orjson.loads(line)
+        except httpx.TransportError as exc:
+            raise errors.Unavailable(f"log stream ended: {type(exc).__name__}") from None
 
     def undeploy(self, name: str) -> None:
         self._request("DELETE", f"/api/v1/deployments/{name}")

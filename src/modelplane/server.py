@@ -31,6 +31,7 @@ from modelplane.serving.gateway import Gateway
 from modelplane.serving.grpc import create_grpc_server
 from modelplane.serving.routing import RoutingTable
 from modelplane.settings import Settings
+from modelplane.telemetry.logs import LogWriter, configure, flush_every
 from modelplane.telemetry.metrics import Metrics
 
 log = logging.getLogger("modelplane")
@@ -155,6 +156,9 @@ JSON
 
 def serve(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    writer = LogWriter(settings.log_dir / "serve.log")
+    configure(writer, "serve")
+    flush_every(writer)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     platform = build(settings)

@@ -122,3 +122,46 @@ scrape_configs:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_logs_follow_requests_with_their_ids(loaded) -> None:
+    import subprocess as sp
+    import sys
+
+    follower = sp.Popen(
+        [str(Path(sys.executable).parent / "modelplane"), "deployments", "logs", "iris",
+         "--follow", "--since", "1s"],
+        env=loaded._env(), stdout=sp.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        # the follower subscribes; a fixed pause is enough since it also replays the last
+        # second, and the test then waits for the lines themselves, not for time
+        wait_for(lambda: follower.poll() is None, timeout=5)
+        response = httpx.post(f"{loaded.url}/v2/models/iris/infer", headers=loaded.auth,
+                              json=GOOD)  # fmt: skip
+        generated = response.headers["x-request-id"]
+        mine = httpx.post(
+            f"{loaded.url}/v2/models/iris/infer",
+            headers={**loaded.auth, "X-Request-Id": "trace-me-7"},
+            json=BAD,
+        )
+        assert mine.headers["x-request-id"] == "trace-me-7"
+        seen: list[str] = []
+        assert follower.stdout is not None
+        while not any("trace-me-7" in line for line in seen):
+            line = follower.stdout.readline()
+            assert line, "the follower stopped"
+            seen.append(line)
+        assert any(generated in line and "status=200" in line for line in seen)
+        assert any("trace-me-7" in line and "status=400" in line for line in seen)
+    finally:
+        follower.terminate()
+        follower.wait(timeout=10)
+        assert follower.stdout is not None
+        follower.stdout.close()
+    # the same records through the API, filtered
+    records = httpx.get(f"{loaded.url}/api/v1/deployments/iris/logs", headers=loaded.auth,
+                        params={"level": "warning", "since": "10m"}).json()  # fmt: skip
+    assert any(r["request_id"] == "trace-me-7" for r in records)
+    assert all(r["level"] in ("warning", "error", "critical") for r in records)
+    assert not any(loaded.key in str(r) for r in records)  # keys never reach the logs

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp
 
 from modelplane import __version__
-from modelplane.api.routers import conversions, deployments, metrics, models
+from modelplane.api.routers import conversions, deployments, logs, metrics, models
 from modelplane.api.schemas import error_doc
 from modelplane.api.services import Services
 from modelplane.dashboard.pages import create_router as dashboard_router
@@ -61,6 +61,7 @@ def create_app(services: Services, gateway: Gateway, lifespan: Lifespan | None =
     app.include_router(deployments.create_router(services))
     app.include_router(conversions.create_router(services))
     app.include_router(metrics.create_router(services))
+    app.include_router(logs.create_router(services))
     app.include_router(dashboard_router())
     max_body = services.settings.serving.max_request_bytes
     surface = V2Surface(app, gateway, __version__, max_body, services.metrics)

@@ -391,6 +391,45 @@ def conversions_show(conversion_id: str, as_json: Json = False) -> None:
         print_report(job["report"])
 
 
+def _log_line(record: dict[str, Any]) -> str:
+    fields = record.get("fields") or {}
+    extra = " ".join(f"{k}={v}" for k, v in fields.items() if k != "logger")
+    return (
+        f"{record.get('time', '')} {record.get('level', ''):<7} {record.get('replica') or '-'}"
+        f" {record.get('request_id') or '-'} {record.get('message', '')} {extra}"
+    ).rstrip()
+
+
+@deployments_app.command("logs")
+def deployments_logs(
+    name: str,
+    replica: Annotated[str | None, typer.Option(help="Only this replica.")] = None,
+    since: Annotated[str | None, typer.Option(help="30s, 10m, 2h, 1d or an ISO time.")] = None,
+    level: Annotated[str | None, typer.Option(help="Lowest level: debug..critical.")] = None,
+    limit: Annotated[int, typer.Option(help="Most records to show.")] = 200,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
+    as_json: Json = False,
+) -> None:
+    """Show a deployment's logs (one line per record: time, level, replica, request id)."""
+
+    def show(record: dict[str, Any]) -> None:
+        print(json.dumps(record) if as_json else _log_line(record), flush=True)
+
+    with handled(), Client() as client:
+        if follow:
+            try:
+                for record in client.follow_logs(name, replica=replica, since=since, level=level):
+                    show(record)
+            except KeyboardInterrupt:
+                return
+        else:
+            for record in client.logs(name, replica=replica, since=since, level=level,
+                                      limit=limit):  # fmt: skip
+                show(record)
+
+
 @app.command()
 def undeploy(name: str) -> None:
     """Delete a deployment and stop its replicas."""

@@ -49,10 +49,14 @@ class LocalExecutor:
     def log_path(self, deployment: str, replica_id: str) -> Path:
         return self._settings.log_dir / deployment / f"{replica_id}.log"
 
+    def output_path(self, deployment: str, replica_id: str) -> Path:
+        """Raw stdout/stderr of the process (what it prints before its JSON logging starts)."""
+        return self._settings.log_dir / deployment / f"{replica_id}.out"
+
     async def start(self, spec: ReplicaSpec) -> Replica:
         socket = self._run_dir / f"{spec.replica_id}.sock"
         socket.unlink(missing_ok=True)
-        log_path = self.log_path(spec.deployment, spec.replica_id)
+        log_path = self.output_path(spec.deployment, spec.replica_id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = log_path.open("ab")
         serving = self._settings.serving
@@ -67,6 +71,8 @@ class LocalExecutor:
             "--max-elements", str(serving.max_tensor_elements),
             "--max-batch-size", str(spec.config.max_batch_size),
             "--max-queue-delay-ms", str(spec.config.max_queue_delay_ms),
+            "--log-file", str(self.log_path(spec.deployment, spec.replica_id)),
+            "--replica-id", spec.replica_id,
         ]  # fmt: skip
         for size in spec.config.preferred_batch_sizes:
             command += ["--preferred-batch-size", str(size)]
@@ -134,7 +140,7 @@ class LocalExecutor:
         code = entry.proc.returncode
         tail = ""
         try:
-            with self.log_path(entry.replica.deployment, entry.replica.id).open("rb") as f:
+            with self.output_path(entry.replica.deployment, entry.replica.id).open("rb") as f:
                 f.seek(0, os.SEEK_END)
                 f.seek(max(0, f.tell() - 400))
                 lines = f.read().decode("utf-8", "replace").strip().splitlines()

@@ -2,7 +2,8 @@
 many requests in flight on it, answers matched by id. It replaces a second full HTTP parse on
 the hot path (see docs/architecture.md for the measurement).
 
-Request:  !I rest | !I id | !B op | !I timeout_ms | !I header_len (NO_HEADER = absent) | payload
+Request:  !I rest | !I id | !B op | !I timeout_ms | !I header_len (NO_HEADER = absent)
+          | !B request_id_len | request_id (ASCII) | payload
 Response: !I rest | !I id | !H status | !I header_len (NO_HEADER = absent) | payload
 
 ``rest`` counts the bytes after itself. For INFER the payload is a V2 REST body as a client sent
@@ -25,7 +26,7 @@ NO_HEADER = 0xFFFFFFFF
 MAX_FRAME = 1 << 31
 
 _LEN = struct.Struct("!I")
-_REQUEST = struct.Struct("!IIBII")
+_REQUEST = struct.Struct("!IIBIIB")
 _RESPONSE = struct.Struct("!IIHI")
 
 
@@ -36,6 +37,7 @@ class RequestFrame:
     timeout_ms: int
     header_len: int | None
     payload: bytes
+    request_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +50,10 @@ class ResponseFrame:
 
 def encode_request(frame: RequestFrame) -> bytes:
     header = NO_HEADER if frame.header_len is None else frame.header_len
-    rest = _REQUEST.size - 4 + len(frame.payload)
-    return _REQUEST.pack(rest, frame.id, frame.op, frame.timeout_ms, header) + frame.payload
+    rid = frame.request_id.encode("ascii", "replace")[:255]
+    rest = _REQUEST.size - 4 + len(rid) + len(frame.payload)
+    head = _REQUEST.pack(rest, frame.id, frame.op, frame.timeout_ms, header, len(rid))
+    return head + rid + frame.payload
 
 
 def encode_response(frame: ResponseFrame) -> bytes:
@@ -59,9 +63,11 @@ def encode_response(frame: ResponseFrame) -> bytes:
 
 
 def _request(data: bytes) -> RequestFrame:
-    _, rid, op, timeout_ms, header = _REQUEST.unpack_from(data)
+    _, rid, op, timeout_ms, header, id_len = _REQUEST.unpack_from(data)
+    start = _REQUEST.size + id_len
+    request_id = data[_REQUEST.size : start].decode("ascii", "replace")
     return RequestFrame(
-        rid, op, timeout_ms, None if header == NO_HEADER else header, data[_REQUEST.size :]
+        rid, op, timeout_ms, None if header == NO_HEADER else header, data[start:], request_id
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ from modelplane.errors import DeadlineExceeded, InvalidInput, ModelplaneError
 from modelplane.protocol import frames, v2
 from modelplane.runtime import BatchStats, Runtime
 from modelplane.telemetry.histogram import Histogram
+from modelplane.telemetry.logs import now_iso
 
 JSON_OK = 200
 
@@ -40,7 +42,15 @@ def _timeout_s(request: v2.InferenceRequest, frame_timeout_ms: int) -> float | N
 class DataPlane:
     """Serves one model version under a public name."""
 
-    def __init__(self, name: str, version: str, runtime: Runtime, limits: v2.Limits) -> None:
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        runtime: Runtime,
+        limits: v2.Limits,
+        request_log: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self._request_log = request_log
         self.name = name
         self.version = version
         self._runtime = runtime
@@ -103,20 +113,36 @@ class DataPlane:
         payload, length = v2.encode_response(self.name, self.version, request, results, names)
         return EncodedResponse(payload, length)
 
+    async def _answer_infer(self, frame: frames.RequestFrame) -> frames.ResponseFrame:
+        self.inference_count += 1
+        started = time.perf_counter()
+        status, error = JSON_OK, None
+        try:
+            result = await self.infer(frame.payload, frame.header_len, frame.timeout_ms)
+        except ModelplaneError as exc:
+            self.failure_count += 1
+            status, error = exc.status, exc.message
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            self.request_seconds.observe(elapsed)
+            if self._request_log is not None:
+                fields: dict[str, Any] = {"status": status, "ms": round(elapsed * 1e3, 3),
+                                          "bytes_in": len(frame.payload)}  # fmt: skip
+                if error is not None:
+                    fields["error"] = error
+                self._request_log({
+                    "time": now_iso(), "level": "info" if error is None else "warning",
+                    "request_id": frame.request_id or None, "message": "infer",
+                    "fields": fields,
+                })  # fmt: skip
+        return frames.ResponseFrame(frame.id, JSON_OK, result.header_length, result.body)
+
     async def handle(self, frame: frames.RequestFrame) -> frames.ResponseFrame:
         """Answer one frame; errors become a status and ``{"error": ...}``, never a crash."""
         try:
             if frame.op == frames.INFER:
-                self.inference_count += 1
-                started = time.perf_counter()
-                try:
-                    result = await self.infer(frame.payload, frame.header_len, frame.timeout_ms)
-                except ModelplaneError:
-                    self.failure_count += 1
-                    raise
-                finally:
-                    self.request_seconds.observe(time.perf_counter() - started)
-                return frames.ResponseFrame(frame.id, JSON_OK, result.header_length, result.body)
+                return await self._answer_infer(frame)
             if frame.op == frames.READY:
                 return frames.ResponseFrame(frame.id, 200 if self.ready else 503, None, b"")
             if frame.op == frames.METADATA:

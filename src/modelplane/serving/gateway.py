@@ -77,7 +77,9 @@ class Gateway:
                 best, best_load = endpoint, load
         return best
 
-    async def infer(self, route: Route, body: bytes, header_length: int | None) -> Forwarded:
+    async def infer(
+        self, route: Route, body: bytes, header_length: int | None, request_id: str = ""
+    ) -> Forwarded:
         """Forward an inference to a ready replica. Excess load gets 429 at once; a replica that
         goes away before answering is retried once on another."""
         metrics = self._metrics
@@ -93,7 +95,7 @@ class Gateway:
         started = time.perf_counter()
         status = 500
         try:
-            result = await self._forward(route, body, header_length)
+            result = await self._forward(route, body, header_length, request_id)
             status = result.status
             return result
         except ModelplaneError as exc:
@@ -105,7 +107,9 @@ class Gateway:
             metrics.requests.labels(route.name, route.version, str(status)).inc()
             metrics.latency.labels(route.name, route.version).observe(time.perf_counter() - started)
 
-    async def _forward(self, route: Route, body: bytes, header_length: int | None) -> Forwarded:
+    async def _forward(
+        self, route: Route, body: bytes, header_length: int | None, request_id: str
+    ) -> Forwarded:
         tried: set[str] = set()
         deadline_ms = int(self._timeout * 1000)
         for _attempt in range(2):
@@ -117,8 +121,9 @@ class Gateway:
             try:
                 connection = await self._connection(endpoint)
                 reply = await connection.request(
-                    frames.INFER, body, header_length, deadline_ms, self._timeout + 1.0
-                )
+                    frames.INFER, body, header_length, deadline_ms, self._timeout + 1.0,
+                    request_id,
+                )  # fmt: skip
             except ReplicaGone:
                 continue
             except TimeoutError:

@@ -3,6 +3,7 @@ parsing on the hot path. Everything outside ``/v2`` goes to the wrapped app."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import orjson
@@ -17,6 +18,12 @@ from modelplane.telemetry.metrics import Metrics
 PLATFORM = "onnxruntime_onnx"
 JSON = b"application/json"
 BINARY = b"application/octet-stream"
+
+
+def _clean_id(raw: bytes) -> str:
+    """A client's X-Request-Id, if it is a sane token (printable ASCII, at most 64 chars)."""
+    text = raw.decode("ascii", "replace")[:64]
+    return text if text.isprintable() and " " not in text else ""
 
 
 def _parse_header_length(raw: bytes | None) -> int | None:
@@ -106,17 +113,22 @@ class V2Surface:
             self._metrics.unrouted.labels("404").inc()
             raise
         header_length = None
+        request_id = ""
         for key, value in scope["headers"]:
             if key == b"inference-header-content-length":
                 header_length = _parse_header_length(value)
+            elif key == b"x-request-id":
+                request_id = _clean_id(value)
             elif key == b"content-length" and value.isdigit() and int(value) > self._max_body:
                 raise too_large(int(value), self._max_body)
+        request_id = request_id or uuid.uuid4().hex[:16]
         body = await self._read_body(receive)
-        result = await self._gateway.infer(route, body, header_length)
+        result = await self._gateway.infer(route, body, header_length, request_id)
+        extra = [(b"x-request-id", request_id.encode())]
         if result.header_length is None:
-            await _reply(send, result.status, result.body, JSON)
+            await _reply(send, result.status, result.body, JSON, extra)
         else:
-            extra = [(b"inference-header-content-length", str(result.header_length).encode())]
+            extra.append((b"inference-header-content-length", str(result.header_length).encode()))
             await _reply(send, result.status, result.body, BINARY, extra)
 
     async def _read_body(self, receive: Receive) -> bytes:

@@ -15,7 +15,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from modelplane.artifacts import sha256_file
 from modelplane.protocol.v2 import Limits
@@ -25,6 +27,7 @@ from modelplane.runtime.text import TokenizingRuntime
 from modelplane.serving.dataplane import DataPlane
 from modelplane.serving.replica_server import ReplicaProtocol
 from modelplane.settings import ReplicaSettings
+from modelplane.telemetry.logs import LogWriter, configure, flush_every
 
 log = logging.getLogger("modelplane.replica")
 
@@ -43,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-queue-delay-ms", type=float, default=0.0)
     parser.add_argument("--preferred-batch-size", type=int, action="append", default=[])
+    parser.add_argument("--log-file", type=Path, help="JSON log file (rotated)")
+    parser.add_argument("--replica-id", default="")
     return parser
 
 
@@ -76,9 +81,25 @@ async def _serve(args: argparse.Namespace, plane: DataPlane, token: bytes) -> No
         await stop
 
 
+def _logging(args: argparse.Namespace) -> Callable[[dict[str, Any]], None] | None:
+    """JSON logs to the replica's rotated log file; returns the per-request log function."""
+    if args.log_file is None:
+        return None
+    writer = LogWriter(args.log_file)
+    configure(writer, "replica", args.name, args.replica_id)
+    flush_every(writer)
+    context = {"component": "replica", "deployment": args.name, "replica": args.replica_id}
+
+    def request_log(record: dict[str, Any]) -> None:
+        writer.write({**record, **context})
+
+    return request_log
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    request_log = _logging(args)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     actual = sha256_file(args.artifact)
     if actual != args.digest:
@@ -90,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         preferred_batch_sizes=tuple(args.preferred_batch_size),
     )
     runtime = BatchingRuntime(TokenizingRuntime(OnnxRuntime(args.artifact, args.threads)), config)
-    plane = DataPlane(args.name, args.version, runtime, Limits(args.max_elements))
+    plane = DataPlane(args.name, args.version, runtime, Limits(args.max_elements), request_log)
     started = time.perf_counter()
     plane.load()
     log.info(

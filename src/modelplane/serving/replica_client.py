@@ -78,6 +78,7 @@ class ReplicaConnection:
         header_len: int | None,
         timeout_ms: int,
         timeout_s: float | None,
+        request_id: str = "",
     ) -> frames.ResponseFrame:
         protocol = self._protocol
         if protocol.transport is None or protocol.transport.is_closing():
@@ -86,7 +87,9 @@ class ReplicaConnection:
         future: asyncio.Future[frames.ResponseFrame] = asyncio.get_running_loop().create_future()
         protocol.pending[rid] = future
         protocol.transport.write(
-            frames.encode_request(frames.RequestFrame(rid, op, timeout_ms, header_len, payload))
+            frames.encode_request(
+                frames.RequestFrame(rid, op, timeout_ms, header_len, payload, request_id)
+            )
         )
         try:
             return await asyncio.wait_for(future, timeout_s)

@@ -5,7 +5,7 @@ from modelplane.protocol import frames
 
 def test_request_frames_survive_arbitrary_splits() -> None:
     sent = [
-        frames.RequestFrame(1, frames.INFER, 250, 12, b'{"inputs":[]}' + b"\x00" * 8),
+        frames.RequestFrame(1, frames.INFER, 250, 12, b'{"inputs":[]}' + b"\x00" * 8, "req-42"),
         frames.RequestFrame(2, frames.READY, 0, None, b""),
         frames.RequestFrame(0xFFFFFFFF, frames.HELLO, 0, 0, b"token"),
     ]

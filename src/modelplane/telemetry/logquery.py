@@ -1,0 +1,113 @@
+"""Reading collected logs back: filter by replica, time and level; follow new lines."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from modelplane.errors import InvalidInput
+from modelplane.telemetry.logs import LEVELS
+
+DURATION = re.compile(r"^(\d+)([smhd])$")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_since(text: str | None, now: datetime) -> datetime | None:
+    """``10m``, ``2h``, ``30s``, ``1d`` or an ISO 8601 time."""
+    if not text:
+        return None
+    if match := DURATION.match(text):
+        return now - timedelta(**{UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(f"invalid since {text!r}: use 30s, 10m, 2h, 1d or an ISO time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@dataclass
+class LogFilter:
+    replica: str | None = None
+    since: datetime | None = None
+    level: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.level is not None and self.level not in LEVELS:
+            raise InvalidInput(f"invalid level {self.level!r}; use one of {', '.join(LEVELS)}")
+
+    def keep(self, record: dict[str, Any]) -> bool:
+        if self.replica and record.get("replica") != self.replica:
+            return False
+        if self.level and LEVELS.index(record.get("level", "info")) < LEVELS.index(self.level):
+            return False
+        if self.since is not None:
+            try:
+                stamp = datetime.fromisoformat(str(record.get("time", "")).replace("Z", "+00:00"))
+            except ValueError:
+                return False
+            if stamp < self.since:
+                return False
+        return True
+
+
+def _files(folder: Path) -> list[Path]:
+    """Log files oldest first: rotated ones (.N, higher is older), then the current ones."""
+    rotated = sorted(folder.glob("*.log.*"), key=lambda p: -int(p.suffix[1:] or 0))
+    return [p for p in rotated if p.suffix[1:].isdigit()] + sorted(folder.glob("*.log"))
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def read(folder: Path, where: LogFilter, limit: int = 200) -> list[dict[str, Any]]:
+    records = []
+    for path in _files(folder) if folder.is_dir() else []:
+        with path.open("rb") as f:
+            for line in f:
+                record = _parse(line)
+                if record is not None and where.keep(record):
+                    records.append(record)
+    records.sort(key=lambda r: str(r.get("time", "")))
+    return records[-limit:]
+
+
+@dataclass
+class Follower:
+    """Yields lines appended to a deployment's current log files since the last call."""
+
+    folder: Path
+    where: LogFilter
+    offsets: dict[Path, int] = field(default_factory=dict)
+
+    def start_at_end(self) -> None:
+        for path in self.folder.glob("*.log"):
+            self.offsets[path] = path.stat().st_size
+
+    def poll(self) -> Iterator[dict[str, Any]]:
+        for path in sorted(self.folder.glob("*.log")):
+            offset = self.offsets.get(path, 0)
+            size = path.stat().st_size
+            if size < offset:  # rotated
+                offset = 0
+            if size == offset:
+                continue
+            with path.open("rb") as f:
+                f.seek(offset)
+                data = f.read(size - offset)
+            complete = data[: data.rfind(b"\n") + 1]
+            self.offsets[path] = offset + len(complete)
+            for line in complete.splitlines():
+                record = _parse(line)
+                if record is not None and self.where.keep(record):
+                    yield record

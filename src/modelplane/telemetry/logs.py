@@ -1,0 +1,120 @@
+"""Structured JSON logs, one schema for every process:
+
+    {"time", "level", "component", "deployment", "replica", "request_id", "message", "fields"}
+
+``LogWriter`` appends lines to a file with a size cap and rotation (``<file>.1`` ... ``.N``),
+buffered so that per-request lines cost a few microseconds; ``JsonHandler`` routes the standard
+``logging`` records through it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class LogWriter:
+    def __init__(self, path: Path, max_bytes: int = 10 << 20, backups: int = 3) -> None:
+        self.path = path
+        self._max = max_bytes
+        self._backups = backups
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("ab")
+        self._size = self._file.tell()
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._lock = threading.Lock()
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = orjson.dumps(record) + b"\n"
+        with self._lock:
+            self._buffer.append(line)
+            self._buffered += len(line)
+            if self._buffered > 64 << 10:
+                self._flush_locked()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if not self._buffer:
+            return
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._buffered = 0
+        if self._size + len(data) > self._max:
+            self._rotate()
+        self._file.write(data)
+        self._file.flush()
+        self._size += len(data)
+
+    def _rotate(self) -> None:
+        self._file.close()
+        for i in range(self._backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._file = self.path.open("ab")
+        self._size = 0
+
+    def close(self) -> None:
+        self.flush()
+        self._file.close()
+
+
+class JsonHandler(logging.Handler):
+    def __init__(self, writer: LogWriter, context: dict[str, str | None]) -> None:
+        super().__init__()
+        self._writer = writer
+        self._context = context
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+            self._writer.write({
+                "time": now_iso(), "level": record.levelname.lower(), **self._context,
+                "request_id": getattr(record, "request_id", None), "message": message,
+                "fields": {"logger": record.name},
+            })  # fmt: skip
+        except Exception:
+            self.handleError(record)
+
+
+def configure(
+    writer: LogWriter, component: str, deployment: str | None = None, replica: str | None = None
+) -> None:
+    """Send this process's logging to ``writer`` in the JSON schema (called once, at start)."""
+    handler = JsonHandler(
+        writer, {"component": component, "deployment": deployment, "replica": replica}
+    )
+    logging.getLogger().addHandler(handler)
+
+
+def flush_every(writer: LogWriter, seconds: float = 0.25) -> threading.Thread:
+    """Flush buffered lines in the background so followers see them within ``seconds``."""
+
+    def loop() -> None:
+        while True:
+            time.sleep(seconds)
+            writer.flush()
+
+    thread = threading.Thread(target=loop, name="log-flush", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,54 @@
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from modelplane.errors import InvalidInput
+from modelplane.telemetry.logquery import Follower, LogFilter, parse_since, read
+from modelplane.telemetry.logs import LogWriter
+
+
+def record(minutes_ago: int, level: str = "info", replica: str = "r1") -> dict[str, object]:
+    stamp = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+    return {"time": stamp.isoformat(), "level": level, "replica": replica, "message": "m"}
+
+
+def test_since_accepts_durations_and_times() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert parse_since("10m", now) == now - timedelta(minutes=10)
+    assert parse_since("2026-01-01T00:00:00Z", now) == now
+    with pytest.raises(InvalidInput, match="30s, 10m"):
+        parse_since("yesterday", now)
+    with pytest.raises(InvalidInput, match="invalid level"):
+        LogFilter(level="loud")
+
+
+def test_writer_rotates_and_reader_filters(tmp_path: Path) -> None:
+    writer = LogWriter(tmp_path / "r1.log", max_bytes=400, backups=2)
+    for i in range(12):
+        writer.write(record(30 - i, "warning" if i % 3 == 0 else "info"))
+        writer.flush()
+    writer.close()
+    assert (tmp_path / "r1.log.1").exists()
+    assert not (tmp_path / "r1.log.3").exists()  # capped
+    recent = read(tmp_path, LogFilter(since=datetime.now(UTC) - timedelta(minutes=25)))
+    assert recent
+    assert all(r["time"] >= (datetime.now(UTC) - timedelta(minutes=25)).isoformat() for r in recent)
+    warnings = read(tmp_path, LogFilter(level="warning"))
+    assert warnings
+    assert all(r["level"] == "warning" for r in warnings)
+    assert read(tmp_path, LogFilter(replica="other")) == []
+
+
+def test_follower_sees_only_new_complete_lines(tmp_path: Path) -> None:
+    writer = LogWriter(tmp_path / "r1.log")
+    writer.write(record(1))
+    writer.flush()
+    follower = Follower(tmp_path, LogFilter())
+    follower.start_at_end()
+    assert list(follower.poll()) == []
+    writer.write(record(0, "error"))
+    writer.flush()
+    assert [r["level"] for r in follower.poll()] == ["error"]
+    assert list(follower.poll()) == []
+    writer.close()
