@@ -195,13 +195,14 @@ def bare(model: bytes, feeds: dict[str, np.ndarray], seconds: float, threads: in
 
 # ---- the systems -----------------------------------------------------------------------------
 class Modelplane:
-    def __init__(self, work: Path) -> None:
-        self.home = work / "modelplane-home"
+    def __init__(self, work: Path, name: str = "modelplane", **env_extra: str) -> None:
+        self.home = work / f"{name}-home"
         self.port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "MODELPLANE_HOME": str(self.home), "MODELPLANE_URL": self.url}
+        env = {**os.environ, "MODELPLANE_HOME": str(self.home), "MODELPLANE_URL": self.url,
+               **env_extra}  # fmt: skip
         self.env = env
-        self.log = (work / "modelplane.log").open("wb")
+        self.log = (work / f"{name}.log").open("wb")
         self.proc = subprocess.Popen(
             [str(BIN / "modelplane"), "serve", "--port", str(self.port),
              "--grpc-port", str(self.grpc_port)],
@@ -430,6 +431,12 @@ def run(duration: float, skip_mlserver: bool) -> dict[str, Any]:
     finally:
         mp.stop()
 
+    print("telemetry cost (request logs and per-request metrics on vs off, iris JSON, 64 conns, "
+          "4 rounds alternating the order, best of 4):", flush=True)  # fmt: skip
+    result_overhead = telemetry_overhead(work, iris_path, x_iris, duration)
+    print(f"  on {result_overhead['on']:.0f} req/s, off {result_overhead['off']:.0f} req/s, "
+          f"cost {result_overhead['cost']:.1%}", flush=True)  # fmt: skip
+
     if not skip_mlserver:
         print("MLServer 1.7.1 (custom ONNX runtime, adaptive batching on):", flush=True)
         ml = MLServer(work, {
@@ -460,7 +467,29 @@ def run(duration: float, skip_mlserver: bool) -> dict[str, Any]:
             ml.stop()
 
     return {"limits": limits, "memory": memory, "rows": [asdict(r) for r in rows],
-            "duration_s": duration}  # fmt: skip
+            "duration_s": duration, "telemetry": result_overhead}  # fmt: skip
+
+
+def telemetry_overhead(work: Path, iris_path: Path, x: np.ndarray, duration: float) -> dict:
+    on = Modelplane(work, "telemetry-on")
+    off = Modelplane(work, "telemetry-off", MODELPLANE_TELEMETRY__REQUEST_LOG="false",
+                     MODELPLANE_TELEMETRY__REQUEST_METRICS="false")  # fmt: skip
+    best = {"on": 0.0, "off": 0.0}
+    try:
+        for server in (on, off):
+            server.deploy("iris", iris_path)
+        body = json_body("float_input", x)
+        scripts = {name: lua_script(work / f"tele-{name}.lua", body, server.key, None)
+                   for name, server in (("on", on), ("off", off))}  # fmt: skip
+        pairs = [("on", on), ("off", off)]
+        for round_ in range(4):  # alternate which goes first: order effects are as big as this
+            for name, server in pairs if round_ % 2 == 0 else pairs[::-1]:
+                url = f"{server.url}/v2/models/iris/infer"
+                best[name] = max(best[name], wrk(url, scripts[name], 64, duration)["requests_s"])
+    finally:
+        on.stop()
+        off.stop()
+    return {**best, "cost": 1 - best["on"] / best["off"]}
 
 
 def best(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
@@ -498,6 +527,10 @@ def targets(result: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         if a and b:
             out.append((f"p99 at 16 conns, {model}", f"{a['p99_ms']:.2f} ms vs MLServer "
                         f"{b['p99_ms']:.2f} ms", a["p99_ms"] < b["p99_ms"]))  # fmt: skip
+    tele = result.get("telemetry")
+    if tele:
+        out.append(("request logs + metrics cost (iris JSON, 64 conns)",
+                    f"{tele['cost']:.1%} (target <= 5%)", tele["cost"] <= 0.05))  # fmt: skip
     idle = memory.get("modelplane_iris_replica_idle_mb")
     if idle is not None:
         out.append(("idle RSS of one iris replica", f"{idle:.0f} MB (target < 150 MB)",

@@ -86,7 +86,10 @@ def build(settings: Settings) -> Platform:
         max_starts_per_minute=settings.scheduler.max_restarts_per_minute,
         on_step=metrics.reconcile.observe,
     )
-    gateway = Gateway(table, executor.token, settings.serving.request_timeout_s, metrics)
+    gateway = Gateway(
+        table, executor.token, settings.serving.request_timeout_s, metrics,
+        record_requests=settings.telemetry.request_metrics,
+    )  # fmt: skip
     conversions = ConversionService(sessions, registry, blobs, settings, metrics)
     interrupted = conversions.fail_interrupted()
     if interrupted:

@@ -43,6 +43,11 @@ class ConvertSettings(BaseModel):
     )
 
 
+class TelemetrySettings(BaseModel):
+    request_log: bool = Field(True, description="A JSON log line per inference request")
+    request_metrics: bool = Field(True, description="Per-request Prometheus series")
+
+
 class SchedulerSettings(BaseModel):
     reconcile_interval_s: float = Field(1.0, gt=0)
     health_interval_s: float = Field(2.0, gt=0)
@@ -66,6 +71,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     convert: ConvertSettings = ConvertSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
     demo: bool = Field(False, description="Train, push and deploy the iris demo on first start")
 
     @property

@@ -74,6 +74,8 @@ class LocalExecutor:
             "--log-file", str(self.log_path(spec.deployment, spec.replica_id)),
             "--replica-id", spec.replica_id,
         ]  # fmt: skip
+        if not self._settings.telemetry.request_log:
+            command.append("--no-request-log")
         for size in spec.config.preferred_batch_sizes:
             command += ["--preferred-batch-size", str(size)]
         env = {**os.environ, "MODELPLANE_REPLICA_TOKEN": self._token}

@@ -31,10 +31,36 @@ class Forwarded:
     header_length: int | None
 
 
+class _RouteSeries:
+    """A route's labelled series, looked up once instead of on every request."""
+
+    def __init__(self, metrics: Metrics, name: str, version: str) -> None:
+        self._requests = metrics.requests
+        self._labels = (name, version)
+        self.in_flight = metrics.in_flight.labels(name)
+        self.latency = metrics.latency.labels(name, version)
+        self._codes: dict[int, Any] = {}
+
+    def count(self, status: int) -> None:
+        counter = self._codes.get(status)
+        if counter is None:
+            counter = self._codes[status] = self._requests.labels(*self._labels, str(status))
+        counter.inc()
+
+
 class Gateway:
-    def __init__(self, table: RoutingTable, token: str, timeout_s: float, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        table: RoutingTable,
+        token: str,
+        timeout_s: float,
+        metrics: Metrics,
+        record_requests: bool = True,
+    ) -> None:
         self.table = table
         self._metrics = metrics
+        self._record = record_requests
+        self._series: dict[tuple[str, str], _RouteSeries] = {}
         self.traffic: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
         self._token = token
         self._timeout = timeout_s
@@ -82,16 +108,17 @@ class Gateway:
     ) -> Forwarded:
         """Forward an inference to a ready replica. Excess load gets 429 at once; a replica that
         goes away before answering is retried once on another."""
-        metrics = self._metrics
+        series = self._route_series(route) if self._record else None
         if self._queued[route.name] >= route.max_queued:
-            metrics.requests.labels(route.name, route.version, "429").inc()
+            if series is not None:
+                series.count(429)
             raise Overloaded(
                 f"model {route.name!r} has {route.max_queued} requests in flight, its limit; "
                 "retry after a moment"
             )
         self._queued[route.name] += 1
-        in_flight = metrics.in_flight.labels(route.name)
-        in_flight.inc()
+        if series is not None:
+            series.in_flight.inc()
         started = time.perf_counter()
         status = 500
         try:
@@ -103,9 +130,17 @@ class Gateway:
             raise
         finally:
             self._queued[route.name] -= 1
-            in_flight.dec()
-            metrics.requests.labels(route.name, route.version, str(status)).inc()
-            metrics.latency.labels(route.name, route.version).observe(time.perf_counter() - started)
+            if series is not None:
+                series.in_flight.dec()
+                series.count(status)
+                series.latency.observe(time.perf_counter() - started)
+
+    def _route_series(self, route: Route) -> _RouteSeries:
+        key = (route.name, route.version)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _RouteSeries(self._metrics, *key)
+        return series
 
     async def _forward(
         self, route: Route, body: bytes, header_length: int | None, request_id: str

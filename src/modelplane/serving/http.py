@@ -3,6 +3,7 @@ parsing on the hot path. Everything outside ``/v2`` goes to the wrapped app."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from typing import Any
 
@@ -42,6 +43,9 @@ class V2Surface:
     ) -> None:
         self._app = app
         self._metrics = metrics
+        # request ids: a random prefix per process and a counter (cheaper than uuid4 each time)
+        self._id_prefix = uuid.uuid4().hex[:8]
+        self._ids = itertools.count(1)
         self._gateway = gateway
         self._max_body = max_body
         self._server_metadata = orjson.dumps(
@@ -121,7 +125,7 @@ class V2Surface:
                 request_id = _clean_id(value)
             elif key == b"content-length" and value.isdigit() and int(value) > self._max_body:
                 raise too_large(int(value), self._max_body)
-        request_id = request_id or uuid.uuid4().hex[:16]
+        request_id = request_id or f"{self._id_prefix}{next(self._ids):x}"
         body = await self._read_body(receive)
         result = await self._gateway.infer(route, body, header_length, request_id)
         extra = [(b"x-request-id", request_id.encode())]

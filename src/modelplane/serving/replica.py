@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--preferred-batch-size", type=int, action="append", default=[])
     parser.add_argument("--log-file", type=Path, help="JSON log file (rotated)")
     parser.add_argument("--replica-id", default="")
+    parser.add_argument("--no-request-log", action="store_true")
     return parser
 
 
@@ -93,7 +94,7 @@ def _logging(args: argparse.Namespace) -> Callable[[dict[str, Any]], None] | Non
     def request_log(record: dict[str, Any]) -> None:
         writer.write({**record, **context})
 
-    return request_log
+    return None if args.no_request_log else request_log
 
 
 def main(argv: list[str] | None = None) -> int:

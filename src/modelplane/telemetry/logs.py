@@ -13,7 +13,6 @@ import logging
 import os
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,16 @@ import orjson
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
+_SECOND: list[Any] = [-1, ""]  # the formatted current second, reused within that second
+
+
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC time with milliseconds, ``2026-01-01T00:00:00.000Z`` (cheap: on the request path)."""
+    now = time.time()
+    second = int(now)
+    if second != _SECOND[0]:
+        _SECOND[0], _SECOND[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_SECOND[1]}.{int((now - second) * 1000):03d}Z"
 
 
 class LogWriter:
