@@ -14,11 +14,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Debian packages the tests use as real servers (Prometheus); installed when missing and root.
+## Debian packages the tests drive for real (Prometheus, Chromium); installed when missing and root.
+SYSTEM_PACKAGES := prometheus chromium
 system-deps:
-	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && \
-		apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; } || \
-		echo "prometheus is missing: apt-get install prometheus (the Prometheus test will fail)"
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+		else echo "missing:$$missing (apt-get install$$missing); their tests will fail"; fi; \
+	fi
 
 ## Start modelplane on 127.0.0.1:8000 with the iris demo deployed.
 run: install

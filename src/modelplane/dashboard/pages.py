@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 COOKIE = "modelplane_key"
 STATIC = files("modelplane.dashboard") / "static"
+ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 
 
 def create_router() -> APIRouter:
@@ -17,6 +18,12 @@ def create_router() -> APIRouter:
     @router.get("/")
     def index() -> HTMLResponse:
         return HTMLResponse(STATIC.joinpath("index.html").read_text())
+
+    @router.get("/static/{name}")
+    def asset(name: str) -> Response:
+        if name not in ASSETS:
+            return Response(status_code=404)
+        return Response(STATIC.joinpath(name).read_bytes(), media_type=ASSETS[name])
 
     @router.get("/login")
     def login_page() -> HTMLResponse:

@@ -1,0 +1,180 @@
+// modelplane dashboard: talks only to /api/v1 and /metrics, like any client.
+"use strict";
+const HISTORY = 90;            // points kept per series (2 s apart: 3 minutes)
+const POLL_MS = 2000;
+const series = {};             // name -> [{t, v}]
+let last = null;               // previous /metrics parse, for rates
+
+const $ = (html) => { const t = document.createElement("template"); t.innerHTML = html.trim(); return t.content.firstChild; };
+const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+async function api(path) {
+  const r = await fetch(path, {credentials: "same-origin"});
+  if (r.status === 401) { location.href = "/login"; throw new Error("signed out"); }
+  if (!r.ok) throw new Error(`${path}: ${r.status}`);
+  return path === "/metrics" ? r.text() : r.json();
+}
+
+// ---- Prometheus text format -------------------------------------------------------------
+function parseMetrics(text) {
+  const out = [];
+  for (const line of text.split("\n")) {
+    if (!line || line.startsWith("#")) continue;
+    const m = line.match(/^([a-zA-Z_:][\w:]*)(\{(.*)\})?\s+(\S+)/);
+    if (!m) continue;
+    const labels = {};
+    if (m[3]) for (const p of m[3].matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[p[1]] = p[2];
+    out.push({name: m[1], labels, value: parseFloat(m[4])});
+  }
+  return out;
+}
+const sum = (ms, name, f = () => true) => ms.filter((s) => s.name === name && f(s.labels)).reduce((a, s) => a + s.value, 0);
+function quantile(q, now, before, name) {
+  // from cumulative histogram buckets summed over labels, the increase since the last poll
+  const buckets = {};
+  for (const s of now) if (s.name === name + "_bucket") buckets[s.labels.le] = (buckets[s.labels.le] || 0) + s.value;
+  if (before) for (const s of before) if (s.name === name + "_bucket") buckets[s.labels.le] -= s.value;
+  const les = Object.keys(buckets).map((le) => [le === "+Inf" ? Infinity : parseFloat(le), buckets[le]]).sort((a, b) => a[0] - b[0]);
+  const total = les.length ? les[les.length - 1][1] : 0;
+  if (total <= 0) return null;
+  let prevLe = 0, prevCount = 0;
+  for (const [le, count] of les) {
+    if (count >= q * total) {
+      if (le === Infinity) return prevLe;
+      return prevLe + (le - prevLe) * ((q * total - prevCount) / Math.max(count - prevCount, 1e-9));
+    }
+    prevLe = le; prevCount = count;
+  }
+  return null;
+}
+function push(name, value) {
+  const list = series[name] || (series[name] = []);
+  list.push({t: Date.now(), v: value});
+  if (list.length > HISTORY) list.shift();
+}
+
+// ---- charts (inline SVG, no libraries) --------------------------------------------------
+function chart(title, names, unit) {
+  const w = 360, h = 120, colors = ["#2764d8", "#d8552a", "#16966b", "#8c3fc8"];
+  const all = names.flatMap((n) => series[n] || []);
+  const max = Math.max(1e-9, ...all.map((p) => p.v));
+  const t0 = Date.now() - HISTORY * POLL_MS;
+  const lines = names.map((n, i) => {
+    const pts = (series[n] || []).map((p) => `${((p.t - t0) / (HISTORY * POLL_MS) * w).toFixed(1)},${(h - p.v / max * (h - 12)).toFixed(1)}`);
+    return `<polyline fill="none" stroke="${colors[i % 4]}" stroke-width="1.6" points="${pts.join(" ")}"/>`;
+  }).join("");
+  const latest = names.map((n, i) => { const s = series[n]; return `<span style="color:${colors[i % 4]}">${esc(n.split(":").pop())} ${s && s.length ? fmt(s[s.length - 1].v, unit) : "-"}</span>`; }).join(" · ");
+  return `<div class="chart" data-chart="${esc(title)}"><h3>${esc(title)}</h3><svg viewBox="0 0 ${w} ${h}" width="100%" height="${h}">
+    <line x1="0" y1="${h - 0.5}" x2="${w}" y2="${h - 0.5}" stroke="#ccd"/><text x="2" y="10">${esc(fmt(max, unit))}</text>${lines}</svg>
+    <div class="muted">${latest}</div></div>`;
+}
+function fmt(v, unit) {
+  if (v === null || v === undefined || Number.isNaN(v)) return "-";
+  if (unit === "ms") return `${(v * 1000).toFixed(v < 0.01 ? 2 : 1)} ms`;
+  if (unit === "%") return `${v.toFixed(1)} %`;
+  if (unit === "MB") return `${(v / 2 ** 20).toFixed(0)} MB`;
+  if (unit === "/s") return `${v.toFixed(v < 10 ? 1 : 0)}/s`;
+  return String(Math.round(v * 100) / 100);
+}
+
+// ---- sampling ---------------------------------------------------------------------------
+async function sample() {
+  const ms = parseMetrics(await api("/metrics"));
+  const now = Date.now();
+  if (last) {
+    const dt = (now - last.t) / 1000;
+    const rate = (name, f) => Math.max(0, (sum(ms, name, f) - sum(last.ms, name, f)) / dt);
+    const total = rate("modelplane_requests_total");
+    push("requests:req/s", total);
+    push("errors:error %", total ? rate("modelplane_requests_total", (l) => l.code !== "200") / total * 100 : 0);
+    push("latency:p50", quantile(0.5, ms, last.ms, "modelplane_request_duration_seconds"));
+    push("latency:p99", quantile(0.99, ms, last.ms, "modelplane_request_duration_seconds"));
+    const models = new Set(ms.filter((s) => s.name === "modelplane_requests_total").map((s) => s.labels.model));
+    for (const m of models) push(`model:${m}`, rate("modelplane_requests_total", (l) => l.model === m));
+  }
+  push("node:cpu %", sum(ms, "modelplane_node_cpu_percent"));
+  const total = sum(ms, "modelplane_node_memory_total_bytes");
+  push("node:memory %", total ? sum(ms, "modelplane_node_memory_used_bytes") / total * 100 : 0);
+  for (const s of ms) {
+    if (s.name === "modelplane_replica_cpu_percent") push(`cpu:${s.labels.replica}`, s.value);
+    if (s.name === "modelplane_replica_resident_memory_bytes") push(`rss:${s.labels.replica}`, s.value);
+  }
+  last = {t: now, ms};
+  return ms;
+}
+
+// ---- pages ------------------------------------------------------------------------------
+async function overview(view) {
+  const [deps, models] = await Promise.all([api("/api/v1/deployments"), api("/api/v1/models")]);
+  const latest = (n) => { const s = series[n]; return s && s.length ? s[s.length - 1].v : null; };
+  const replicas = deps.reduce((a, d) => a + d.ready_replicas, 0);
+  view.replaceChildren($(`<div><div class="cards">
+    <div class="card"><div class="v" id="card-deployments">${deps.length}</div><div class="k">deployments</div></div>
+    <div class="card"><div class="v">${replicas}</div><div class="k">ready replicas</div></div>
+    <div class="card"><div class="v" id="card-rps">${fmt(latest("requests:req/s"), "/s")}</div><div class="k">requests</div></div>
+    <div class="card"><div class="v">${fmt(latest("errors:error %"), "%")}</div><div class="k">errors</div></div>
+    <div class="card"><div class="v">${fmt(latest("latency:p50"), "ms")} / ${fmt(latest("latency:p99"), "ms")}</div><div class="k">p50 / p99</div></div>
+    <div class="card"><div class="v">${fmt(latest("node:cpu %"), "%")}</div><div class="k">node CPU</div></div></div>
+    <div class="charts">${chart("Requests/s", ["requests:req/s"], "/s")}${chart("Latency", ["latency:p50", "latency:p99"], "ms")}
+    ${chart("Error rate", ["errors:error %"], "%")}${chart("Node CPU and memory", ["node:cpu %", "node:memory %"], "%")}</div>
+    <h2>Deployments</h2><table id="deployments"><thead><tr><th>name</th><th>model</th><th>state</th><th>replicas</th><th>endpoint</th></tr></thead><tbody>
+    ${deps.map((d) => `<tr><td><a href="#/deployments/${esc(d.name)}">${esc(d.name)}</a></td><td>${esc(d.ref)}</td><td class="${esc(d.state)}">${esc(d.state)}</td><td>${d.ready_replicas}/${d.desired_replicas}</td><td>${esc(d.endpoint)}</td></tr>`).join("")}</tbody></table>
+    <h2>Models</h2><table id="models"><thead><tr><th>name</th><th>latest</th><th>aliases</th></tr></thead><tbody>
+    ${models.map((m) => `<tr><td><a href="#/models/${esc(m.name)}">${esc(m.name)}</a></td><td>${m.latest_version ?? "-"}</td><td>${esc(Object.entries(m.aliases).map(([a, v]) => `${a}→${v}`).join(", "))}</td></tr>`).join("")}</tbody></table></div>`));
+}
+
+function report(r) {
+  if (!r) return '<span class="muted">no report (pushed as ONNX)</span>';
+  const outs = (r.outputs || []).map((o) => `<li>${esc(o.name)}: ${o.label_agreement !== undefined ? `${(o.label_agreement * 100).toFixed(1)}% labels agree` : o.max_abs_error !== undefined ? `max abs ${o.max_abs_error.toExponential(1)}, max rel ${o.max_rel_error.toExponential(1)}` : esc(o.problem || "")} <span class="${o.passed ? "passed" : "failed"}">${o.passed ? "within tolerance" : "outside tolerance"}</span></li>`).join("");
+  const opt = r.optimization ? `<p>latency batch 1: ${r.optimization.latency.batch_1.before_ms} → ${r.optimization.latency.batch_1.after_ms} ms (${r.optimization.latency.batch_1.speedup}x); batch 32: ${r.optimization.latency.batch_32.before_ms} → ${r.optimization.latency.batch_32.after_ms} ms (${r.optimization.latency.batch_32.speedup}x)</p>` : "";
+  return `${opt}<ul>${outs}</ul>`;
+}
+
+async function modelPage(view, name) {
+  const m = await api(`/api/v1/models/${encodeURIComponent(name)}`);
+  view.replaceChildren($(`<div><h2>${esc(m.name)}</h2>${m.versions.slice().reverse().map((v) => `<section class="chart"><h3>${esc(v.ref)} · ${esc(v.source_format)} · sha256:${esc(v.digest.slice(0, 12))}${v.aliases.length ? " · " + esc(v.aliases.join(", ")) : ""}</h3>
+    <p class="muted">${esc(v.description)} — by ${esc(v.created_by)} at ${esc(v.created_at)}${v.parent ? ` · from ${esc(v.parent)}` : ""}</p>
+    <table><tr><th></th><th>name</th><th>datatype</th><th>shape</th></tr>${v.signature.inputs.map((t) => `<tr><td>input</td><td>${esc(t.name)}</td><td>${esc(t.datatype)}</td><td>${esc(JSON.stringify(t.shape))}</td></tr>`).join("")}${v.signature.outputs.map((t) => `<tr><td>output</td><td>${esc(t.name)}</td><td>${esc(t.datatype)}</td><td>${esc(JSON.stringify(t.shape))}</td></tr>`).join("")}</table>
+    <div>${report(v.report)}</div></section>`).join("")}</div>`));
+}
+
+let logSince = null;
+async function deploymentPage(view, name) {
+  const d = await api(`/api/v1/deployments/${encodeURIComponent(name)}`);
+  const logs = await api(`/api/v1/deployments/${encodeURIComponent(name)}/logs?limit=60${logSince ? "" : ""}`);
+  view.replaceChildren($(`<div><h2>${esc(d.name)} <span class="${esc(d.state)}">${esc(d.state)}</span></h2>
+    <p>${esc(d.ref)} · ${d.ready_replicas}/${d.desired_replicas} ready · batch ≤ ${d.config.max_batch_size} · queue ≤ ${d.config.max_queued_requests}${d.last_failure ? ` · last failure: ${esc(d.last_failure)}` : ""}</p>
+    <table id="replicas"><tr><th>replica</th><th>version</th><th>state</th><th>pid</th><th>node</th><th>message</th></tr>${d.replicas.map((r) => `<tr><td>${esc(r.id)}</td><td>${r.version}</td><td class="${esc(r.state)}">${esc(r.state)}</td><td>${r.pid ?? "-"}</td><td>local</td><td>${esc(r.message)}</td></tr>`).join("")}</table>
+    <div class="charts">${chart("Requests/s", [`model:${d.name}`], "/s")}${chart("Replica CPU", d.replicas.map((r) => `cpu:${r.id}`), "%")}${chart("Replica memory", d.replicas.map((r) => `rss:${r.id}`), "MB")}</div>
+    <h3>Logs</h3><pre class="logs" id="logs">${logs.map((l) => esc(`${l.time} ${l.level} ${l.replica || "-"} ${l.request_id || "-"} ${l.message} ${JSON.stringify(l.fields || {})}`)).join("\n")}</pre></div>`));
+  const pre = document.getElementById("logs"); pre.scrollTop = pre.scrollHeight;
+}
+
+async function nodesPage(view) {
+  const ms = last ? last.ms : await sample();
+  const g = (n) => sum(ms, n);
+  view.replaceChildren($(`<div><h2>Nodes</h2><table id="nodes"><tr><th>node</th><th>CPU</th><th>memory</th><th>network in / out</th><th>replicas</th></tr>
+    <tr><td>local</td><td>${fmt(g("modelplane_node_cpu_percent"), "%")}</td><td>${fmt(g("modelplane_node_memory_used_bytes"), "MB")} of ${fmt(g("modelplane_node_memory_total_bytes"), "MB")}</td>
+    <td>${fmt(g("modelplane_node_network_received_bytes_total"), "MB")} / ${fmt(g("modelplane_node_network_sent_bytes_total"), "MB")}</td><td>${g("modelplane_replicas")}</td></tr></table>
+    <div class="charts">${chart("Node CPU and memory", ["node:cpu %", "node:memory %"], "%")}</div></div>`));
+}
+
+async function render() {
+  const view = document.getElementById("view");
+  const [, page, name] = (location.hash || "#/").match(/^#\/?([^/]*)\/?(.*)$/) || [];
+  try {
+    if (page === "models" && name) await modelPage(view, decodeURIComponent(name));
+    else if (page === "deployments" && name) await deploymentPage(view, decodeURIComponent(name));
+    else if (page === "nodes") await nodesPage(view);
+    else await overview(view);
+    document.getElementById("status").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  } catch (e) {
+    document.getElementById("status").textContent = `error: ${e.message}`;
+  }
+}
+async function tick() {
+  try { await sample(); } catch (e) { document.getElementById("status").textContent = `error: ${e.message}`; }
+  await render();
+}
+window.addEventListener("hashchange", render);
+tick();
+setInterval(tick, POLL_MS);
