@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +166,51 @@ def test_logs_follow_requests_with_their_ids(loaded) -> None:
     assert any(r["request_id"] == "trace-me-7" for r in records)
     assert all(r["level"] in ("warning", "error", "critical") for r in records)
     assert not any(loaded.key in str(r) for r in records)  # keys never reach the logs
+
+
+def test_replica_cpu_agrees_with_psutil(loaded) -> None:
+    import threading
+
+    [replica] = loaded.deployment("iris")["replicas"]
+    proc = psutil.Process(replica["pid"])
+    httpx.get(f"{loaded.url}/metrics", headers=loaded.auth)  # starts the measured interval
+    before, start = proc.cpu_times(), time.monotonic()
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=loaded.url, headers=loaded.auth) as client:
+            while not stop.is_set():
+                client.post("/v2/models/iris/infer", json=GOOD)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(3.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    text = httpx.get(f"{loaded.url}/metrics", headers=loaded.auth).text
+    after, elapsed = proc.cpu_times(), time.monotonic() - start
+    actual = ((after.user + after.system) - (before.user + before.system)) / elapsed * 100
+    reported = value(samples(text), "modelplane_replica_cpu_percent", model="iris")
+    assert actual > 5  # the replica did work
+    assert abs(reported - actual) / actual < 0.10, (reported, actual)
+
+
+def test_sampled_payload_logging_is_opt_in(loaded) -> None:
+    import json
+
+    folder = loaded.home / "logs" / "iris-payloads"
+    deploy = loaded.cli("deploy", "iris:1", "--name", "iris-payloads", "--payload-log-rate", "1")
+    assert deploy.returncode == 0, deploy.stderr
+    response = httpx.post(f"{loaded.url}/v2/models/iris-payloads/infer", json=GOOD,
+                          headers={**loaded.auth, "X-Request-Id": "payload-1"})  # fmt: skip
+    assert response.status_code == 200
+    wait_for(lambda: any(f.stat().st_size for f in folder.glob("*.payloads.jsonl")), timeout=10)
+    [path] = folder.glob("*.payloads.jsonl")
+    record = json.loads(path.read_text().splitlines()[0])
+    assert record["request_id"] == "payload-1"
+    assert json.loads(record["request"]["body"]) == GOOD
+    assert "outputs" in json.loads(record["response"]["body"])
+    # off by default: the first deployment writes none
+    assert not list((loaded.home / "logs" / "iris").glob("*.payloads.jsonl"))

@@ -97,6 +97,9 @@ class ServingConfigIn(BaseModel):
     max_queued_requests: int = Field(
         256, ge=1, le=100_000, description="requests in flight before the gateway answers 429"
     )
+    payload_log_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of request/response bodies logged; 0 = off"
+    )
 
     def to_domain(self) -> ServingConfig:
         return ServingConfig(
@@ -104,6 +107,7 @@ class ServingConfigIn(BaseModel):
             max_queue_delay_ms=self.max_queue_delay_ms,
             preferred_batch_sizes=tuple(self.preferred_batch_sizes),
             max_queued_requests=self.max_queued_requests,
+            payload_log_rate=self.payload_log_rate,
         )
 
 

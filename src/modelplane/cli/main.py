@@ -262,6 +262,9 @@ def deploy(
     max_queued: Annotated[
         int | None, typer.Option(help="Requests in flight before 429. [256]")
     ] = None,
+    payload_log_rate: Annotated[
+        float | None, typer.Option(help="Share of request/response bodies to log (0-1). [0]")
+    ] = None,
 ) -> None:
     """Deploy a model version (create or update)."""
     given = {
@@ -269,6 +272,7 @@ def deploy(
         "max_queue_delay_ms": max_queue_delay_ms,
         "preferred_batch_sizes": preferred_batch_size,
         "max_queued_requests": max_queued,
+        "payload_log_rate": payload_log_rate,
     }
     config = {k: v for k, v in given.items() if v is not None} or None
     with handled(), Client() as client:

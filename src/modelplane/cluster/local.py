@@ -76,6 +76,8 @@ class LocalExecutor:
         ]  # fmt: skip
         if not self._settings.telemetry.request_log:
             command.append("--no-request-log")
+        if spec.config.payload_log_rate > 0:
+            command += ["--payload-log-rate", str(spec.config.payload_log_rate)]
         for size in spec.config.preferred_batch_sizes:
             command += ["--preferred-batch-size", str(size)]
         env = {**os.environ, "MODELPLANE_REPLICA_TOKEN": self._token}

@@ -46,6 +46,7 @@ class ServingConfig:
     max_queue_delay_ms: float = 0.0
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queued_requests: int = 256
+    payload_log_rate: float = 0.0  # share of requests whose bodies are logged (off by default)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -53,6 +54,7 @@ class ServingConfig:
             "max_queue_delay_ms": self.max_queue_delay_ms,
             "preferred_batch_sizes": list(self.preferred_batch_sizes),
             "max_queued_requests": self.max_queued_requests,
+            "payload_log_rate": self.payload_log_rate,
         }
 
     @classmethod
@@ -63,6 +65,7 @@ class ServingConfig:
             max_queue_delay_ms=float(data.get("max_queue_delay_ms", default.max_queue_delay_ms)),
             preferred_batch_sizes=tuple(int(x) for x in data.get("preferred_batch_sizes", ())),
             max_queued_requests=int(data.get("max_queued_requests", default.max_queued_requests)),
+            payload_log_rate=float(data.get("payload_log_rate", default.payload_log_rate)),
         )
 
 

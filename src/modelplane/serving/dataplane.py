@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,9 +16,32 @@ from modelplane.errors import DeadlineExceeded, InvalidInput, ModelplaneError
 from modelplane.protocol import frames, v2
 from modelplane.runtime import BatchStats, Runtime
 from modelplane.telemetry.histogram import Histogram
-from modelplane.telemetry.logs import now_iso
+from modelplane.telemetry.logs import LogWriter, now_iso
 
 JSON_OK = 200
+
+
+class PayloadLog:
+    """Samples request and response bodies to a file (opt-in per deployment: they may hold
+    sensitive data). Binary bodies are stored base64-encoded."""
+
+    def __init__(self, writer: LogWriter, rate: float) -> None:
+        self._writer = writer
+        self._rate = rate
+
+    def maybe(self, request_id: str, request: bytes, response: bytes, status: int) -> None:
+        if random.random() >= self._rate:  # noqa: S311 (sampling, not security)
+            return
+        self._writer.write({"time": now_iso(), "request_id": request_id or None,
+                            "status": status, "request": _text(request),
+                            "response": _text(response)})  # fmt: skip
+
+
+def _text(body: bytes) -> dict[str, str]:
+    try:
+        return {"encoding": "utf-8", "body": body.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"encoding": "base64", "body": base64.b64encode(body).decode("ascii")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +74,10 @@ class DataPlane:
         runtime: Runtime,
         limits: v2.Limits,
         request_log: Callable[[dict[str, Any]], None] | None = None,
+        payload_log: PayloadLog | None = None,
     ) -> None:
         self._request_log = request_log
+        self._payload_log = payload_log
         self.name = name
         self.version = version
         self._runtime = runtime
@@ -136,6 +163,8 @@ class DataPlane:
                     "request_id": frame.request_id or None, "message": "infer",
                     "fields": fields,
                 })  # fmt: skip
+        if self._payload_log is not None:
+            self._payload_log.maybe(frame.request_id, frame.payload, result.body, JSON_OK)
         return frames.ResponseFrame(frame.id, JSON_OK, result.header_length, result.body)
 
     async def handle(self, frame: frames.RequestFrame) -> frames.ResponseFrame:

@@ -24,7 +24,7 @@ from modelplane.protocol.v2 import Limits
 from modelplane.runtime.batching import BatchingConfig, BatchingRuntime
 from modelplane.runtime.onnx import OnnxRuntime
 from modelplane.runtime.text import TokenizingRuntime
-from modelplane.serving.dataplane import DataPlane
+from modelplane.serving.dataplane import DataPlane, PayloadLog
 from modelplane.serving.replica_server import ReplicaProtocol
 from modelplane.settings import ReplicaSettings
 from modelplane.telemetry.logs import LogWriter, configure, flush_every
@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-file", type=Path, help="JSON log file (rotated)")
     parser.add_argument("--replica-id", default="")
     parser.add_argument("--no-request-log", action="store_true")
+    parser.add_argument("--payload-log-rate", type=float, default=0.0)
     return parser
 
 
@@ -97,6 +98,15 @@ def _logging(args: argparse.Namespace) -> Callable[[dict[str, Any]], None] | Non
     return None if args.no_request_log else request_log
 
 
+def _payload_log(args: argparse.Namespace) -> PayloadLog | None:
+    if args.log_file is None or args.payload_log_rate <= 0:
+        return None
+    path = args.log_file.with_name(args.log_file.stem + ".payloads.jsonl")
+    writer = LogWriter(path)
+    flush_every(writer)
+    return PayloadLog(writer, args.payload_log_rate)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -112,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         preferred_batch_sizes=tuple(args.preferred_batch_size),
     )
     runtime = BatchingRuntime(TokenizingRuntime(OnnxRuntime(args.artifact, args.threads)), config)
-    plane = DataPlane(args.name, args.version, runtime, Limits(args.max_elements), request_log)
+    payload_log = _payload_log(args)
+    plane = DataPlane(
+        args.name, args.version, runtime, Limits(args.max_elements), request_log, payload_log
+    )
     started = time.perf_counter()
     plane.load()
     log.info(

@@ -29,3 +29,10 @@ def test_names_and_aliases_are_checked() -> None:
     assert name_problem("Iris") is not None
     assert alias_problem("production") is None
     assert alias_problem("42") is not None
+
+
+def test_serving_config_round_trips() -> None:
+    from modelplane.domain import ServingConfig
+
+    config = ServingConfig(8, 2.5, (4, 8), 16, 0.25)
+    assert ServingConfig.from_dict(config.to_dict()) == config
