@@ -88,6 +88,7 @@ class DeploymentInfo(TypedDict):
     last_failure: str | None
     endpoint: str
     config: dict[str, Any]
+    events: list[dict[str, Any]]
 
 
 def _raise_for(response: httpx.Response) -> None:

@@ -65,6 +65,7 @@ def test_sign_in_watch_traffic_and_read_logs(server_factory) -> None:
             page.screenshot(path=str(ARTIFACTS / "dashboard-overview.png"), full_page=True)
             page.click("#deployments >> text=iris")
             page.wait_for_selector("#replicas")
+            assert "start" in page.inner_text("#events")
             page.wait_for_function(
                 "() => document.getElementById('logs').textContent.includes('infer')",
                 timeout=20_000,

@@ -76,6 +76,10 @@ def test_metrics_count_what_was_sent(loaded) -> None:
     assert value(m, "modelplane_replica_network_received_bytes_total", model="iris") > 0
     assert value(m, "modelplane_replicas", state="ready") == 1
     assert value(m, "modelplane_node_memory_total_bytes") == psutil.virtual_memory().total
+    assert value(m, "modelplane_node_open_fds") > 0
+    assert value(m, "modelplane_replica_queue_depth", model="iris") == 0  # idle now
+    events = loaded.deployment("iris")["events"]
+    assert [e["action"] for e in events] == ["start"]
 
 
 def test_replica_memory_agrees_with_psutil(loaded) -> None:

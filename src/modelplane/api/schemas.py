@@ -154,6 +154,7 @@ class DeploymentOut(BaseModel):
     last_failure: str | None
     endpoint: str
     config: ServingConfigIn
+    events: list[dict[str, Any]] = Field(default_factory=list)
 
     @classmethod
     def of(

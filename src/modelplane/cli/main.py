@@ -335,6 +335,10 @@ def deployments_status(name: str, as_json: Json = False) -> None:
     console.print(f"[bold]{d['name']}[/bold]  {d['ref']}  {state}  {ready}")
     if d["last_failure"]:
         console.print(f"last failure: {d['last_failure']}", highlight=False)
+    if d.get("events"):
+        table(["TIME", "ACTION", "REPLICA", "REASON"],
+              [[e["time"], e["action"], e["replica"], e["reason"]] for e in d["events"][-10:]],
+              title="recent events")  # fmt: skip
     table(
         ["REPLICA", "VERSION", "STATE", "PID", "UP", "MESSAGE"],
         [

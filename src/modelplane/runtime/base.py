@@ -32,3 +32,6 @@ class BatchStats(Protocol):
     batch_sizes: Mapping[int, int]
     queue_seconds: Histogram
     compute_seconds: Histogram
+
+    @property
+    def queue_depth(self) -> int: ...

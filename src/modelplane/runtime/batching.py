@@ -67,6 +67,10 @@ class BatchingRuntime:
         self._enabled = self._config.max_batch_size > 1 and batchable(self.signature)
 
     @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
     def enabled(self) -> bool:
         return self._enabled
 

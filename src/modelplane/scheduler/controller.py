@@ -10,12 +10,14 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from modelplane.cluster.executor import ReplicaExecutor, ReplicaSpec
 from modelplane.domain import Replica, ReplicaState
 from modelplane.registry.deployments import DeploymentRecord, DeploymentStore
 from modelplane.scheduler.planning import Desired, Start, Stop, plan
 from modelplane.serving.routing import Endpoint, Route, RoutingTable
+from modelplane.telemetry.logs import now_iso
 
 log = logging.getLogger("modelplane.controller")
 
@@ -45,6 +47,7 @@ class Controller:
         self._wake = asyncio.Event()
         self._observed: list[Replica] = []
         self._last_failure: dict[str, str] = {}
+        self._events: deque[dict[str, Any]] = deque(maxlen=500)
         self._task: asyncio.Task[None] | None = None
 
     # ---- what the API reads -----------------------------------------------------------------
@@ -53,6 +56,15 @@ class Controller:
 
     def all_replicas(self) -> list[Replica]:
         return list(self._observed)
+
+    def events(self, deployment: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest replica starts and stops of a deployment, with their reasons."""
+        mine = [e for e in self._events if e["deployment"] == deployment]
+        return mine[-limit:]
+
+    def _event(self, deployment: str, action: str, replica: str, reason: str) -> None:
+        self._events.append({"time": now_iso(), "deployment": deployment, "action": action,
+                             "replica": replica, "reason": reason})  # fmt: skip
 
     def last_failure(self, deployment: str) -> str | None:
         return self._last_failure.get(deployment)
@@ -77,6 +89,8 @@ class Controller:
         for action in actions:
             if isinstance(action, Stop):
                 log.info("stopping replica %s: %s", action.replica_id, action.reason)
+                owner = next((r.deployment for r in observed if r.id == action.replica_id), "")
+                self._event(owner, "stop", action.replica_id, action.reason)
                 await self._executor.stop(action.replica_id)
             elif isinstance(action, Start):
                 await self._start(by_name[action.deployment])
@@ -108,6 +122,8 @@ class Controller:
             config=record.deployment.config,
         )
         self._starts[spec.deployment].append(self._clock())
+        reason = "replacing or adding a replica" if self.replicas(spec.deployment) else "deployed"
+        self._event(spec.deployment, "start", spec.replica_id, f"{reason} ({version.ref})")
         log.info("starting replica %s of %s (%s)", spec.replica_id, spec.deployment, version.ref)
         await self._executor.start(spec)
 

@@ -120,6 +120,7 @@ class DataPlane:
         if batching is not None:
             doc["queue_seconds"] = batching.queue_seconds.snapshot()
             doc["compute_seconds"] = batching.compute_seconds.snapshot()
+            doc["queue_depth"] = batching.queue_depth
         return doc
 
     async def infer(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -136,9 +137,16 @@ class _ReplicaCollector(Collector):
                          [([r.model, r.version, r.replica], _batch_histogram(s["batch_sizes"]))
                           for r, s in with_stats])  # fmt: skip
         load = GaugeMetricFamily("modelplane_model_load_seconds", "Model load time", labels=labels)
+        depth = GaugeMetricFamily(
+            "modelplane_replica_queue_depth",
+            "Requests waiting in the replica's batch queue",
+            labels=labels,
+        )
         for r, s in with_stats:
             load.add_metric([r.model, r.version, r.replica], s["load_seconds"])
+            depth.add_metric([r.model, r.version, r.replica], s.get("queue_depth", 0))
         yield load
+        yield depth
         cpu = GaugeMetricFamily("modelplane_replica_cpu_percent", "Replica CPU (% of one core)",
                                 labels=labels)  # fmt: skip
         rss = GaugeMetricFamily("modelplane_replica_resident_memory_bytes", "Replica RSS",
@@ -177,6 +185,14 @@ class _ReplicaCollector(Collector):
         yield from _node()
 
 
+def _open_files() -> int:
+    """Open file handles on the machine (Linux: the first field of /proc/sys/fs/file-nr)."""
+    try:
+        return int(Path("/proc/sys/fs/file-nr").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _node() -> Iterator[Any]:
     memory = psutil.virtual_memory()
     net = psutil.net_io_counters()
@@ -187,6 +203,7 @@ def _node() -> Iterator[Any]:
         ("modelplane_node_memory_total_bytes", "Node memory", memory.total, "g"),
         ("modelplane_node_network_received_bytes", "Node bytes received", net.bytes_recv, "c"),
         ("modelplane_node_network_sent_bytes", "Node bytes sent", net.bytes_sent, "c"),
+        ("modelplane_node_open_fds", "Open file handles on the node", _open_files(), "g"),
     ):
         family: Any = (GaugeMetricFamily if kind == "g" else CounterMetricFamily)(
             name, doc, labels=["node"]

@@ -22,7 +22,9 @@ def create_router(services: Services) -> APIRouter:
 
     def out(record: DeploymentRecord) -> DeploymentOut:
         name = record.deployment.name
-        return DeploymentOut.of(record, controller.replicas(name), controller.last_failure(name))
+        out = DeploymentOut.of(record, controller.replicas(name), controller.last_failure(name))
+        out.events = controller.events(name)
+        return out
 
     @router.post("", response_model=DeploymentOut)
     def deploy(

@@ -145,6 +145,7 @@ async function deploymentPage(view, name) {
     <p>${esc(d.ref)} · ${d.ready_replicas}/${d.desired_replicas} ready · batch ≤ ${d.config.max_batch_size} · queue ≤ ${d.config.max_queued_requests}${d.last_failure ? ` · last failure: ${esc(d.last_failure)}` : ""}</p>
     <table id="replicas"><tr><th>replica</th><th>version</th><th>state</th><th>pid</th><th>node</th><th>message</th></tr>${d.replicas.map((r) => `<tr><td>${esc(r.id)}</td><td>${r.version}</td><td class="${esc(r.state)}">${esc(r.state)}</td><td>${r.pid ?? "-"}</td><td>local</td><td>${esc(r.message)}</td></tr>`).join("")}</table>
     <div class="charts">${chart("Requests/s", [`model:${d.name}`], "/s")}${chart("Replica CPU", d.replicas.map((r) => `cpu:${r.id}`), "%")}${chart("Replica memory", d.replicas.map((r) => `rss:${r.id}`), "MB")}</div>
+    <h3>Scaling events</h3><table id="events"><tr><th>time</th><th>action</th><th>replica</th><th>reason</th></tr>${(d.events || []).slice().reverse().map((e) => `<tr><td>${esc(e.time)}</td><td>${esc(e.action)}</td><td>${esc(e.replica)}</td><td>${esc(e.reason)}</td></tr>`).join("")}</table>
     <h3>Logs</h3><pre class="logs" id="logs">${logs.map((l) => esc(`${l.time} ${l.level} ${l.replica || "-"} ${l.request_id || "-"} ${l.message} ${JSON.stringify(l.fields || {})}`)).join("\n")}</pre></div>`));
   const pre = document.getElementById("logs"); pre.scrollTop = pre.scrollHeight;
 }
