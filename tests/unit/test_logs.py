@@ -52,3 +52,24 @@ def test_follower_sees_only_new_complete_lines(tmp_path: Path) -> None:
     assert [r["level"] for r in follower.poll()] == ["error"]
     assert list(follower.poll()) == []
     writer.close()
+
+
+def test_request_log_lines_follow_the_schema(tmp_path: Path) -> None:
+    import json
+
+    from modelplane.telemetry.logs import RequestLog
+
+    writer = LogWriter(tmp_path / "r.log")
+    log = RequestLog(writer, "replica", "iris", "abc")
+    log("warning", "req-1", "infer", {"status": 400, "error": 'bad "input"'})
+    log("info", "", "infer", {"status": 200})
+    writer.close()
+    first, second = (json.loads(line) for line in (tmp_path / "r.log").read_text().splitlines())
+    assert first["level"] == "warning"
+    assert first["request_id"] == "req-1"
+    assert first["fields"]["error"] == 'bad "input"'
+    assert (first["component"], first["deployment"], first["replica"]) == ("replica", "iris", "abc")
+    assert first["time"].endswith("Z")
+    assert second["request_id"] is None
+    assert set(first) == {"time", "level", "component", "deployment", "replica", "request_id",
+                          "message", "fields"}  # fmt: skip

@@ -73,7 +73,7 @@ class DataPlane:
         version: str,
         runtime: Runtime,
         limits: v2.Limits,
-        request_log: Callable[[dict[str, Any]], None] | None = None,
+        request_log: Callable[[str, str | None, str, Any], None] | None = None,
         payload_log: PayloadLog | None = None,
     ) -> None:
         self._request_log = request_log
@@ -159,11 +159,8 @@ class DataPlane:
                                           "bytes_in": len(frame.payload)}  # fmt: skip
                 if error is not None:
                     fields["error"] = error
-                self._request_log({
-                    "time": now_iso(), "level": "info" if error is None else "warning",
-                    "request_id": frame.request_id or None, "message": "infer",
-                    "fields": fields,
-                })  # fmt: skip
+                level = "info" if error is None else "warning"
+                self._request_log(level, frame.request_id, "infer", fields)
         if self._payload_log is not None:
             self._payload_log.maybe(frame.request_id, frame.payload, result.body, JSON_OK)
         return frames.ResponseFrame(frame.id, JSON_OK, result.header_length, result.body)

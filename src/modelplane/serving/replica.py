@@ -15,9 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from modelplane.artifacts import sha256_file
 from modelplane.protocol.v2 import Limits
@@ -27,7 +25,7 @@ from modelplane.runtime.text import TokenizingRuntime
 from modelplane.serving.dataplane import DataPlane, PayloadLog
 from modelplane.serving.replica_server import ReplicaProtocol
 from modelplane.settings import ReplicaSettings
-from modelplane.telemetry.logs import LogWriter, configure, flush_every
+from modelplane.telemetry.logs import LogWriter, RequestLog, configure, flush_every
 
 log = logging.getLogger("modelplane.replica")
 
@@ -83,19 +81,16 @@ async def _serve(args: argparse.Namespace, plane: DataPlane, token: bytes) -> No
         await stop
 
 
-def _logging(args: argparse.Namespace) -> Callable[[dict[str, Any]], None] | None:
+def _logging(args: argparse.Namespace) -> RequestLog | None:
     """JSON logs to the replica's rotated log file; returns the per-request log function."""
     if args.log_file is None:
         return None
     writer = LogWriter(args.log_file)
     configure(writer, "replica", args.name, args.replica_id)
     flush_every(writer)
-    context = {"component": "replica", "deployment": args.name, "replica": args.replica_id}
-
-    def request_log(record: dict[str, Any]) -> None:
-        writer.write({**record, **context})
-
-    return None if args.no_request_log else request_log
+    if args.no_request_log:
+        return None
+    return RequestLog(writer, "replica", args.name, args.replica_id)
 
 
 def _payload_log(args: argparse.Namespace) -> PayloadLog | None:

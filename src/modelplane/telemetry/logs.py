@@ -46,7 +46,10 @@ class LogWriter:
         self._lock = threading.Lock()
 
     def write(self, record: dict[str, Any]) -> None:
-        line = orjson.dumps(record) + b"\n"
+        self.write_line(orjson.dumps(record) + b"\n")
+
+    def write_line(self, line: bytes) -> None:
+        """Append one ready JSON line (ending in a newline)."""
         with self._lock:
             self._buffer.append(line)
             self._buffered += len(line)
@@ -60,9 +63,9 @@ class LogWriter:
     def _flush_locked(self) -> None:
         if not self._buffer:
             return
-        data = b"".join(self._buffer)
-        self._buffer.clear()
+        lines, self._buffer = self._buffer, []
         self._buffered = 0
+        data = b"".join(lines)
         if self._size + len(data) > self._max:
             self._rotate()
         self._file.write(data)
@@ -125,3 +128,30 @@ def flush_every(writer: LogWriter, seconds: float = 0.25) -> threading.Thread:
     thread = threading.Thread(target=loop, name="log-flush", daemon=True)
     thread.start()
     return thread
+
+
+class RequestLog:
+    """The per-request line of a replica, built from a pre-serialized context (the hot path)."""
+
+    def __init__(self, writer: LogWriter, component: str, deployment: str, replica: str) -> None:
+        self._writer = writer
+        context = orjson.dumps({"component": component, "deployment": deployment,
+                                "replica": replica})  # fmt: skip
+        self._context = context[1:-1]  # "component":...,"replica":"..."
+
+    def __call__(self, level: str, request_id: str | None, message: str, fields: Any) -> None:
+        self._writer.write_line(
+            b'{"time":"'
+            + now_iso().encode()
+            + b'","level":"'
+            + level.encode()
+            + b'",'
+            + self._context
+            + b',"request_id":'
+            + orjson.dumps(request_id or None)
+            + b',"message":'
+            + orjson.dumps(message)
+            + b',"fields":'
+            + orjson.dumps(fields)
+            + b"}\n"
+        )
