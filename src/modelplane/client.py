@@ -14,14 +14,10 @@ import numpy as np
 import orjson
 
 from modelplane import errors
+from modelplane.protocol.datatypes import V2_TO_NUMPY, v2_datatype
 from modelplane.settings import ClientSettings
 
 CHUNK = 1 << 20
-NUMPY_V2 = {
-    "b": "BOOL", "u1": "UINT8", "u2": "UINT16", "u4": "UINT32", "u8": "UINT64", "i1": "INT8",
-    "i2": "INT16", "i4": "INT32", "i8": "INT64", "f2": "FP16", "f4": "FP32", "f8": "FP64",
-}  # fmt: skip
-V2_NUMPY = {v: k for k, v in NUMPY_V2.items()}
 
 
 class Tensor(TypedDict):
@@ -103,17 +99,20 @@ def _raise_for(response: httpx.Response) -> None:
 
 def _encode_input(name: str, value: Any, datatype: str | None = None) -> dict[str, Any]:
     array = np.asarray(value)
-    if datatype is not None and datatype != "BYTES" and datatype in V2_NUMPY:
-        array = array.astype(np.dtype(V2_NUMPY[datatype]), copy=False)
+    if datatype is not None and datatype != "BYTES" and datatype in V2_TO_NUMPY:
+        array = array.astype(V2_TO_NUMPY[datatype], copy=False)
     if array.dtype.kind in ("U", "S", "O"):
         data = [x.decode() if isinstance(x, bytes) else str(x) for x in array.ravel()]
         return {"name": name, "datatype": "BYTES", "shape": list(array.shape), "data": data}
-    key = "b" if array.dtype.kind == "b" else f"{array.dtype.kind}{array.dtype.itemsize}"
-    if key not in NUMPY_V2:
-        raise errors.InvalidInput(f"input {name!r}: numpy dtype {array.dtype} is not supported")
+    try:
+        v2 = v2_datatype(array)
+    except TypeError:
+        raise errors.InvalidInput(
+            f"input {name!r}: numpy dtype {array.dtype} is not supported"
+        ) from None
     return {
         "name": name,
-        "datatype": NUMPY_V2[key],
+        "datatype": v2,
         "shape": list(array.shape),
         "data": array.ravel().tolist(),
     }
@@ -123,7 +122,7 @@ def _decode_output(out: Mapping[str, Any]) -> np.ndarray:
     shape = out["shape"]
     if out["datatype"] == "BYTES":
         return np.array(out["data"], dtype=object).reshape(shape)
-    return np.asarray(out["data"], dtype=np.dtype(V2_NUMPY[out["datatype"]])).reshape(shape)
+    return np.asarray(out["data"], dtype=V2_TO_NUMPY[out["datatype"]]).reshape(shape)
 
 
 def pack_directory(folder: Path, into: Path) -> Path:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 import onnx
 from onnx import TensorProto, helper
 
+from modelplane.convert.onnx import ONNX_TO_V2
 from modelplane.demo import iris_onnx, train_iris
 
 __all__ = [
@@ -22,21 +23,7 @@ __all__ = [
     "wait_for",
 ]
 
-V2_TO_ONNX = {
-    "BOOL": TensorProto.BOOL,
-    "UINT8": TensorProto.UINT8,
-    "UINT16": TensorProto.UINT16,
-    "UINT32": TensorProto.UINT32,
-    "UINT64": TensorProto.UINT64,
-    "INT8": TensorProto.INT8,
-    "INT16": TensorProto.INT16,
-    "INT32": TensorProto.INT32,
-    "INT64": TensorProto.INT64,
-    "FP16": TensorProto.FLOAT16,
-    "FP32": TensorProto.FLOAT,
-    "FP64": TensorProto.DOUBLE,
-    "BYTES": TensorProto.STRING,
-}
+V2_TO_ONNX = {v2: elem for elem, v2 in ONNX_TO_V2.items()}
 
 
 def free_port() -> int:

@@ -12,11 +12,9 @@ from modelplane.convert.base import Arrays, Converted, ConvertOptions
 from modelplane.errors import UnsupportedModel
 
 
-def _example(options: ConvertOptions, program_inputs: Any = None) -> Any:
+def _example(options: ConvertOptions) -> Any:
     import torch
 
-    if program_inputs is not None:
-        return program_inputs
     if options.input_shape is None:
         raise UnsupportedModel(
             "a TorchScript file does not record its input shape; push with --input-shape, for "

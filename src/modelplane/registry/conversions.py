@@ -8,6 +8,7 @@ import logging
 import shutil
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -206,11 +207,8 @@ class ConversionService:
             shutil.rmtree(workdir, ignore_errors=True)
 
     def _store(
-        self, request: PushRequest, upload: Upload, onnx_path: object, report: dict[str, object]
+        self, request: PushRequest, upload: Upload, path: Path, report: dict[str, object]
     ) -> int:
-        from pathlib import Path
-
-        path = Path(str(onnx_path))
         staged = self._blobs.stage(self._settings.registry.max_upload_bytes)
         try:
             with path.open("rb") as f:

@@ -137,10 +137,9 @@ async function modelPage(view, name) {
     <div>${report(v.report)}</div></section>`).join("")}</div>`));
 }
 
-let logSince = null;
 async function deploymentPage(view, name) {
   const d = await api(`/api/v1/deployments/${encodeURIComponent(name)}`);
-  const logs = await api(`/api/v1/deployments/${encodeURIComponent(name)}/logs?limit=60${logSince ? "" : ""}`);
+  const logs = await api(`/api/v1/deployments/${encodeURIComponent(name)}/logs?limit=60`);
   view.replaceChildren($(`<div><h2>${esc(d.name)} <span class="${esc(d.state)}">${esc(d.state)}</span></h2>
     <p>${esc(d.ref)} · ${d.ready_replicas}/${d.desired_replicas} ready · batch ≤ ${d.config.max_batch_size} · queue ≤ ${d.config.max_queued_requests}${d.last_failure ? ` · last failure: ${esc(d.last_failure)}` : ""}</p>
     <table id="replicas"><tr><th>replica</th><th>version</th><th>state</th><th>pid</th><th>node</th><th>message</th></tr>${d.replicas.map((r) => `<tr><td>${esc(r.id)}</td><td>${r.version}</td><td class="${esc(r.state)}">${esc(r.state)}</td><td>${r.pid ?? "-"}</td><td>local</td><td>${esc(r.message)}</td></tr>`).join("")}</table>
