@@ -68,6 +68,8 @@ class ReplicaInfo(TypedDict):
     pid: int | None
     started_at: float
     message: str
+    node: str
+    placement: str
 
 
 class DeploymentInfo(TypedDict):
@@ -84,6 +86,10 @@ class DeploymentInfo(TypedDict):
     last_failure: str | None
     endpoint: str
     config: dict[str, Any]
+    resources: dict[str, Any]
+    placement: dict[str, Any]
+    autoscaling: dict[str, Any] | None
+    pending: list[str]
     events: list[dict[str, Any]]
 
 
@@ -346,11 +352,25 @@ class Client:
         replicas: int = 1,
         name: str | None = None,
         config: Mapping[str, Any] | None = None,
+        resources: Mapping[str, Any] | None = None,
+        placement: Mapping[str, Any] | None = None,
+        autoscaling: Mapping[str, Any] | None = None,
+        autoscaling_off: bool = False,
     ) -> DeploymentInfo:
         """Create or update a deployment. ``config`` holds serving settings (max_batch_size,
-        max_queue_delay_ms, preferred_batch_sizes, max_queued_requests); omitted keeps them."""
-        body = {"model": model, "replicas": replicas, "name": name, "config": config}
+        max_queue_delay_ms, preferred_batch_sizes, max_queued_requests); ``resources`` what
+        each replica reserves (cpu, memory_mb, gpus); ``placement`` where replicas may go
+        (node_labels, gpu_type, spread_zones, weights); ``autoscaling`` the replica bounds
+        (min_replicas, max_replicas, target_ongoing_requests, delays). Omitted keeps them."""
+        body = {"model": model, "replicas": replicas, "name": name, "config": config,
+                "resources": resources, "placement": placement, "autoscaling": autoscaling,
+                "autoscaling_off": autoscaling_off}  # fmt: skip
         result: DeploymentInfo = self._request("POST", "/api/v1/deployments", json=body).json()
+        return result
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The nodes replicas run on: capacity, allocated, replicas, cost, state."""
+        result: list[dict[str, Any]] = self._request("GET", "/api/v1/nodes").json()
         return result
 
     def deployments(self) -> list[DeploymentInfo]:

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp
 from modelplane import __version__
 from modelplane.api.app import create_app
 from modelplane.api.services import Services
+from modelplane.cluster.executor import ReplicaExecutor
 from modelplane.cluster.local import LocalExecutor
 from modelplane.domain import Role
 from modelplane.registry.blobs import LocalBlobStore
@@ -60,6 +61,14 @@ def ensure_admin_key(keys: KeyStore, path: Path) -> bool:
     return True
 
 
+def make_executor(settings: Settings) -> ReplicaExecutor:
+    if settings.scheduler.executor == "ray":
+        from modelplane.cluster.ray_executor import RayExecutor
+
+        return RayExecutor(settings)
+    return LocalExecutor(settings)
+
+
 def build(settings: Settings) -> Platform:
     settings.home.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.home, 0o700)
@@ -74,7 +83,7 @@ def build(settings: Settings) -> Platform:
     deployments = DeploymentStore(sessions, registry)
     keys = KeyStore(sessions)
     created = ensure_admin_key(keys, settings.admin_key_path)
-    executor = LocalExecutor(settings)
+    executor = make_executor(settings)
     table = RoutingTable()
     metrics = Metrics(CollectorRegistry())
     controller = Controller(
@@ -84,12 +93,15 @@ def build(settings: Settings) -> Platform:
         blobs.path,
         interval_s=settings.scheduler.reconcile_interval_s,
         max_starts_per_minute=settings.scheduler.max_restarts_per_minute,
+        drain_timeout_s=settings.scheduler.drain_timeout_s,
         on_step=metrics.reconcile.observe,
     )
     gateway = Gateway(
         table, executor.token, settings.serving.request_timeout_s, metrics,
         record_requests=settings.telemetry.request_metrics,
     )  # fmt: skip
+    controller.load = gateway
+    gateway.on_demand = controller.kick
     conversions = ConversionService(sessions, registry, blobs, settings, metrics)
     interrupted = conversions.fail_interrupted()
     if interrupted:

@@ -7,6 +7,7 @@ environment.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,9 +50,27 @@ class TelemetrySettings(BaseModel):
 
 
 class SchedulerSettings(BaseModel):
-    reconcile_interval_s: float = Field(1.0, gt=0)
-    health_interval_s: float = Field(2.0, gt=0)
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Where replicas run: subprocesses here, or Ray actors on a cluster"
+    )
+    ray_address: str | None = Field(None, description="Ray cluster to join (ray executor)")
+    ray_namespace: str = Field("modelplane", description="Ray namespace for replica actors")
+    reconcile_interval_s: float = Field(1.0, gt=0, description="Reconcile and health-check period")
+    health_timeout_s: float = Field(2.0, gt=0, description="A health probe slower fails")
+    health_failure_threshold: int = Field(
+        3, ge=1, description="Failed probes in a row before a ready replica is replaced"
+    )
+    drain_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for a draining replica's requests to finish"
+    )
     max_restarts_per_minute: int = Field(5, ge=1)
+    node_cpus: float | None = Field(
+        None, gt=0, description="CPUs the local node offers to replicas (default: all cores)"
+    )
+    node_memory_mb: int | None = Field(
+        None, gt=0, description="Memory the local node offers (default: 90% of RAM)"
+    )
+    node_cost_per_hour: float = Field(0.0, ge=0, description="What the local node costs")
 
 
 class Settings(BaseSettings):

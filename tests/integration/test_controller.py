@@ -5,25 +5,35 @@ from __future__ import annotations
 from dataclasses import replace
 
 from modelplane.cluster.executor import ReplicaSpec
-from modelplane.domain import ModelRef, Replica, ReplicaState
+from modelplane.domain import ModelRef, Node, Replica, ReplicaState, Resources
 from modelplane.registry.service import PushRequest
 from modelplane.scheduler.controller import Controller
 from modelplane.serving.routing import RoutingTable
 
 
 class FakeExecutor:
-    def __init__(self) -> None:
+    token = "t"
+
+    def __init__(self, cpus: float = 4) -> None:
         self.replicas: dict[str, Replica] = {}
         self.started: list[ReplicaSpec] = []
+        self.stopped: list[str] = []
+        self.node = Node("n1", Resources(cpus, 8192))
+
+    async def nodes(self) -> list[Node]:
+        return [self.node]
 
     async def start(self, spec: ReplicaSpec) -> Replica:
         self.started.append(spec)
         replica = Replica(spec.replica_id, spec.deployment, spec.model, spec.version,
-                          f"unix:/{spec.replica_id}", ReplicaState.STARTING, 0.0)  # fmt: skip
+                          f"unix:/{spec.replica_id}", ReplicaState.STARTING, 0.0,
+                          revision=spec.revision, node=spec.node,
+                          resources=spec.resources)  # fmt: skip
         self.replicas[spec.replica_id] = replica
         return replica
 
     async def stop(self, replica_id: str) -> None:
+        self.stopped.append(replica_id)
         self.replicas.pop(replica_id, None)
 
     async def observe(self) -> list[Replica]:
@@ -77,3 +87,116 @@ async def test_controller_starts_routes_and_replaces(platform, iris_bytes) -> No
     await controller.step()
     assert executor.replicas == {}
     assert table.get("iris") is None
+
+
+class FakeLoad:
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.busy = 0.0
+        self.done = 0
+        self.outstanding_by_replica: dict[str, int] = {}
+
+    def load(self, deployment: str) -> tuple[int, float, int]:
+        return (self.in_flight, self.busy, self.done)
+
+    def outstanding(self, replica_id: str) -> int:
+        return self.outstanding_by_replica.get(replica_id, 0)
+
+
+def make(services, executor, table, clock, load=None) -> Controller:
+    return Controller(
+        services.deployments, executor, table, lambda d: services.settings.blob_dir / d,
+        max_starts_per_minute=30, clock=lambda: clock[0], load=load,
+    )  # fmt: skip
+
+
+async def test_scale_down_drains_until_requests_finish(platform, iris_bytes) -> None:
+    services = platform.services
+    await services.registry.push(PushRequest("iris"), body(iris_bytes))
+    services.deployments.apply(ModelRef("iris"), replicas=2)
+    executor, table, clock, load = FakeExecutor(), RoutingTable(), [0.0], FakeLoad()
+    controller = make(services, executor, table, clock, load)
+    await controller.step()
+    executor.set_all(ReplicaState.READY)
+    await controller.step()
+    assert len(table.routes["iris"].endpoints) == 2
+
+    services.deployments.apply(ModelRef("iris"), replicas=1)
+    await controller.step()
+    route = table.routes["iris"]
+    assert len(route.endpoints) == 1  # out of the routes at once...
+    draining = next(r for r in controller.replicas("iris") if r.state == ReplicaState.DRAINING)
+    assert draining.id not in {e.replica_id for e in route.endpoints}
+    load.outstanding_by_replica[draining.id] = 1
+    clock[0] += 5
+    await controller.step()
+    assert executor.stopped == []  # ...but alive while it still holds a request
+    load.outstanding_by_replica[draining.id] = 0
+    await controller.step()
+    assert executor.stopped == [draining.id]
+    actions = [e["action"] for e in controller.events("iris")]
+    assert actions[-2:] == ["drain", "stop"]
+
+
+async def test_pending_replicas_carry_the_reason(platform, iris_bytes) -> None:
+    services = platform.services
+    await services.registry.push(PushRequest("iris"), body(iris_bytes))
+    from modelplane.registry.deployments import Scheduling
+
+    services.deployments.apply(
+        ModelRef("iris"), replicas=3, scheduling=Scheduling(resources=Resources(4, 512))
+    )
+    executor, table, clock = FakeExecutor(cpus=2), RoutingTable(), [0.0]
+    controller = make(services, executor, table, clock)
+    await controller.step()
+    assert executor.started == []
+    assert (
+        controller.pending("iris")
+        == ["needs 4 CPU per replica; the largest free is 2 CPU on n1"] * 3
+    )
+    services.deployments.apply(
+        ModelRef("iris"), replicas=3, scheduling=Scheduling(resources=Resources(0.5, 512))
+    )
+    await controller.step()
+    assert len(executor.started) == 3
+    assert {s.node for s in executor.started} == {"n1"}
+    assert controller.pending("iris") == []
+
+
+async def test_autoscaling_follows_the_gateway_load(platform, iris_bytes) -> None:
+    from modelplane.domain import Autoscaling
+    from modelplane.registry.deployments import Scheduling
+
+    services = platform.services
+    await services.registry.push(PushRequest("iris"), body(iris_bytes))
+    policy = Autoscaling(min_replicas=0, max_replicas=3, target_ongoing_requests=1,
+                         upscale_delay_s=2, downscale_delay_s=5)  # fmt: skip
+    services.deployments.apply(ModelRef("iris"), replicas=0,
+                               scheduling=Scheduling(autoscaling=policy))  # fmt: skip
+    executor, table, clock, load = FakeExecutor(), RoutingTable(), [0.0], FakeLoad()
+    controller = make(services, executor, table, clock, load)
+    await controller.step()
+    assert executor.started == [] and table.routes["iris"].cold_start_s == 60.0
+
+    load.in_flight = 1  # a request is held at the gateway
+    clock[0] += 1
+    await controller.step()
+    assert len(executor.replicas) == 1  # cold start: at once
+    load.in_flight = 0
+    for _ in range(4):  # 3 requests in flight on average for 4 seconds
+        clock[0] += 1
+        load.busy += 3.0
+        load.done += 30
+        await controller.step()
+    assert len(executor.replicas) == 3
+    assert controller.scale_target("iris") == 3
+    executor.set_all(ReplicaState.READY)
+    for _ in range(8):  # idle
+        clock[0] += 1
+        await controller.step()
+    assert controller.scale_target("iris") == 0
+    assert all(r.state == ReplicaState.DRAINING for r in controller.replicas("iris"))
+    clock[0] += 1
+    await controller.step()
+    assert executor.replicas == {}
+    assert any(e["action"] == "scale" for e in controller.events("iris"))

@@ -59,6 +59,7 @@ def create_app(services: Services, gateway: Gateway, lifespan: Lifespan | None =
 
     app.include_router(models.create_router(services))
     app.include_router(deployments.create_router(services))
+    app.include_router(deployments.create_nodes_router(services))
     app.include_router(conversions.create_router(services))
     app.include_router(metrics.create_router(services))
     app.include_router(logs.create_router(services))

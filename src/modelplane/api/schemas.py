@@ -7,8 +7,18 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from modelplane.domain import Conversion, Model, ModelVersion, Replica, ServingConfig
-from modelplane.registry.deployments import DeploymentRecord
+from modelplane.domain import (
+    Autoscaling,
+    Conversion,
+    Model,
+    ModelVersion,
+    Node,
+    PlacementPolicy,
+    Replica,
+    Resources,
+    ServingConfig,
+)
+from modelplane.registry.deployments import DeploymentRecord, Scheduling
 
 
 class TensorOut(BaseModel):
@@ -111,6 +121,48 @@ class ServingConfigIn(BaseModel):
         )
 
 
+class ResourcesIn(BaseModel):
+    """What each replica reserves on its node."""
+
+    cpu: float = Field(0.5, gt=0, le=1024, description="CPU cores per replica")
+    memory_mb: int = Field(512, gt=0, le=16 * 1024 * 1024, description="memory per replica (MB)")
+    gpus: int = Field(0, ge=0, le=64, description="GPUs per replica")
+
+    def to_domain(self) -> Resources:
+        return Resources(self.cpu, self.memory_mb, self.gpus)
+
+
+class PlacementIn(BaseModel):
+    """Where replicas may run, and how cost, spreading and packing are weighed."""
+
+    node_labels: dict[str, str] = Field(
+        default_factory=dict, description="labels a node must have", examples=[{"zone": "eu-1"}]
+    )
+    gpu_type: str = Field("", max_length=64, description="GPU type a node must have")
+    spread_zones: bool = Field(True, description="spread replicas over zones as well as nodes")
+    cost_weight: float = Field(1.0, ge=0, le=100)
+    spread_weight: float = Field(1.0, ge=0, le=100)
+    pack_weight: float = Field(1.0, ge=0, le=100)
+
+    def to_domain(self) -> PlacementPolicy:
+        return PlacementPolicy(**self.model_dump())
+
+
+class AutoscalingIn(BaseModel):
+    """Replica bounds and the load per replica to aim for."""
+
+    min_replicas: int = Field(1, ge=0, le=64)
+    max_replicas: int = Field(1, ge=1, le=64)
+    target_ongoing_requests: float = Field(2.0, gt=0, le=10_000)
+    target_latency_ms: float | None = Field(None, gt=0)
+    upscale_delay_s: float = Field(5.0, ge=0, le=3600)
+    downscale_delay_s: float = Field(60.0, ge=0, le=86_400)
+    cold_start_timeout_s: float = Field(60.0, gt=0, le=3600)
+
+    def to_domain(self) -> Autoscaling:
+        return Autoscaling(**self.model_dump())
+
+
 class DeployIn(BaseModel):
     model: str = Field(description="NAME, NAME:VERSION or NAME@ALIAS", examples=["iris@production"])
     name: str | None = Field(None, description="deployment name; default: the model's name")
@@ -118,6 +170,20 @@ class DeployIn(BaseModel):
     config: ServingConfigIn | None = Field(
         None, description="serving config; omitted keeps an existing deployment's config"
     )
+    resources: ResourcesIn | None = Field(None, description="omitted keeps what is set")
+    placement: PlacementIn | None = Field(None, description="omitted keeps what is set")
+    autoscaling: AutoscalingIn | None = Field(
+        None, description="omitted keeps what is set; see `autoscaling_off`"
+    )
+    autoscaling_off: bool = Field(False, description="turn autoscaling off (fixed replicas)")
+
+    def scheduling(self) -> Scheduling:
+        return Scheduling(
+            resources=self.resources.to_domain() if self.resources else None,
+            placement=self.placement.to_domain() if self.placement else None,
+            autoscaling=self.autoscaling.to_domain() if self.autoscaling else None,
+            clear_autoscaling=self.autoscaling_off,
+        )
 
 
 class ReplicaOut(BaseModel):
@@ -127,9 +193,12 @@ class ReplicaOut(BaseModel):
     pid: int | None
     started_at: float
     message: str
+    node: str = ""
+    placement: str = Field("", description="why this node was chosen")
+    resources: ResourcesIn | None = None
 
     @classmethod
-    def of(cls, r: Replica) -> ReplicaOut:
+    def of(cls, r: Replica, placement: str = "") -> ReplicaOut:
         return cls(
             id=r.id,
             version=r.version,
@@ -137,6 +206,44 @@ class ReplicaOut(BaseModel):
             pid=r.pid,
             started_at=r.started_at,
             message=r.message,
+            node=r.node,
+            placement=placement,
+            resources=ResourcesIn.model_validate(r.resources.to_dict()),
+        )
+
+
+class NodeOut(BaseModel):
+    id: str
+    state: str
+    address: str
+    labels: dict[str, str]
+    zone: str
+    instance_type: str
+    cost_per_hour: float
+    gpu_type: str
+    capacity: ResourcesIn
+    allocated: dict[str, float]
+    replicas: int
+
+    @classmethod
+    def of(cls, node: Node, replicas: list[Replica]) -> NodeOut:
+        mine = [r for r in replicas if r.node == node.id]
+        used = sum((r.resources for r in mine), Resources())
+        capacity = node.capacity
+        return cls(
+            id=node.id,
+            state=node.state.value,
+            address=node.address,
+            labels=dict(node.labels),
+            zone=node.zone,
+            instance_type=node.instance_type,
+            cost_per_hour=node.cost_per_hour,
+            gpu_type=node.gpu_type,
+            capacity=ResourcesIn.model_construct(
+                cpu=capacity.cpu, memory_mb=capacity.memory_mb, gpus=capacity.gpus
+            ),
+            allocated={"cpu": used.cpu, "memory_mb": used.memory_mb, "gpus": used.gpus},
+            replicas=len(mine),
         )
 
 
@@ -154,17 +261,28 @@ class DeploymentOut(BaseModel):
     last_failure: str | None
     endpoint: str
     config: ServingConfigIn
+    resources: ResourcesIn
+    placement: PlacementIn
+    autoscaling: AutoscalingIn | None
+    pending: list[str] = Field(
+        default_factory=list, description="why each wanted replica is not placed yet"
+    )
     events: list[dict[str, Any]] = Field(default_factory=list)
 
     @classmethod
     def of(
-        cls, record: DeploymentRecord, replicas: list[Replica], last_failure: str | None
+        cls,
+        record: DeploymentRecord,
+        replicas: list[Replica],
+        last_failure: str | None,
+        target: int | None = None,
     ) -> DeploymentOut:
         d = record.deployment
         ready = sum(1 for r in replicas if r.state == "ready" and r.version == d.version)
-        if d.replicas == 0:
-            state = "stopped"
-        elif ready >= d.replicas:
+        desired = d.replicas if target is None else target
+        if desired == 0:
+            state = "scaled to zero" if d.autoscaling is not None else "stopped"
+        elif ready >= desired:
             state = "ready"
         elif ready > 0:
             state = "degraded"
@@ -175,7 +293,7 @@ class DeploymentOut(BaseModel):
             model=d.model,
             version=d.version,
             ref=d.ref,
-            desired_replicas=d.replicas,
+            desired_replicas=desired,
             ready_replicas=ready,
             state=state,
             created_at=d.created_at,
@@ -184,6 +302,13 @@ class DeploymentOut(BaseModel):
             last_failure=last_failure,
             endpoint=f"/v2/models/{d.name}/infer",
             config=ServingConfigIn.model_validate(d.config.to_dict()),
+            resources=ResourcesIn.model_validate(d.resources.to_dict()),
+            placement=PlacementIn.model_validate(d.placement.to_dict()),
+            autoscaling=(
+                None
+                if d.autoscaling is None
+                else AutoscalingIn.model_validate(d.autoscaling.to_dict())
+            ),
         )
 
 

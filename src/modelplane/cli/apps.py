@@ -20,6 +20,8 @@ conversions_app = typer.Typer(help="Follow conversions of pushed models.", no_ar
 app.add_typer(models_app, name="models")
 app.add_typer(deployments_app, name="deployments")
 app.add_typer(conversions_app, name="conversions")
+nodes_app = typer.Typer(help="Inspect the nodes replicas run on.", no_args_is_help=True)
+app.add_typer(nodes_app, name="nodes")
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

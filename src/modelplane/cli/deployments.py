@@ -18,7 +18,9 @@ from modelplane.client import Client
 @app.command()
 def deploy(
     ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS")],
-    replicas: Annotated[int, typer.Option(min=0, max=64, help="Replica count.")] = 1,
+    replicas: Annotated[
+        int | None, typer.Option(min=0, max=64, help="Replica count (autoscaled: to start).")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Deployment name (default: model)")] = None,
     wait: Annotated[bool, typer.Option(help="Wait until every replica is ready.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 120.0,
@@ -37,8 +39,51 @@ def deploy(
     payload_log_rate: Annotated[
         float | None, typer.Option(help="Share of request/response bodies to log (0-1). [0]")
     ] = None,
+    cpu: Annotated[float | None, typer.Option(help="CPU cores per replica. [0.5]")] = None,
+    memory: Annotated[int | None, typer.Option(help="Memory per replica in MB. [512]")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs per replica. [0]")] = None,
+    node_label: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE a node must have, repeatable.")
+    ] = None,
+    gpu_type: Annotated[str | None, typer.Option(help="GPU type a node must have.")] = None,
+    min_replicas: Annotated[
+        int | None, typer.Option("--min", help="Autoscale: fewest replicas (0 = scale to zero).")
+    ] = None,
+    max_replicas: Annotated[
+        int | None, typer.Option("--max", help="Autoscale: most replicas.")
+    ] = None,
+    target_ongoing: Annotated[
+        float | None, typer.Option(help="Autoscale: requests in flight per replica. [2]")
+    ] = None,
+    target_latency_ms: Annotated[
+        float | None, typer.Option(help="Autoscale: add a replica above this mean latency.")
+    ] = None,
+    upscale_delay: Annotated[
+        float | None, typer.Option(help="Autoscale: seconds of need before adding. [5]")
+    ] = None,
+    downscale_delay: Annotated[
+        float | None, typer.Option(help="Autoscale: idle seconds before removing. [60]")
+    ] = None,
+    no_autoscale: Annotated[
+        bool, typer.Option("--no-autoscale", help="Turn autoscaling off (fixed --replicas).")
+    ] = False,
 ) -> None:
     """Deploy a model version (create or update)."""
+    resources = _given({"cpu": cpu, "memory_mb": memory, "gpus": gpus})
+    placement = _given(
+        {"node_labels": _labels(node_label) if node_label else None, "gpu_type": gpu_type}
+    )
+    autoscaling = _given({
+        "min_replicas": min_replicas, "max_replicas": max_replicas,
+        "target_ongoing_requests": target_ongoing, "target_latency_ms": target_latency_ms,
+        "upscale_delay_s": upscale_delay, "downscale_delay_s": downscale_delay,
+    })  # fmt: skip
+    if autoscaling is not None:
+        low = autoscaling.setdefault("min_replicas", min(1, max_replicas or 1))
+        high = autoscaling.setdefault("max_replicas", max(low, replicas or 1))
+        replicas = low if replicas is None else max(low, min(replicas, high))
+    elif replicas is None:
+        replicas = 1
     given = {
         "max_batch_size": max_batch_size,
         "max_queue_delay_ms": max_queue_delay_ms,
@@ -46,14 +91,20 @@ def deploy(
         "max_queued_requests": max_queued,
         "payload_log_rate": payload_log_rate,
     }
-    config = {k: v for k, v in given.items() if v is not None} or None
+    config = _given(given)
     with handled(), Client() as client:
-        info = client.deploy(ref, replicas=replicas, name=name, config=config)
-        console.print(
-            f"deploying {info['ref']} as [bold]{info['name']}[/bold] "
-            f"({replicas} replica{'s' if replicas != 1 else ''})"
+        info = client.deploy(
+            ref, replicas=replicas, name=name, config=config, resources=resources,
+            placement=placement, autoscaling=autoscaling, autoscaling_off=no_autoscale,
+        )  # fmt: skip
+        scaling = info.get("autoscaling")
+        count = (
+            f"{scaling['min_replicas']}-{scaling['max_replicas']} replicas, autoscaled"
+            if scaling
+            else f"{replicas} replica{'s' if replicas != 1 else ''}"
         )
-        if not wait or replicas == 0:
+        console.print(f"deploying {info['ref']} as [bold]{info['name']}[/bold] ({count})")
+        if not wait or info["desired_replicas"] == 0:
             return
         deadline = time.monotonic() + timeout
         with console.status("waiting for replicas to be ready"):
@@ -61,6 +112,11 @@ def deploy(
                 info = client.deployment(info["name"])
                 if info["state"] == "ready":
                     break
+                if info.get("pending") and not info["ready_replicas"]:
+                    reasons = "; ".join(sorted(set(info["pending"])))
+                    raise errors.Unavailable(
+                        f"{info['name']}: {len(info['pending'])} replica(s) pending: {reasons}"
+                    )
                 if time.monotonic() > deadline:
                     why = f" (last failure: {info['last_failure']})" if info["last_failure"] else ""
                     raise errors.Unavailable(
@@ -69,6 +125,20 @@ def deploy(
                     )
                 time.sleep(0.5)
         console.print(f"[green]ready[/green]: POST {client.url}{info['endpoint']}")
+
+
+def _given(values: dict[str, Any]) -> dict[str, Any] | None:
+    return {k: v for k, v in values.items() if v is not None} or None
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--node-label")
+        labels[key] = value
+    return labels
 
 
 @deployments_app.command("list")
@@ -107,17 +177,21 @@ def deployments_status(name: str, as_json: Json = False) -> None:
     console.print(f"[bold]{d['name']}[/bold]  {d['ref']}  {state}  {ready}")
     if d["last_failure"]:
         console.print(f"last failure: {d['last_failure']}", highlight=False)
+    for reason in sorted(set(d.get("pending") or [])):
+        count = d["pending"].count(reason)
+        console.print(f"[yellow]pending[/yellow] ({count}): {reason}", highlight=False)
     if d.get("events"):
         table(["TIME", "ACTION", "REPLICA", "REASON"],
               [[e["time"], e["action"], e["replica"], e["reason"]] for e in d["events"][-10:]],
               title="recent events")  # fmt: skip
     table(
-        ["REPLICA", "VERSION", "STATE", "PID", "UP", "MESSAGE"],
+        ["REPLICA", "VERSION", "STATE", "NODE", "PID", "UP", "MESSAGE"],
         [
             [
                 r["id"],
                 r["version"],
                 r["state"],
+                r.get("node", ""),
                 r["pid"],
                 f"{time.time() - r['started_at']:.0f}s",
                 r["message"],

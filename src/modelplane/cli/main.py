@@ -11,13 +11,13 @@ import numpy as np
 import typer
 
 from modelplane import errors
-from modelplane.cli import deployments, models
+from modelplane.cli import deployments, models, nodes
 from modelplane.cli.apps import app
 from modelplane.cli.apps import print_json as _print_json
 from modelplane.cli.output import handled
 from modelplane.client import Client
 
-__all__ = ["app", "deployments", "main", "models"]
+__all__ = ["app", "deployments", "main", "models", "nodes"]
 
 
 @app.command()
@@ -27,6 +27,12 @@ def serve(
     grpc_port: Annotated[int | None, typer.Option(help="gRPC port.")] = None,
     home: Annotated[Path | None, typer.Option(help="State folder ($MODELPLANE_HOME).")] = None,
     demo: Annotated[bool, typer.Option(help="Deploy the iris demo on first start.")] = False,
+    executor: Annotated[
+        str | None, typer.Option(help="Where replicas run: local (default) or ray.")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (HOST:PORT) for --executor ray.")
+    ] = None,
 ) -> None:
     """Start the control plane and gateway (default 127.0.0.1:8000)."""
     from modelplane.server import serve as run_server
@@ -45,6 +51,11 @@ def serve(
         update["home"] = home
     if demo:
         update["demo"] = True
+    scheduler = {k: v for k, v in {"executor": executor, "ray_address": ray_address}.items() if v}
+    if scheduler.get("executor") not in (None, "local", "ray"):
+        raise typer.BadParameter("choose local or ray", param_hint="--executor")
+    if scheduler:
+        update["scheduler"] = settings.scheduler.model_copy(update=scheduler)
     run_server(settings.model_copy(update=update))
 
 

@@ -65,8 +65,14 @@ def human_size(size: int) -> str:
     return f"{size} B"
 
 
+STATE_COLORS = {
+    "ready": "green", "healthy": "green", "degraded": "yellow", "pending": "yellow",
+    "starting": "yellow", "draining": "yellow", "scaled to zero": "cyan", "stopped": "cyan",
+}  # fmt: skip
+
+
 def state_style(state: str) -> Callable[[str], str]:
-    color = {"ready": "green", "degraded": "yellow", "pending": "yellow"}.get(state, "red")
+    color = STATE_COLORS.get(state, "red")
     return lambda text: f"[{color}]{text}[/{color}]"
 
 

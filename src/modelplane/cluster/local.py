@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import tempfile
@@ -13,13 +14,52 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
+import psutil
+
 from modelplane.cluster.executor import ReplicaSpec
-from modelplane.domain import Replica, ReplicaState
+from modelplane.domain import Node, Replica, ReplicaState, Resources
 from modelplane.serving.replica_client import probe
 from modelplane.settings import Settings
 
-UNHEALTHY_AFTER = 3  # failed probes in a row before a ready replica counts as unhealthy
 MAX_SOCKET_PATH = 100
+
+
+def replica_arguments(settings: Settings, spec: ReplicaSpec, log_file: Path) -> list[str]:
+    """The replica process's arguments, less where it listens."""
+    serving = settings.serving
+    arguments = [
+        "--name", spec.deployment,
+        "--version", str(spec.version),
+        "--artifact", str(spec.artifact),
+        "--digest", spec.digest,
+        "--threads", str(serving.intra_op_threads),
+        "--max-elements", str(serving.max_tensor_elements),
+        "--max-batch-size", str(spec.config.max_batch_size),
+        "--max-queue-delay-ms", str(spec.config.max_queue_delay_ms),
+        "--log-file", str(log_file),
+        "--replica-id", spec.replica_id,
+    ]  # fmt: skip
+    if not settings.telemetry.request_log:
+        arguments.append("--no-request-log")
+    if spec.config.payload_log_rate > 0:
+        arguments += ["--payload-log-rate", str(spec.config.payload_log_rate)]
+    for size in spec.config.preferred_batch_sizes:
+        arguments += ["--preferred-batch-size", str(size)]
+    return arguments
+
+
+def local_node(settings: Settings) -> Node:
+    """This machine as the one node: all cores and 90% of RAM unless the settings say less."""
+    scheduler = settings.scheduler
+    cpus = scheduler.node_cpus or float(psutil.cpu_count() or 1)
+    memory = scheduler.node_memory_mb or int(psutil.virtual_memory().total * 0.9 / 2**20)
+    return Node(
+        id=socket.gethostname() or "local",
+        capacity=Resources(cpu=cpus, memory_mb=memory),
+        labels={"zone": "local", "instance_type": "local"},
+        cost_per_hour=scheduler.node_cost_per_hour,
+        address="127.0.0.1",
+    )
 
 
 @dataclass(slots=True)
@@ -41,6 +81,7 @@ class LocalExecutor:
         if len(str(run_dir)) > MAX_SOCKET_PATH - 20:
             run_dir = Path(tempfile.mkdtemp(prefix="mp-"))
         self._run_dir = run_dir
+        self._node = local_node(settings)
 
     @property
     def token(self) -> str:
@@ -59,27 +100,11 @@ class LocalExecutor:
         log_path = self.output_path(spec.deployment, spec.replica_id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = log_path.open("ab")
-        serving = self._settings.serving
+        log_file = self.log_path(spec.deployment, spec.replica_id)
         command = [
-            sys.executable, "-m", "modelplane.serving.replica",
-            "--name", spec.deployment,
-            "--version", str(spec.version),
-            "--artifact", str(spec.artifact),
-            "--digest", spec.digest,
-            "--uds", str(socket),
-            "--threads", str(serving.intra_op_threads),
-            "--max-elements", str(serving.max_tensor_elements),
-            "--max-batch-size", str(spec.config.max_batch_size),
-            "--max-queue-delay-ms", str(spec.config.max_queue_delay_ms),
-            "--log-file", str(self.log_path(spec.deployment, spec.replica_id)),
-            "--replica-id", spec.replica_id,
+            sys.executable, "-m", "modelplane.serving.replica", "--uds", str(socket),
+            *replica_arguments(self._settings, spec, log_file),
         ]  # fmt: skip
-        if not self._settings.telemetry.request_log:
-            command.append("--no-request-log")
-        if spec.config.payload_log_rate > 0:
-            command += ["--payload-log-rate", str(spec.config.payload_log_rate)]
-        for size in spec.config.preferred_batch_sizes:
-            command += ["--preferred-batch-size", str(size)]
         env = {**os.environ, "MODELPLANE_REPLICA_TOKEN": self._token}
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         replica = Replica(
@@ -92,6 +117,8 @@ class LocalExecutor:
             started_at=time.time(),
             pid=proc.pid,
             revision=spec.revision,
+            node=self._node.id,
+            resources=spec.resources,
         )
         self._procs[spec.replica_id] = _Process(replica, proc, socket, log)
         return replica
@@ -112,7 +139,9 @@ class LocalExecutor:
     async def _probe(self, entry: _Process) -> bool:
         if not entry.socket.exists():
             return False
-        return await probe(entry.replica.url, self._token)
+        return await probe(
+            entry.replica.url, self._token, self._settings.scheduler.health_timeout_s
+        )
 
     async def _check(self, entry: _Process) -> Replica:
         replica = entry.replica
@@ -136,7 +165,7 @@ class LocalExecutor:
                 )
             return replica
         entry.failures += 1
-        if entry.failures >= UNHEALTHY_AFTER:
+        if entry.failures >= self._settings.scheduler.health_failure_threshold:
             return replace(replica, state=ReplicaState.UNHEALTHY, message="health checks failing")
         return replica
 
@@ -159,6 +188,9 @@ class LocalExecutor:
         for entry, replica in zip(entries, checked, strict=True):
             entry.replica = replica
         return list(checked)
+
+    async def nodes(self) -> list[Node]:
+        return [self._node]
 
     async def shutdown(self) -> None:
         await asyncio.gather(*(self.stop(rid) for rid in list(self._procs)))

@@ -3,20 +3,34 @@
 from modelplane.domain.auth import ApiKey, Principal, Role
 from modelplane.domain.deployment import Deployment, Replica, ReplicaState, ServingConfig
 from modelplane.domain.model import Artifact, Conversion, Model, ModelRef, ModelVersion
+from modelplane.domain.resources import (
+    DEFAULT_REQUEST,
+    Autoscaling,
+    Node,
+    NodeState,
+    PlacementPolicy,
+    Resources,
+)
 from modelplane.domain.signature import DATATYPES, Signature, TensorSpec
 
 __all__ = [
     "DATATYPES",
+    "DEFAULT_REQUEST",
     "ApiKey",
     "Artifact",
+    "Autoscaling",
     "Conversion",
     "Deployment",
     "Model",
     "ModelRef",
     "ModelVersion",
+    "Node",
+    "NodeState",
+    "PlacementPolicy",
     "Principal",
     "Replica",
     "ReplicaState",
+    "Resources",
     "Role",
     "ServingConfig",
     "Signature",

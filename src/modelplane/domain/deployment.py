@@ -9,27 +9,40 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from modelplane.domain.resources import DEFAULT_REQUEST, Autoscaling, PlacementPolicy, Resources
+
 
 class ReplicaState(enum.StrEnum):
+    """pending -> starting -> ready -> draining -> stopped, or failed from any live state.
+
+    ``pending``: wanted but not placed (no node fits; the reason says why). ``unhealthy``: ready
+    once, now failing health checks (replaced after the failure threshold). ``draining``: out of
+    the routes, finishing the requests it holds before it stops.
+    """
+
+    PENDING = "pending"
     STARTING = "starting"
     READY = "ready"
     UNHEALTHY = "unhealthy"
-    STOPPING = "stopping"
+    DRAINING = "draining"
+    STOPPED = "stopped"
     FAILED = "failed"
 
 
 # Which transitions a replica may make; anything else is a bug in the caller.
 TRANSITIONS: dict[ReplicaState, frozenset[ReplicaState]] = {
+    ReplicaState.PENDING: frozenset({ReplicaState.STARTING, ReplicaState.STOPPED}),
     ReplicaState.STARTING: frozenset(
-        {ReplicaState.READY, ReplicaState.FAILED, ReplicaState.STOPPING}
+        {ReplicaState.READY, ReplicaState.FAILED, ReplicaState.STOPPED}
     ),
     ReplicaState.READY: frozenset(
-        {ReplicaState.UNHEALTHY, ReplicaState.FAILED, ReplicaState.STOPPING}
+        {ReplicaState.UNHEALTHY, ReplicaState.FAILED, ReplicaState.DRAINING}
     ),
     ReplicaState.UNHEALTHY: frozenset(
-        {ReplicaState.READY, ReplicaState.FAILED, ReplicaState.STOPPING}
+        {ReplicaState.READY, ReplicaState.FAILED, ReplicaState.STOPPED}
     ),
-    ReplicaState.STOPPING: frozenset({ReplicaState.FAILED}),
+    ReplicaState.DRAINING: frozenset({ReplicaState.STOPPED, ReplicaState.FAILED}),
+    ReplicaState.STOPPED: frozenset(),
     ReplicaState.FAILED: frozenset(),
 }
 
@@ -80,6 +93,9 @@ class Deployment:
     created_at: datetime
     updated_at: datetime
     config: ServingConfig = field(default_factory=ServingConfig)
+    resources: Resources = DEFAULT_REQUEST
+    placement: PlacementPolicy = field(default_factory=PlacementPolicy)
+    autoscaling: Autoscaling | None = None
 
     @property
     def ref(self) -> str:
@@ -87,9 +103,20 @@ class Deployment:
 
     @property
     def revision(self) -> str:
-        """Changes whenever replicas must be replaced: a new version or serving config."""
+        """Changes whenever replicas must be replaced: a new version, serving config or
+        resource request (placement knobs and autoscaling bounds apply without a restart)."""
         config = ",".join(f"{k}={v}" for k, v in sorted(self.config.to_dict().items()))
-        return hashlib.sha256(f"{self.model}:{self.version}|{config}".encode()).hexdigest()[:12]
+        key = f"{self.model}:{self.version}|{config}|{self.resources.to_dict()}"
+        return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+    def to_spec(self) -> dict[str, Any]:
+        """How the deployment's settings are stored (one JSON document)."""
+        return {
+            **self.config.to_dict(),
+            "resources": self.resources.to_dict(),
+            "placement": self.placement.to_dict(),
+            "autoscaling": None if self.autoscaling is None else self.autoscaling.to_dict(),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,3 +133,5 @@ class Replica:
     pid: int | None = None
     message: str = ""
     revision: str = ""
+    node: str = ""
+    resources: Resources = DEFAULT_REQUEST

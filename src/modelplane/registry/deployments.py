@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from modelplane.domain import Deployment, ModelRef, ModelVersion, ServingConfig
+from modelplane.domain import (
+    Autoscaling,
+    Deployment,
+    ModelRef,
+    ModelVersion,
+    PlacementPolicy,
+    Resources,
+    ServingConfig,
+)
 from modelplane.domain.model import name_problem
+from modelplane.domain.resources import DEFAULT_REQUEST
 from modelplane.errors import InvalidInput, NotFound
 from modelplane.registry.service import RegistryService, now, to_version
 from modelplane.registry.tables import DeploymentRow, ModelRow, VersionRow
@@ -22,8 +32,20 @@ class DeploymentRecord:
     version: ModelVersion
 
 
+@dataclass(frozen=True, slots=True)
+class Scheduling:
+    """What a deploy says about resources, placement and autoscaling; None keeps what is set."""
+
+    resources: Resources | None = None
+    placement: PlacementPolicy | None = None
+    autoscaling: Autoscaling | None = None
+    clear_autoscaling: bool = False
+
+
 def _record(row: DeploymentRow) -> DeploymentRecord:
     version = to_version(row.version)
+    spec: dict[str, Any] = dict(row.config or {})
+    scaling = spec.get("autoscaling")
     return DeploymentRecord(
         Deployment(
             name=row.name,
@@ -32,10 +54,32 @@ def _record(row: DeploymentRow) -> DeploymentRecord:
             replicas=row.replicas,
             created_at=row.created_at,
             updated_at=row.updated_at,
-            config=ServingConfig.from_dict(row.config or {}),
+            config=ServingConfig.from_dict(spec),
+            resources=Resources.from_dict(spec.get("resources") or {}, DEFAULT_REQUEST),
+            placement=PlacementPolicy.from_dict(spec.get("placement") or {}),
+            autoscaling=None if not scaling else Autoscaling.from_dict(scaling),
         ),
         version,
     )
+
+
+def _check(resources: Resources, scaling: Autoscaling | None) -> None:
+    if resources.cpu <= 0 or resources.memory_mb <= 0 or resources.gpus < 0:
+        raise InvalidInput(
+            f"a replica must ask for some CPU and memory (got {resources.describe()}); "
+            "for example --cpu 0.5 --memory 512"
+        )
+    if scaling is None:
+        return
+    if not 0 <= scaling.min_replicas <= scaling.max_replicas <= MAX_REPLICAS:
+        raise InvalidInput(
+            f"autoscaling needs 0 <= min <= max <= {MAX_REPLICAS}, "
+            f"got min {scaling.min_replicas} and max {scaling.max_replicas}"
+        )
+    if scaling.target_ongoing_requests <= 0:
+        raise InvalidInput("target_ongoing_requests must be above 0")
+    if min(scaling.upscale_delay_s, scaling.downscale_delay_s) < 0:
+        raise InvalidInput("upscale and downscale delays cannot be negative")
 
 
 class DeploymentStore:
@@ -49,6 +93,7 @@ class DeploymentStore:
         replicas: int,
         name: str | None = None,
         config: ServingConfig | None = None,
+        scheduling: Scheduling | None = None,
     ) -> DeploymentRecord:
         """Create or update the deployment ``name`` (default: the model's name). ``config``
         None keeps an existing deployment's serving configuration."""
@@ -64,14 +109,17 @@ class DeploymentStore:
                 .join(ModelRow)
                 .where(ModelRow.name == version.model, VersionRow.version == version.version)
             ).one()
-            row = session.scalar(select(DeploymentRow).where(DeploymentRow.name == name))
+            row = session.scalar(self._query().where(DeploymentRow.name == name))
             stamp = now()
+            before = _record(row).deployment if row is not None else None
+            spec = _merge(before, config, scheduling or Scheduling())
+            _check(spec.resources, spec.autoscaling)
             if row is None:
                 row = DeploymentRow(
                     name=name,
                     version_id=version_id,
                     replicas=replicas,
-                    config=(config or ServingConfig()).to_dict(),
+                    config=spec.to_spec(),
                     created_at=stamp,
                     updated_at=stamp,
                 )
@@ -80,8 +128,7 @@ class DeploymentStore:
                 row.version_id = version_id
                 row.replicas = replicas
                 row.updated_at = stamp
-                if config is not None:
-                    row.config = config.to_dict()
+                row.config = spec.to_spec()
             session.flush()
             return _record(self._load(session, name))
 
@@ -111,3 +158,19 @@ class DeploymentStore:
         if row is None:
             raise NotFound(f"deployment {name!r} not found; create it with `modelplane deploy`")
         return row
+
+
+def _merge(
+    before: Deployment | None, config: ServingConfig | None, given: Scheduling
+) -> Deployment:
+    """The deployment settings after a deploy: what was given over what was there."""
+    stamp = now()
+    base = before or Deployment("", "", 0, 0, stamp, stamp)
+    scaling = given.autoscaling or (None if given.clear_autoscaling else base.autoscaling)
+    return Deployment(
+        "", "", 0, 0, stamp, stamp,
+        config=config or base.config,
+        resources=given.resources or base.resources,
+        placement=given.placement or base.placement,
+        autoscaling=scaling,
+    )  # fmt: skip

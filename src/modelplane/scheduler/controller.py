@@ -1,4 +1,6 @@
-"""The level-triggered reconcile loop: read desired state, observe replicas, act, publish routes."""
+"""The level-triggered reconcile loop: read desired state, observe replicas and nodes, autoscale,
+place, act, publish routes. Every decision comes from the pure policies in ``planning``,
+``placement`` and ``autoscale``; this module only carries them out."""
 
 from __future__ import annotations
 
@@ -9,17 +11,46 @@ import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from modelplane.cluster.executor import ReplicaExecutor, ReplicaSpec
-from modelplane.domain import Replica, ReplicaState
+from modelplane.domain import Deployment, Node, Replica, ReplicaState
 from modelplane.registry.deployments import DeploymentRecord, DeploymentStore
-from modelplane.scheduler.planning import Desired, Start, Stop, plan
+from modelplane.scheduler import autoscale
+from modelplane.scheduler.planning import Desired, Drain, Pending, Start, Stop, plan
 from modelplane.serving.routing import Endpoint, Route, RoutingTable
 from modelplane.telemetry.logs import now_iso
 
 log = logging.getLogger("modelplane.controller")
+
+DRAIN_GRACE_S = 0.5  # a draining replica outlives its last route by at least this
+
+
+class LoadSource(Protocol):
+    """What the gateway tells the controller about traffic (for draining and autoscaling)."""
+
+    def load(self, deployment: str) -> tuple[int, float, int]:
+        """(requests in flight now, busy seconds so far, requests completed so far)."""
+        ...
+
+    def outstanding(self, replica_id: str) -> int: ...
+
+
+class NoLoad:
+    def load(self, deployment: str) -> tuple[int, float, int]:
+        return (0, 0.0, 0)
+
+    def outstanding(self, replica_id: str) -> int:
+        return 0
+
+
+@dataclass(slots=True)
+class _Draining:
+    since: float
+    reason: str
+    deployment: str
 
 
 class Controller:
@@ -32,8 +63,10 @@ class Controller:
         *,
         interval_s: float = 1.0,
         max_starts_per_minute: int = 5,
+        drain_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         on_step: Callable[[float], None] | None = None,
+        load: LoadSource | None = None,
     ) -> None:
         self._on_step = on_step
         self._deployments = deployments
@@ -42,12 +75,21 @@ class Controller:
         self._blob_path = blob_path
         self._interval = interval_s
         self._max_starts = max_starts_per_minute
+        self._drain_timeout = drain_timeout_s
         self._clock = clock
+        self.load: LoadSource = load or NoLoad()
         self._starts: defaultdict[str, deque[float]] = defaultdict(deque)
         self._wake = asyncio.Event()
         self._observed: list[Replica] = []
+        self._live_ids: set[str] = set()
+        self._nodes: list[Node] = []
+        self._draining: dict[str, _Draining] = {}
+        self._pending: dict[str, list[str]] = {}
+        self._placements: dict[str, str] = {}
+        self._scale: dict[str, autoscale.ScaleState] = {}
+        self._load_seen: dict[str, tuple[float, float, int]] = {}
         self._last_failure: dict[str, str] = {}
-        self._events: deque[dict[str, Any]] = deque(maxlen=500)
+        self._events: deque[dict[str, Any]] = deque(maxlen=1000)
         self._task: asyncio.Task[None] | None = None
 
     # ---- what the API reads -----------------------------------------------------------------
@@ -57,8 +99,24 @@ class Controller:
     def all_replicas(self) -> list[Replica]:
         return list(self._observed)
 
+    def nodes(self) -> list[Node]:
+        return list(self._nodes)
+
+    def pending(self, deployment: str) -> list[str]:
+        """Why each replica that is wanted but not placed is waiting."""
+        return list(self._pending.get(deployment, []))
+
+    def placement(self, replica_id: str) -> str:
+        """Why the replica's node was chosen."""
+        return self._placements.get(replica_id, "")
+
+    def scale_target(self, deployment: str) -> int | None:
+        """The autoscaler's current replica count, where autoscaling is on."""
+        state = self._scale.get(deployment)
+        return None if state is None else state.replicas
+
     def events(self, deployment: str, limit: int = 20) -> list[dict[str, Any]]:
-        """The latest replica starts and stops of a deployment, with their reasons."""
+        """The latest replica starts, drains, stops and scaling decisions, with their reasons."""
         mine = [e for e in self._events if e["deployment"] == deployment]
         return mine[-limit:]
 
@@ -77,27 +135,112 @@ class Controller:
     async def step(self) -> None:
         records = await asyncio.to_thread(self._deployments.list)
         by_name = {r.deployment.name: r for r in records}
-        desired = [
-            Desired(r.deployment.name, r.deployment.revision, r.deployment.replicas)
-            for r in records
-        ]
-        observed = await self._executor.observe()
+        observed = await self._observe()
+        await self._finish_draining(observed)
+        observed = [r for r in observed if r.id in self._live_ids]
+        desired = [self._desired(r.deployment) for r in records]
+        actions = plan(desired, observed, self._nodes, self._start_budget(desired))
+        pending: defaultdict[str, list[str]] = defaultdict(list)
+        for action in actions:
+            if isinstance(action, Stop):
+                await self._stop(action.replica_id, action.reason, observed)
+            elif isinstance(action, Drain):
+                owner = next((r.deployment for r in observed if r.id == action.replica_id), "")
+                self._draining[action.replica_id] = _Draining(self._clock(), action.reason, owner)
+                self._event(owner, "drain", action.replica_id, action.reason)
+                log.info("draining replica %s: %s", action.replica_id, action.reason)
+            elif isinstance(action, Start):
+                await self._start(by_name[action.deployment], action)
+            elif isinstance(action, Pending):
+                pending[action.deployment].append(action.reason)
+        self._note_pending(pending)
+        if any(not isinstance(a, Pending) for a in actions):
+            observed = await self._observe()
+        self._observed = observed
+        self._forget(by_name)
+        self._publish(records, observed)
+
+    async def _observe(self) -> list[Replica]:
+        observed, self._nodes = await asyncio.gather(
+            self._executor.observe(), self._executor.nodes()
+        )
+        self._live_ids = {r.id for r in observed}
         for replica in observed:
             if replica.state == ReplicaState.FAILED and replica.message:
                 self._last_failure[replica.deployment] = replica.message
-        actions = plan(desired, observed, self._start_budget(desired))
-        for action in actions:
-            if isinstance(action, Stop):
-                log.info("stopping replica %s: %s", action.replica_id, action.reason)
-                owner = next((r.deployment for r in observed if r.id == action.replica_id), "")
-                self._event(owner, "stop", action.replica_id, action.reason)
-                await self._executor.stop(action.replica_id)
-            elif isinstance(action, Start):
-                await self._start(by_name[action.deployment])
-        if actions:
-            observed = await self._executor.observe()
-        self._observed = observed
-        self._publish(records, observed)
+        return [
+            replace(r, state=ReplicaState.DRAINING)
+            if r.id in self._draining and r.state != ReplicaState.FAILED
+            else r
+            for r in observed
+        ]
+
+    async def _finish_draining(self, observed: list[Replica]) -> None:
+        """Stop draining replicas once their in-flight requests are done (or time is up)."""
+        now = self._clock()
+        states = {r.id: r.state for r in observed}
+        for replica_id, drain in list(self._draining.items()):
+            state = states.get(replica_id)
+            idle = self.load.outstanding(replica_id) == 0
+            done = now - drain.since >= DRAIN_GRACE_S and idle
+            if state is None or state == ReplicaState.FAILED or done:
+                await self._stop(replica_id, drain.reason, observed)
+            elif now - drain.since > self._drain_timeout:
+                await self._stop(replica_id, f"{drain.reason}; drain timed out", observed)
+
+    async def _stop(self, replica_id: str, reason: str, observed: list[Replica]) -> None:
+        owner = next((r.deployment for r in observed if r.id == replica_id), "")
+        log.info("stopping replica %s: %s", replica_id, reason)
+        self._event(owner, "stop", replica_id, reason)
+        self._draining.pop(replica_id, None)
+        self._placements.pop(replica_id, None)
+        self._live_ids.discard(replica_id)
+        await self._executor.stop(replica_id)
+
+    def _desired(self, d: Deployment) -> Desired:
+        replicas = d.replicas
+        if d.autoscaling is not None:
+            replicas = self._autoscale(d)
+        else:
+            self._scale.pop(d.name, None)
+        return Desired(d.name, d.revision, replicas, d.resources, d.placement)
+
+    def _autoscale(self, d: Deployment) -> int:
+        policy = d.autoscaling
+        assert policy is not None
+        now = self._clock()
+        in_flight, busy, completed = self.load.load(d.name)
+        seen = self._load_seen.get(d.name)
+        self._load_seen[d.name] = (now, busy, completed)
+        ongoing, latency = float(in_flight), None
+        if seen is not None and now > seen[0]:
+            ongoing = max(ongoing, (busy - seen[1]) / (now - seen[0]))
+            if completed > seen[2]:
+                latency = 1000 * (busy - seen[1]) / (completed - seen[2])
+        state = self._scale.get(d.name) or autoscale.initial(policy, d.replicas)
+        decided = autoscale.decide(policy, state, autoscale.Sample(now, ongoing, latency))
+        if decided.replicas != state.replicas:
+            why = f"{ongoing:.2f} requests in flight on average"
+            if latency is not None:
+                why += f", {latency:.1f} ms mean latency"
+            self._event(
+                d.name, "scale", "", f"{state.replicas} -> {decided.replicas} replicas ({why})"
+            )
+            log.info("autoscaling %s: %d -> %d (%s)", d.name, state.replicas, decided.replicas, why)
+        self._scale[d.name] = decided
+        return decided.replicas
+
+    def _note_pending(self, pending: dict[str, list[str]]) -> None:
+        for name, reasons in pending.items():
+            if self._pending.get(name) != reasons:
+                log.warning("%d replica(s) of %s pending: %s", len(reasons), name, reasons[0])
+                self._event(name, "pending", "", reasons[0])
+        self._pending = dict(pending)
+
+    def _forget(self, by_name: dict[str, DeploymentRecord]) -> None:
+        for table in (self._scale, self._load_seen, self._starts):
+            for name in [n for n in table if n not in by_name]:
+                del table[name]
 
     def _start_budget(self, desired: list[Desired]) -> dict[str, int]:
         now = self._clock()
@@ -109,23 +252,30 @@ class Controller:
             budget[d.name] = max(0, self._max_starts - len(history))
         return budget
 
-    async def _start(self, record: DeploymentRecord) -> None:
-        version = record.version
+    async def _start(self, record: DeploymentRecord, action: Start) -> None:
+        version, d = record.version, record.deployment
         spec = ReplicaSpec(
             replica_id=uuid.uuid4().hex[:10],
-            deployment=record.deployment.name,
+            deployment=d.name,
             model=version.model,
             version=version.version,
             artifact=self._blob_path(version.artifact.digest),
             digest=version.artifact.digest,
-            revision=record.deployment.revision,
-            config=record.deployment.config,
+            revision=d.revision,
+            config=d.config,
+            node=action.node,
+            resources=d.resources,
         )
         self._starts[spec.deployment].append(self._clock())
-        reason = "replacing or adding a replica" if self.replicas(spec.deployment) else "deployed"
-        self._event(spec.deployment, "start", spec.replica_id, f"{reason} ({version.ref})")
-        log.info("starting replica %s of %s (%s)", spec.replica_id, spec.deployment, version.ref)
-        await self._executor.start(spec)
+        self._placements[spec.replica_id] = action.reason
+        self._event(spec.deployment, "start", spec.replica_id, f"{version.ref} on {action.reason}")
+        log.info("starting replica %s of %s (%s) on %s", spec.replica_id, spec.deployment,
+                 version.ref, action.reason)  # fmt: skip
+        try:
+            await self._executor.start(spec)
+        except Exception as exc:  # an executor error fails this replica, not the loop
+            self._last_failure[spec.deployment] = f"could not start: {exc}"
+            log.exception("could not start replica %s", spec.replica_id)
 
     def _publish(self, records: list[DeploymentRecord], observed: list[Replica]) -> None:
         routes = []
@@ -137,19 +287,23 @@ class Controller:
             serving = [r for r in ready if r.revision == d.revision]
             version, signature = d.version, record.version.signature
             previous = self._table.get(d.name)
-            if not serving and previous is not None:
+            if not serving and previous is not None and previous.endpoints:
                 # rolling update: the old revision serves until the new one is ready
                 version, signature = int(previous.version), previous.signature
                 serving = [r for r in ready if r.version == version]
+            elif not serving:
+                serving = ready  # e.g. a config change: old replicas serve until replaced
+            scaling, target = d.autoscaling, self.scale_target(d.name)
             routes.append(
                 Route(
                     name=d.name,
                     model=d.model,
                     version=str(version),
                     signature=signature,
-                    desired=d.replicas,
+                    desired=d.replicas if target is None else target,
                     endpoints=tuple(Endpoint(r.id, r.url) for r in serving),
                     max_queued=d.config.max_queued_requests,
+                    cold_start_s=scaling.cold_start_timeout_s if scaling else 0.0,
                 )
             )
         self._table.publish(routes)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from modelplane.domain import Replica, ReplicaState
+from modelplane.domain import DEFAULT_REQUEST, Node, NodeState, PlacementPolicy, Replica, Resources
+from modelplane.domain import ReplicaState as S
+from modelplane.scheduler.placement import ClusterView, Placed, Request, place
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,11 +15,31 @@ class Desired:
     name: str
     revision: str
     replicas: int
+    resources: Resources = DEFAULT_REQUEST
+    policy: PlacementPolicy = field(default_factory=PlacementPolicy)
 
 
 @dataclass(frozen=True, slots=True)
 class Start:
     deployment: str
+    node: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A replica that is wanted but fits nowhere now; ``reason`` says what would make it fit."""
+
+    deployment: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """Take a serving replica out of the routes; stop it once its requests are done."""
+
+    replica_id: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,46 +48,85 @@ class Stop:
     reason: str
 
 
-Action = Start | Stop
+Action = Start | Pending | Drain | Stop
 
-LIVE = (ReplicaState.STARTING, ReplicaState.READY, ReplicaState.UNHEALTHY)
+LIVE = (S.STARTING, S.READY, S.UNHEALTHY)
 
 
 def plan(
     desired: Sequence[Desired],
     observed: Sequence[Replica],
+    nodes: Sequence[Node] = (),
     start_budget: dict[str, int] | None = None,
 ) -> list[Action]:
-    """Actions that move ``observed`` toward ``desired``.
+    """Actions that move ``observed`` toward ``desired`` on ``nodes``.
 
-    Replicas of a deployment's old revision (version or serving config) keep serving until
-    enough of the new one are ready (a rolling update). Failed and unhealthy replicas are
-    stopped and replaced.
+    Replicas of a deployment's old revision keep serving until enough of the new one are ready
+    (a rolling update: start new, shift traffic, drain old). Failed and unhealthy replicas, and
+    those on lost nodes, are stopped and replaced. Every start names the node placement chose.
     ``start_budget`` caps starts per deployment (crash-loop back-off); absent means no cap.
     """
     actions: list[Action] = []
     wanted = {d.name: d for d in desired}
+    lost = {n.id for n in nodes if n.state == NodeState.LOST}
+    gone: set[str] = set()
     for replica in observed:
-        if replica.deployment not in wanted:
-            actions.append(Stop(replica.id, "deployment deleted"))
-        elif replica.state == ReplicaState.FAILED:
-            actions.append(Stop(replica.id, replica.message or "failed"))
-        elif replica.state == ReplicaState.UNHEALTHY:
-            actions.append(Stop(replica.id, "unhealthy"))
+        stop = _stop_reason(replica, wanted, lost)
+        if stop is not None:
+            gone.add(replica.id)
+            serving = replica.state == S.READY and replica.node not in lost
+            actions.append(Drain(replica.id, stop) if serving else Stop(replica.id, stop))
+    running = [r for r in observed if r.id not in gone]
+    view = ClusterView.build(nodes, ((r.node, r.deployment, r.resources) for r in running))
     for d in desired:
-        mine = [r for r in observed if r.deployment == d.name and r.state in LIVE]
-        healthy = [r for r in mine if r.state != ReplicaState.UNHEALTHY]
-        current = [r for r in healthy if r.revision == d.revision]
-        old = [r for r in healthy if r.revision != d.revision]
+        mine = [r for r in running if r.deployment == d.name and r.state in LIVE]
+        current = [r for r in mine if r.revision == d.revision]
+        old = [r for r in mine if r.revision != d.revision]
         missing = d.replicas - len(current)
+        short_of_room = False
         if missing > 0:
             budget = missing if start_budget is None else min(missing, start_budget.get(d.name, 0))
-            actions.extend(Start(d.name) for _ in range(max(budget, 0)))
+            for _ in range(max(budget, 0)):
+                decision = place(view, Request(d.name, d.resources, d.policy))
+                if isinstance(decision, Placed):
+                    view.assign(decision.node, d.name, d.resources)
+                    actions.append(Start(d.name, decision.node, decision.reason))
+                else:
+                    short_of_room = True
+                    actions.append(Pending(d.name, decision.reason))
         elif missing < 0:
             # drop the least useful first: starting before ready, then the newest
-            extras = sorted(current, key=lambda r: (r.state == ReplicaState.READY, -r.started_at))
-            actions.extend(Stop(r.id, "scaled down") for r in extras[:-missing])
-        ready = sum(1 for r in current if r.state == ReplicaState.READY)
+            extras = sorted(current, key=lambda r: (r.state == S.READY, -r.started_at))
+            actions.extend(_retire(r, "scaled down") for r in extras[:-missing])
+        ready = sum(1 for r in current if r.state == S.READY)
+        old_ready = [r for r in old if r.state == S.READY]
         if old and ready >= d.replicas:
-            actions.extend(Stop(r.id, "replaced by a new revision") for r in old)
+            actions.extend(_retire(r, "replaced by a new revision") for r in old)
+        elif short_of_room and old_ready and ready + len(old_ready) > 1:
+            # no room to start the new revision beside the old: give back one old replica
+            # at a time, keeping at least one replica serving throughout
+            oldest = min(old_ready, key=lambda r: r.started_at)
+            actions.append(Drain(oldest.id, "making room for the new revision"))
+        else:
+            actions.extend(
+                Stop(r.id, "replaced by a new revision") for r in old if r.state != S.READY
+            )
     return actions
+
+
+def _stop_reason(replica: Replica, wanted: dict[str, Desired], lost: set[str]) -> str | None:
+    if replica.state == S.DRAINING:
+        return None  # the controller finishes it
+    if replica.deployment not in wanted:
+        return "deployment deleted"
+    if replica.node in lost:
+        return f"node {replica.node} lost"
+    if replica.state == S.FAILED:
+        return replica.message or "failed"
+    if replica.state == S.UNHEALTHY:
+        return "unhealthy"
+    return None
+
+
+def _retire(replica: Replica, reason: str) -> Drain | Stop:
+    return Drain(replica.id, reason) if replica.state == S.READY else Stop(replica.id, reason)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,8 @@ from modelplane.protocol import frames
 from modelplane.serving.replica_client import ReplicaConnection, ReplicaGone
 from modelplane.serving.routing import Endpoint, Route, RoutingTable
 from modelplane.telemetry.metrics import Metrics
+
+COLD_START_POLL_S = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,19 @@ class Gateway:
         self._connecting: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._outstanding: defaultdict[str, int] = defaultdict(int)
         self._queued: defaultdict[str, int] = defaultdict(int)
+        self._busy: defaultdict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        self.on_demand: Callable[[], None] = lambda: None
+
+    # ---- what the controller reads (autoscaling and draining) ---------------------------------
+    def load(self, name: str) -> tuple[int, float, int]:
+        """Requests in flight now, busy seconds and completed requests so far for ``name``."""
+        busy = self._busy.get(name)
+        if busy is None:
+            return (self._queued.get(name, 0), 0.0, 0)
+        return (self._queued.get(name, 0), busy[0], int(busy[1]))
+
+    def outstanding(self, replica_id: str) -> int:
+        return self._outstanding.get(replica_id, 0)
 
     def route(self, name: str, version: str | None) -> Route:
         route = self.table.get(name)
@@ -130,10 +146,14 @@ class Gateway:
             raise
         finally:
             self._queued[route.name] -= 1
+            elapsed = time.perf_counter() - started
+            busy = self._busy[route.name]
+            busy[0] += elapsed
+            busy[1] += 1
             if series is not None:
                 series.in_flight.dec()
                 series.count(status)
-                series.latency.observe(time.perf_counter() - started)
+                series.latency.observe(elapsed)
 
     def _route_series(self, route: Route) -> _RouteSeries:
         key = (route.name, route.version)
@@ -147,7 +167,10 @@ class Gateway:
     ) -> Forwarded:
         tried: set[str] = set()
         deadline_ms = int(self._timeout * 1000)
+        if not route.endpoints and route.cold_start_s > 0:
+            route = await self._wait_for_replica(route)
         for _attempt in range(2):
+            route = self.table.get(route.name) or route  # the latest snapshot: drains apply
             endpoint = self._pick(route, tried)
             if endpoint is None:
                 break
@@ -174,6 +197,23 @@ class Gateway:
         raise Unavailable(
             f"model {route.name!r} has no ready replica ({len(route.endpoints)} of "
             f"{route.desired} ready); retry shortly or check `modelplane deployments status "
+            f"{route.name}`"
+        )
+
+    async def _wait_for_replica(self, route: Route) -> Route:
+        """Hold a request for a scaled-to-zero deployment while its first replica starts."""
+        self.on_demand()
+        deadline = time.monotonic() + min(route.cold_start_s, self._timeout)
+        while time.monotonic() < deadline:
+            latest = self.table.get(route.name)
+            if latest is None:
+                break
+            if latest.endpoints:
+                return latest
+            await asyncio.sleep(COLD_START_POLL_S)
+        raise Unavailable(
+            f"model {route.name!r} is scaled to zero and no replica became ready within "
+            f"{min(route.cold_start_s, self._timeout):g}s; check `modelplane deployments status "
             f"{route.name}`"
         )
 

@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--uds", type=Path)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port-file", type=Path, help="write the bound TCP port here")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-elements", type=int, default=1 << 28)
     parser.add_argument("--max-batch-size", type=int, default=32)
@@ -76,6 +77,11 @@ async def _serve(args: argparse.Namespace, plane: DataPlane, token: bytes) -> No
         server = await loop.create_server(
             lambda: ReplicaProtocol(plane, token), args.host, args.port
         )
+        if args.port_file is not None:
+            port = server.sockets[0].getsockname()[1]
+            staging = args.port_file.with_suffix(".tmp")
+            staging.write_text(str(port))
+            staging.replace(args.port_file)  # readers never see a half-written file
     log.info("serving %s:%s", plane.name, plane.version)
     async with server:
         await stop

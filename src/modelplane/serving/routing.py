@@ -26,6 +26,7 @@ class Route:
     desired: int
     endpoints: tuple[Endpoint, ...] = ()
     max_queued: int = 256
+    cold_start_s: float = 0.0  # >0: with no replica, hold requests this long while one starts
 
 
 @dataclass(slots=True)

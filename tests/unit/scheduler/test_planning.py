@@ -1,47 +1,98 @@
-from modelplane.domain import Replica, ReplicaState
-from modelplane.scheduler.planning import Desired, Start, Stop, plan
+from modelplane.domain import Node, NodeState, Replica, ReplicaState, Resources
+from modelplane.scheduler.planning import Desired, Drain, Pending, Start, Stop, plan
+
+NODES = [
+    Node("n1", Resources(4, 8192), {"zone": "a"}, cost_per_hour=1.0),
+    Node("n2", Resources(4, 8192), {"zone": "b"}, cost_per_hour=1.0),
+]
 
 
-def replica(rid: str, state: ReplicaState, version: int = 1, name: str = "iris") -> Replica:
-    return Replica(
-        rid, name, "iris", version, f"unix:/{rid}", state, float(len(rid)), revision=f"r{version}"
-    )
+def replica(
+    rid: str, state: ReplicaState, version: int = 1, name: str = "iris", node: str = "n1"
+) -> Replica:
+    return Replica(rid, name, "iris", version, f"unix:/{rid}", state, float(len(rid)),
+                   revision=f"r{version}", node=node)  # fmt: skip
 
 
-def test_starts_missing_replicas() -> None:
-    assert plan([Desired("iris", "r1", 2)], []) == [Start("iris"), Start("iris")]
+def kinds(actions: list[object]) -> list[str]:
+    return [type(a).__name__ for a in actions]
+
+
+def test_starts_missing_replicas_on_different_nodes() -> None:
+    actions = plan([Desired("iris", "r1", 2)], [], NODES)
+    assert kinds(actions) == ["Start", "Start"]
+    assert {a.node for a in actions if isinstance(a, Start)} == {"n1", "n2"}
+    assert all(isinstance(a, Start) and a.reason.startswith(a.node) for a in actions)
 
 
 def test_nothing_to_do_when_observed_matches() -> None:
-    observed = [replica("a", ReplicaState.READY), replica("b", ReplicaState.STARTING)]
-    assert plan([Desired("iris", "r1", 2)], observed) == []
+    observed = [replica("a", ReplicaState.READY), replica("b", ReplicaState.STARTING, node="n2")]
+    assert plan([Desired("iris", "r1", 2)], observed, NODES) == []
 
 
 def test_failed_replica_is_stopped_and_replaced() -> None:
-    observed = [replica("a", ReplicaState.READY), replica("b", ReplicaState.FAILED)]
-    assert plan([Desired("iris", "r1", 2)], observed) == [Stop("b", "failed"), Start("iris")]
+    observed = [replica("a", ReplicaState.READY), replica("b", ReplicaState.FAILED, node="n2")]
+    actions = plan([Desired("iris", "r1", 2)], observed, NODES)
+    assert actions[0] == Stop("b", "failed")
+    assert isinstance(actions[1], Start) and actions[1].node == "n2"
+
+
+def test_replicas_on_a_lost_node_are_replaced_elsewhere() -> None:
+    nodes = [NODES[0], Node("n2", Resources(4, 8192), {"zone": "b"}, state=NodeState.LOST)]
+    observed = [replica("a", ReplicaState.READY), replica("b", ReplicaState.READY, node="n2")]
+    actions = plan([Desired("iris", "r1", 2)], observed, nodes)
+    assert actions[0] == Stop("b", "node n2 lost")
+    assert isinstance(actions[1], Start) and actions[1].node == "n1"
 
 
 def test_start_budget_limits_a_crash_loop() -> None:
-    assert plan([Desired("iris", "r1", 3)], [], {"iris": 1}) == [Start("iris")]
-    assert plan([Desired("iris", "r1", 3)], [], {"iris": 0}) == []
+    assert kinds(plan([Desired("iris", "r1", 3)], [], NODES, {"iris": 1})) == ["Start"]
+    assert plan([Desired("iris", "r1", 3)], [], NODES, {"iris": 0}) == []
 
 
-def test_scale_down_stops_starting_replicas_first() -> None:
+def test_scale_down_stops_starting_replicas_and_drains_ready_ones() -> None:
     observed = [replica("a", ReplicaState.READY), replica("bb", ReplicaState.STARTING)]
-    assert plan([Desired("iris", "r1", 1)], observed) == [Stop("bb", "scaled down")]
+    assert plan([Desired("iris", "r1", 1)], observed, NODES) == [Stop("bb", "scaled down")]
+    observed = [replica("a", ReplicaState.READY), replica("bb", ReplicaState.READY)]
+    assert plan([Desired("iris", "r1", 1)], observed, NODES) == [Drain("bb", "scaled down")]
 
 
-def test_deleted_deployment_stops_its_replicas() -> None:
-    assert plan([], [replica("a", ReplicaState.READY)]) == [Stop("a", "deployment deleted")]
+def test_deleted_deployment_drains_its_replicas() -> None:
+    assert plan([], [replica("a", ReplicaState.READY)], NODES) == [Drain("a", "deployment deleted")]
+
+
+def test_draining_replicas_are_left_to_finish() -> None:
+    observed = [replica("a", ReplicaState.DRAINING), replica("b", ReplicaState.READY)]
+    assert plan([Desired("iris", "r1", 1)], observed, NODES) == []
 
 
 def test_rolling_update_keeps_old_version_until_new_is_ready() -> None:
     old = replica("a", ReplicaState.READY, version=1)
-    assert plan([Desired("iris", "r2", 1)], [old]) == [Start("iris")]
+    assert kinds(plan([Desired("iris", "r2", 1)], [old], NODES)) == ["Start"]
     starting = replica("b", ReplicaState.STARTING, version=2)
-    assert plan([Desired("iris", "r2", 1)], [old, starting]) == []
+    assert plan([Desired("iris", "r2", 1)], [old, starting], NODES) == []
     ready = replica("b", ReplicaState.READY, version=2)
-    assert plan([Desired("iris", "r2", 1)], [old, ready]) == [
-        Stop("a", "replaced by a new revision")
+    assert plan([Desired("iris", "r2", 1)], [old, ready], NODES) == [
+        Drain("a", "replaced by a new revision")
     ]
+
+
+def test_a_replica_that_fits_nowhere_is_pending_with_a_reason() -> None:
+    small = [Node("n1", Resources(2, 8192))]
+    actions = plan([Desired("iris", "r1", 3, Resources(4, 512))], [], small)
+    assert (
+        actions == [Pending("iris", "needs 4 CPU per replica; the largest free is 2 CPU on n1")] * 3
+    )
+    fitting = plan([Desired("iris", "r1", 3, Resources(0.5, 512))], [], small)
+    assert kinds(fitting) == ["Start"] * 3
+
+
+def test_rolling_update_without_room_gives_back_one_old_replica_at_a_time() -> None:
+    small = [Node("n1", Resources(2, 8192))]
+    old = [replica("a", ReplicaState.READY), replica("bb", ReplicaState.READY)]
+    want = Desired("iris", "r2", 2, Resources(1, 512))
+    for r in old:
+        object.__setattr__(r, "resources", Resources(1, 512))
+    actions = plan([want], old, small)
+    assert kinds(actions) == ["Pending", "Pending", "Drain"]
+    assert actions[2] == Drain("a", "making room for the new revision")

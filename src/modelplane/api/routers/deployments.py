@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 
 from modelplane.api.deps import allow
-from modelplane.api.schemas import DeployIn, DeploymentOut
+from modelplane.api.schemas import DeployIn, DeploymentOut, NodeOut, ReplicaOut
 from modelplane.api.services import Services
 from modelplane.domain import ModelRef, Principal
 from modelplane.errors import InvalidInput
@@ -22,7 +22,12 @@ def create_router(services: Services) -> APIRouter:
 
     def out(record: DeploymentRecord) -> DeploymentOut:
         name = record.deployment.name
-        out = DeploymentOut.of(record, controller.replicas(name), controller.last_failure(name))
+        replicas = controller.replicas(name)
+        out = DeploymentOut.of(
+            record, replicas, controller.last_failure(name), controller.scale_target(name)
+        )
+        out.replicas = [ReplicaOut.of(r, controller.placement(r.id)) for r in replicas]
+        out.pending = controller.pending(name)
         out.events = controller.events(name)
         return out
 
@@ -36,7 +41,7 @@ def create_router(services: Services) -> APIRouter:
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
         config = body.config.to_domain() if body.config is not None else None
-        record = store.apply(ref, body.replicas, body.name, config)
+        record = store.apply(ref, body.replicas, body.name, config, body.scheduling())
         controller.kick()
         return out(record)
 
@@ -55,5 +60,18 @@ def create_router(services: Services) -> APIRouter:
         store.delete(name)
         controller.kick()
         return Response(status_code=204)
+
+    return router
+
+
+def create_nodes_router(services: Services) -> APIRouter:
+    router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"])
+    controller = services.controller
+
+    @router.get("", response_model=list[NodeOut])
+    def list_nodes(_: Annotated[Principal, Depends(allow(Action.READ))]) -> list[NodeOut]:
+        """Nodes with capacity, what is allocated, replicas, cost and state."""
+        replicas = controller.all_replicas()
+        return [NodeOut.of(n, replicas) for n in controller.nodes()]
 
     return router
