@@ -40,7 +40,10 @@ class Server:
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
-        return {**env, "MODELPLANE_HOME": str(self.home), "MODELPLANE_URL": self.url, **self.env}
+        # the tests check behaviour, not this 2-core machine's capacity: offer replicas 32 CPUs
+        # unless a test says otherwise (the capacity tests do)
+        return {**env, "MODELPLANE_HOME": str(self.home), "MODELPLANE_URL": self.url,
+                "MODELPLANE_SCHEDULER__NODE_CPUS": "32", **self.env}  # fmt: skip
 
     def start(self, *args: str) -> None:
         with (self.home.parent / "serve.log").open("ab") as log:

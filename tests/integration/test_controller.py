@@ -176,7 +176,8 @@ async def test_autoscaling_follows_the_gateway_load(platform, iris_bytes) -> Non
     executor, table, clock, load = FakeExecutor(), RoutingTable(), [0.0], FakeLoad()
     controller = make(services, executor, table, clock, load)
     await controller.step()
-    assert executor.started == [] and table.routes["iris"].cold_start_s == 60.0
+    assert executor.started == []
+    assert table.routes["iris"].cold_start_s == 60.0
 
     load.in_flight = 1  # a request is held at the gateway
     clock[0] += 1

@@ -26,10 +26,13 @@ import numpy.typing as npt
 
 from modelplane.domain import Node, NodeState, PlacementPolicy, Resources
 
-NODE_SPREAD = 4.0  # score per replica of the same deployment already on a node
-ZONE_SPREAD = 1.0  # score per replica more in a zone than in the emptiest candidate zone
+NODE_SPREAD = 4.0  # score for the share of the deployment already on a node
+ZONE_SPREAD = 2.0  # score for the share more in a zone than in the emptiest candidate zone
 OPEN_NODE = 1.0  # score for starting to use an empty node
+OPEN_COST = 2.0  # how much more a price difference counts when the node is empty
 FIT = 0.25  # score for the share of the node left free after placing (best fit)
+BALANCE = 1.0  # score for leaving CPU and memory unevenly used (strands the other)
+GPU_RESERVE = 8.0  # score for opening a GPU node for a replica that needs no GPU
 
 Floats = npt.NDArray[np.float64]
 
@@ -147,12 +150,23 @@ def place(view: ClusterView, request: Request) -> Decision:
     """Where one replica should go, and why; ``view`` is not changed."""
     want, policy = request.resources, request.policy
     eligible = view.usable & view._labels(policy.node_labels, policy.gpu_type if want.gpus else "")
-    fits = (
-        eligible
-        & (view.free_cpu >= want.cpu - 1e-9)
-        & (view.free_mem >= want.memory_mb)
-        & (view.free_gpu >= want.gpus)
-    )
+    need_cpu, need_mem = want.cpu, float(want.memory_mb)
+    if not want.gpus:
+        # work without GPUs may use a GPU node's spare CPU and memory, but leaves each free
+        # GPU half of its per-GPU share, so GPU replicas still find room there
+        per_gpu = view.free_gpu / np.maximum(view.cap_gpu, 1) / 2
+        fits = (
+            eligible
+            & (view.free_cpu - per_gpu * view.cap_cpu >= need_cpu - 1e-9)
+            & (view.free_mem - per_gpu * view.cap_mem >= need_mem)
+        )
+    else:
+        fits = (
+            eligible
+            & (view.free_cpu >= need_cpu - 1e-9)
+            & (view.free_mem >= need_mem)
+            & (view.free_gpu >= want.gpus)
+        )
     candidates = np.flatnonzero(fits)
     if candidates.size == 0:
         return Unplaced(_why_not(view, request, eligible))
@@ -163,27 +177,37 @@ def place(view: ClusterView, request: Request) -> Decision:
         share = np.maximum(share, want.gpus / view.cap_gpu[candidates])
     price = view.cost[candidates] * share
     cheapest = float(price.min())
-    score = policy.cost_weight * (price - cheapest) / max(cheapest, 1e-9)
+    empty = view.replicas[candidates] == 0
+    # a dearer node costs more when it would be switched on for this replica: its whole
+    # price is then paid for as long as anything runs there
+    relative = (price - cheapest) / max(cheapest, 1e-9)
+    score = policy.cost_weight * relative * (1 + OPEN_COST * empty)
     if policy.pack_weight:
-        empty = view.replicas[candidates] == 0
-        left = np.minimum(
-            (view.free_cpu[candidates] - want.cpu) / view.cap_cpu[candidates],
-            (view.free_mem[candidates] - want.memory_mb) / view.cap_mem[candidates],
+        left_cpu = (view.free_cpu[candidates] - want.cpu) / view.cap_cpu[candidates]
+        left_mem = (view.free_mem[candidates] - want.memory_mb) / view.cap_mem[candidates]
+        score += policy.pack_weight * (
+            OPEN_NODE * empty
+            + FIT * np.minimum(left_cpu, left_mem)
+            + BALANCE * np.abs(left_cpu - left_mem)
         )
-        score += policy.pack_weight * (OPEN_NODE * empty + FIT * left)
+    if not want.gpus:  # never open a GPU node for work that needs none
+        score += GPU_RESERVE * ((view.cap_gpu[candidates] > 0) & (view.replicas[candidates] == 0))
     mine = view.on_node.get(request.deployment)
     zones = view.in_zone.get(request.deployment)
     if policy.spread_weight and mine:
+        # the share of the deployment each node (and zone) would hold: a second replica beside
+        # the first costs a lot, a twentieth beside one other little
+        total = sum(mine.values()) + 1
         here = np.zeros(len(view.nodes))
         keys = np.fromiter(mine.keys(), dtype=np.int64, count=len(mine))
         here[keys] = np.fromiter(mine.values(), dtype=np.float64, count=len(mine))
-        score += policy.spread_weight * NODE_SPREAD * here[candidates]
+        score += policy.spread_weight * NODE_SPREAD * here[candidates] / total
         if policy.spread_zones and zones:
             per_zone = np.zeros(len(view.zone_names))
             for z, count in zones.items():
                 per_zone[z] = count
-            candidate_zones = per_zone[view.zone[candidates]]
-            score += policy.spread_weight * ZONE_SPREAD * (candidate_zones - candidate_zones.min())
+            in_zone = per_zone[view.zone[candidates]]
+            score += policy.spread_weight * ZONE_SPREAD * (in_zone - in_zone.min()) / total
     best = int(np.argmin(score))
     chosen = int(candidates[best])
     return Placed(view.nodes[chosen].id, _why(view, request, chosen, float(price[best]), cheapest,

@@ -17,7 +17,8 @@ def nodes_of(decisions: list[object]) -> list[str]:
 def test_cheapest_node_for_the_share_wins() -> None:
     view = ClusterView([node("dear", 8, 16384, 2.0), node("cheap", 8, 16384, 1.0)])
     decision = place(view, Request("m", Resources(1, 512)))
-    assert isinstance(decision, Placed) and decision.node == "cheap"
+    assert isinstance(decision, Placed)
+    assert decision.node == "cheap"
     assert "cheapest share" in decision.reason
 
 
@@ -47,11 +48,11 @@ def test_labels_and_health_filter() -> None:
     view = ClusterView(nodes)
     policy = PlacementPolicy(node_labels={"zone": "eu"})
     decision = place(view, Request("m", Resources(1, 512), policy))
-    assert isinstance(decision, Placed) and decision.node == "eu"
+    assert isinstance(decision, Placed)
+    assert decision.node == "eu"
     missing = place(view, Request("m", Resources(1, 512), PlacementPolicy({"zone": "ap"})))
-    assert (
-        isinstance(missing, Unplaced) and "no healthy node has the labels zone=ap" in missing.reason
-    )
+    assert isinstance(missing, Unplaced)
+    assert "no healthy node has the labels zone=ap" in missing.reason
 
 
 def test_gpu_type_must_match() -> None:
@@ -61,7 +62,8 @@ def test_gpu_type_must_match() -> None:
     ]
     policy = PlacementPolicy(gpu_type="a100")
     decision = place(ClusterView(nodes), Request("m", Resources(1, 512, 1), policy))
-    assert isinstance(decision, Placed) and decision.node == "a100"
+    assert isinstance(decision, Placed)
+    assert decision.node == "a100"
 
 
 def test_replicas_of_one_deployment_spread_over_nodes_and_zones() -> None:
@@ -83,12 +85,15 @@ def test_spread_beats_packing_for_the_same_deployment() -> None:
     view = ClusterView.build([node("n1", 8, 16384, 1.0), node("n2", 8, 16384, 1.0)],
                              [("n1", "m", Resources(1, 512))])  # fmt: skip
     decision = place(view, Request("m", Resources(1, 512)))
-    assert isinstance(decision, Placed) and decision.node == "n2"
+    assert isinstance(decision, Placed)
+    assert decision.node == "n2"
     assert "no replica of m here" in decision.reason
     packed = place(view, Request("m", Resources(1, 512), PlacementPolicy(spread_weight=0)))
-    assert isinstance(packed, Placed) and packed.node == "n1"
+    assert isinstance(packed, Placed)
+    assert packed.node == "n1"
 
 
 def test_no_nodes_at_all() -> None:
     decision = place(ClusterView([]), Request("m", Resources(1, 512)))
-    assert isinstance(decision, Unplaced) and "there are no nodes" in decision.reason
+    assert isinstance(decision, Unplaced)
+    assert "there are no nodes" in decision.reason

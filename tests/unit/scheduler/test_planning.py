@@ -34,7 +34,8 @@ def test_failed_replica_is_stopped_and_replaced() -> None:
     observed = [replica("a", ReplicaState.READY), replica("b", ReplicaState.FAILED, node="n2")]
     actions = plan([Desired("iris", "r1", 2)], observed, NODES)
     assert actions[0] == Stop("b", "failed")
-    assert isinstance(actions[1], Start) and actions[1].node == "n2"
+    assert isinstance(actions[1], Start)
+    assert actions[1].node == "n2"
 
 
 def test_replicas_on_a_lost_node_are_replaced_elsewhere() -> None:
@@ -42,7 +43,8 @@ def test_replicas_on_a_lost_node_are_replaced_elsewhere() -> None:
     observed = [replica("a", ReplicaState.READY), replica("b", ReplicaState.READY, node="n2")]
     actions = plan([Desired("iris", "r1", 2)], observed, nodes)
     assert actions[0] == Stop("b", "node n2 lost")
-    assert isinstance(actions[1], Start) and actions[1].node == "n1"
+    assert isinstance(actions[1], Start)
+    assert actions[1].node == "n1"
 
 
 def test_start_budget_limits_a_crash_loop() -> None:
