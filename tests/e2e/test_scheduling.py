@@ -1,0 +1,167 @@
+"""Compute allocation as a user sees it: capacity and pending reasons, rolling updates without
+failed requests, a version that cannot load, scale to zero and back. Real servers, real CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sklearn.datasets import load_iris
+
+from modelplane.testing import mlp_onnx, wait_for
+
+pytestmark = pytest.mark.e2e
+
+GOOD = {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32",
+                    "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
+
+
+def push(server, path: Path, name: str = "iris") -> None:
+    result = server.cli("push", str(path), "--name", name)
+    assert result.returncode == 0, result.stderr
+
+
+def info(server, name: str = "iris") -> dict[str, Any]:
+    return server.deployment(name)  # type: ignore[no-any-return]
+
+
+def test_capacity_pending_reasons_and_lowering_the_request(server_factory, iris_file) -> None:
+    server = server_factory(MODELPLANE_SCHEDULER__NODE_CPUS="2")  # this machine's 2 cores
+    server.start()
+    push(server, iris_file)
+
+    too_big = server.cli("deploy", "iris", "--replicas", "3", "--cpu", "4")
+    assert too_big.returncode != 0
+    assert "needs 4 CPU per replica; the largest free is 2 CPU on" in too_big.stderr
+    status = server.cli("deployments", "status", "iris")
+    assert "pending (3): needs 4 CPU per replica" in status.stdout, status.stdout
+
+    some = server.cli("deploy", "iris", "--replicas", "3", "--cpu", "1", "--no-wait")
+    assert some.returncode == 0, some.stderr
+
+    def two_placed_one_pending() -> bool:
+        d = info(server)
+        return d["ready_replicas"] == 2 and len(d["pending"]) == 1
+
+    wait_for(two_placed_one_pending, timeout=60)
+    assert info(server)["pending"] == ["needs 1 CPU per replica; the largest free is 0 CPU on "
+                                       f"{info(server)['replicas'][0]['node']}"]  # fmt: skip
+    nodes = json.loads(server.cli("nodes", "list", "--json").stdout)
+    assert len(nodes) == 1
+    assert nodes[0]["allocated"]["cpu"] == 2
+    assert nodes[0]["capacity"]["cpu"] == 2
+    assert nodes[0]["replicas"] == 2
+
+    lowered = server.cli("deploy", "iris", "--replicas", "3", "--cpu", "0.5", "--timeout", "90")
+    assert lowered.returncode == 0, lowered.stderr
+    d = info(server)
+    assert d["pending"] == []
+    assert sorted(r["state"] for r in d["replicas"]) == ["ready"] * 3
+    assert all(r["placement"].startswith(r["node"]) for r in d["replicas"])
+    table = server.cli("nodes", "list").stdout
+    assert "1.5/2" in table, table
+
+
+async def _steady_load(server, stop: asyncio.Event) -> list[Any]:
+    """Requests one after another on 4 connections until ``stop``; every reply or error."""
+    replies: list[Any] = []
+    async with httpx.AsyncClient(base_url=server.url, headers=server.auth, timeout=30) as client:
+
+        async def worker() -> None:
+            while not stop.is_set():
+                try:
+                    replies.append(await client.post("/v2/models/iris/infer", json=GOOD))
+                except httpx.HTTPError as exc:
+                    replies.append(exc)
+
+        await asyncio.gather(*(worker() for _ in range(4)))
+    return replies
+
+
+def test_rolling_update_fails_no_request_and_a_broken_version_leaves_the_old_serving(
+    server_factory, iris_file, tmp_path
+) -> None:
+    server = server_factory()
+    server.start()
+    push(server, iris_file)
+    push(server, iris_file)  # version 2: the same bytes, a new version
+    assert server.cli("deploy", "iris:1", "--replicas", "2").returncode == 0
+
+    async def update_under_load() -> list[Any]:
+        stop = asyncio.Event()
+        load = asyncio.create_task(_steady_load(server, stop))
+        await asyncio.sleep(1.0)
+        deployed = await asyncio.to_thread(server.cli, "deploy", "iris:2", "--replicas", "2")
+        assert deployed.returncode == 0, deployed.stderr
+
+        def only_v2() -> bool:
+            replicas = info(server)["replicas"]
+            return {r["version"] for r in replicas} == {2} and len(replicas) == 2
+
+        await asyncio.to_thread(wait_for, only_v2, 60)
+        await asyncio.sleep(1.0)
+        stop.set()
+        return await load
+
+    replies = asyncio.run(update_under_load())
+    codes = Counter(r.status_code if isinstance(r, httpx.Response) else repr(r) for r in replies)
+    versions = Counter(r.json()["model_version"] for r in replies if isinstance(r, httpx.Response)
+                       and r.status_code == 200)  # fmt: skip
+    print(f"\nrolling update under load: {codes}, served by versions {versions}")
+    assert codes == {200: len(replies)}, codes
+    assert versions.keys() == {"1", "2"}
+    events = [e["action"] for e in info(server)["events"]]
+    assert "drain" in events
+
+    # a version whose artifact cannot load: its replicas fail, version 2 keeps serving
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(mlp_onnx((4, 8, 3)))
+    push(server, broken)
+    digest = server.cli("models", "show", "iris:3", "--json")
+    blob = json.loads(digest.stdout)["digest"]
+    path = server.home / "blobs" / "sha256" / blob[:2] / blob
+    path.chmod(0o600)
+    path.write_bytes(b"not the pushed bytes")
+    failed = server.cli("deploy", "iris:3", "--replicas", "2", "--timeout", "15")
+    assert failed.returncode != 0
+    response = httpx.post(f"{server.url}/v2/models/iris/infer", headers=server.auth, json=GOOD)
+    assert response.status_code == 200
+    assert response.json()["model_version"] == "2"
+    assert "digest" in (info(server)["last_failure"] or ""), info(server)["last_failure"]
+
+
+def test_scale_to_zero_and_back_on_the_first_request(server_factory, iris_file) -> None:
+    server = server_factory()
+    server.start()
+    push(server, iris_file)
+    deployed = server.cli("deploy", "iris", "--min", "0", "--max", "3", "--downscale-delay", "3")
+    assert deployed.returncode == 0, deployed.stderr
+    d = info(server)
+    assert d["state"] == "scaled to zero"
+    assert d["replicas"] == []
+
+    x = load_iris().data[:1].astype("float32").tolist()
+    body = {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32",
+                        "data": x[0]}]}  # fmt: skip
+    started = time.monotonic()
+    first = httpx.post(f"{server.url}/v2/models/iris/infer", headers=server.auth, json=body,
+                       timeout=90)  # fmt: skip
+    cold = time.monotonic() - started
+    assert first.status_code == 200, first.text
+    assert first.json()["outputs"][0]["data"] == [0]
+    print(f"\ncold start from zero replicas: first request answered in {cold:.1f}s")
+    assert len(info(server)["replicas"]) == 1
+
+    wait_for(lambda: info(server)["replicas"] == [], timeout=60)
+    d = info(server)
+    assert d["state"] == "scaled to zero"
+    assert [e["reason"].split(" (")[0] for e in d["events"] if e["action"] == "scale"] == [
+        "0 -> 1 replicas",
+        "1 -> 0 replicas",
+    ]
