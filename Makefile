@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[sklearn,torch,keras,transformers,tensorflow,dev]'
+	$(BIN)/python -m pip install -q -e '.[sklearn,torch,keras,transformers,tensorflow,ray,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

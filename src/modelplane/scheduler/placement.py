@@ -26,8 +26,8 @@ import numpy.typing as npt
 
 from modelplane.domain import Node, NodeState, PlacementPolicy, Resources
 
-NODE_SPREAD = 4.0  # score for the share of the deployment already on a node
-ZONE_SPREAD = 2.0  # score for the share more in a zone than in the emptiest candidate zone
+NODE_SPREAD = 8.0  # score for the share of the deployment already on a node
+ZONE_SPREAD = 4.0  # score for the share more in a zone than in the emptiest candidate zone
 OPEN_NODE = 1.0  # score for starting to use an empty node
 OPEN_COST = 2.0  # how much more a price difference counts when the node is empty
 FIT = 0.25  # score for the share of the node left free after placing (best fit)
@@ -170,6 +170,14 @@ def place(view: ClusterView, request: Request) -> Decision:
     candidates = np.flatnonzero(fits)
     if candidates.size == 0:
         return Unplaced(_why_not(view, request, eligible))
+    mine = view.on_node.get(request.deployment)
+    if policy.spread_weight and mine and candidates.size > 1:
+        hosts = [i for i, count in mine.items() if count > 0]
+        if len(hosts) == 1:
+            # never let one node hold every replica of a deployment when another node fits
+            others = candidates[candidates != hosts[0]]
+            if others.size:
+                candidates = others
     share = np.maximum(
         want.cpu / view.cap_cpu[candidates], want.memory_mb / view.cap_mem[candidates]
     )
@@ -192,7 +200,6 @@ def place(view: ClusterView, request: Request) -> Decision:
         )
     if not want.gpus:  # never open a GPU node for work that needs none
         score += GPU_RESERVE * ((view.cap_gpu[candidates] > 0) & (view.replicas[candidates] == 0))
-    mine = view.on_node.get(request.deployment)
     zones = view.in_zone.get(request.deployment)
     if policy.spread_weight and mine:
         # the share of the deployment each node (and zone) would hold: a second replica beside
@@ -214,15 +221,29 @@ def place(view: ClusterView, request: Request) -> Decision:
                                             candidates.size))  # fmt: skip
 
 
-def place_all(view: ClusterView, requests: Iterable[Request]) -> list[Decision]:
-    """Place ``requests`` in order, each seeing the ones before it; ``view`` is not changed."""
+def batch_order(requests: Sequence[Request]) -> list[int]:
+    """The order to place a batch in: GPU replicas, then the largest (CPU plus memory at 4 GB
+    a core) first, so small replicas fill the gaps big ones leave (first fit decreasing)."""
+    return sorted(
+        range(len(requests)),
+        key=lambda i: (
+            -requests[i].resources.gpus,
+            -(requests[i].resources.cpu + requests[i].resources.memory_mb / 4096),
+        ),
+    )
+
+
+def place_all(view: ClusterView, requests: Sequence[Request]) -> list[Decision]:
+    """Place a batch (largest first), each seeing the ones before it; decisions come back in
+    the order of ``requests``; ``view`` is not changed."""
     work = view.copy()
-    decisions: list[Decision] = []
-    for request in requests:
+    decisions: list[Decision] = [Unplaced("")] * len(requests)
+    for i in batch_order(requests):
+        request = requests[i]
         decision = place(work, request)
         if isinstance(decision, Placed):
             work.assign(decision.node, request.deployment, request.resources)
-        decisions.append(decision)
+        decisions[i] = decision
     return decisions
 
 

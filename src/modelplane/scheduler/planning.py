@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from modelplane.domain import DEFAULT_REQUEST, Node, NodeState, PlacementPolicy, Replica, Resources
 from modelplane.domain import ReplicaState as S
-from modelplane.scheduler.placement import ClusterView, Placed, Request, place
+from modelplane.scheduler.placement import ClusterView, Placed, Request, place_all
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,31 +78,34 @@ def plan(
             actions.append(Drain(replica.id, stop) if serving else Stop(replica.id, stop))
     running = [r for r in observed if r.id not in gone]
     view = ClusterView.build(nodes, ((r.node, r.deployment, r.resources) for r in running))
+    requests: list[Request] = []
+    for d in desired:
+        current = [r for r in running if r.deployment == d.name and r.state in LIVE
+                   and r.revision == d.revision]  # fmt: skip
+        missing = d.replicas - len(current)
+        if missing > 0:
+            budget = missing if start_budget is None else min(missing, start_budget.get(d.name, 0))
+            requests.extend(Request(d.name, d.resources, d.policy) for _ in range(max(budget, 0)))
+    short_of_room: set[str] = set()
+    for request, decision in zip(requests, place_all(view, requests), strict=True):
+        if isinstance(decision, Placed):
+            actions.append(Start(request.deployment, decision.node, decision.reason))
+        else:
+            short_of_room.add(request.deployment)
+            actions.append(Pending(request.deployment, decision.reason))
     for d in desired:
         mine = [r for r in running if r.deployment == d.name and r.state in LIVE]
         current = [r for r in mine if r.revision == d.revision]
         old = [r for r in mine if r.revision != d.revision]
-        missing = d.replicas - len(current)
-        short_of_room = False
-        if missing > 0:
-            budget = missing if start_budget is None else min(missing, start_budget.get(d.name, 0))
-            for _ in range(max(budget, 0)):
-                decision = place(view, Request(d.name, d.resources, d.policy))
-                if isinstance(decision, Placed):
-                    view.assign(decision.node, d.name, d.resources)
-                    actions.append(Start(d.name, decision.node, decision.reason))
-                else:
-                    short_of_room = True
-                    actions.append(Pending(d.name, decision.reason))
-        elif missing < 0:
+        if len(current) > d.replicas:
             # drop the least useful first: starting before ready, then the newest
             extras = sorted(current, key=lambda r: (r.state == S.READY, -r.started_at))
-            actions.extend(_retire(r, "scaled down") for r in extras[:-missing])
+            actions.extend(_retire(r, "scaled down") for r in extras[: len(current) - d.replicas])
         ready = sum(1 for r in current if r.state == S.READY)
         old_ready = [r for r in old if r.state == S.READY]
         if old and ready >= d.replicas:
             actions.extend(_retire(r, "replaced by a new revision") for r in old)
-        elif short_of_room and old_ready and ready + len(old_ready) > 1:
+        elif d.name in short_of_room and old_ready and ready + len(old_ready) > 1:
             # no room to start the new revision beside the old: give back one old replica
             # at a time, keeping at least one replica serving throughout
             oldest = min(old_ready, key=lambda r: r.started_at)
