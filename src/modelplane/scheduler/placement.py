@@ -34,7 +34,6 @@ FIT = 0.25  # score for the share of the node left free after placing (best fit)
 BALANCE = 1.0  # score for leaving CPU and memory unevenly used (strands the other)
 GPU_RESERVE = 8.0  # score for opening a GPU node for a replica that needs no GPU
 
-Floats = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +73,14 @@ class ClusterView:
         self.free_mem = self.cap_mem.copy()
         self.free_gpu = self.cap_gpu.copy()
         self.cost = np.array([x.cost_per_hour for x in self.nodes], dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            self.inv_cpu = np.where(self.cap_cpu > 0, 1 / self.cap_cpu, 0.0)
+            self.inv_mem = np.where(self.cap_mem > 0, 1 / self.cap_mem, 0.0)
+            self.inv_gpu = np.where(self.cap_gpu > 0, 1 / self.cap_gpu, 0.0)
+        self.gpu_node = self.cap_gpu > 0
+        # what work without GPUs may use: a GPU node keeps half of each free GPU's share
+        self.spare_cpu = np.where(self.gpu_node, self.cap_cpu / 2, self.cap_cpu)
+        self.spare_mem = np.where(self.gpu_node, self.cap_mem / 2, self.cap_mem)
         self.replicas = np.zeros(n, dtype=np.int64)
         self.usable = np.array([x.state == NodeState.HEALTHY for x in self.nodes], dtype=bool)
         zones = sorted({x.zone for x in self.nodes})
@@ -98,9 +105,11 @@ class ClusterView:
     def copy(self) -> ClusterView:
         other = ClusterView.__new__(ClusterView)
         other.nodes, other.index, other.zone_names = self.nodes, self.index, self.zone_names
-        for name in ("cap_cpu", "cap_mem", "cap_gpu", "cost", "zone"):
+        for name in ("cap_cpu", "cap_mem", "cap_gpu", "cost", "zone", "inv_cpu", "inv_mem",
+                     "inv_gpu", "gpu_node"):  # fmt: skip
             setattr(other, name, getattr(self, name))
-        for name in ("free_cpu", "free_mem", "free_gpu", "replicas", "usable"):
+        for name in ("free_cpu", "free_mem", "free_gpu", "replicas", "usable", "spare_cpu",
+                     "spare_mem"):  # fmt: skip
             setattr(other, name, getattr(self, name).copy())
         other.on_node = defaultdict(Counter, {k: Counter(v) for k, v in self.on_node.items()})
         other.in_zone = defaultdict(Counter, {k: Counter(v) for k, v in self.in_zone.items()})
@@ -116,6 +125,7 @@ class ClusterView:
         self.replicas[i] += 1
         self.on_node[deployment][i] += 1
         self.in_zone[deployment][int(self.zone[i])] += 1
+        self._spare(i)
 
     def release(self, node: str, deployment: str, resources: Resources) -> None:
         i = self.index[node]
@@ -125,6 +135,12 @@ class ClusterView:
         self.replicas[i] -= 1
         self.on_node[deployment][i] -= 1
         self.in_zone[deployment][int(self.zone[i])] -= 1
+        self._spare(i)
+
+    def _spare(self, i: int) -> None:
+        held = self.free_gpu[i] * self.inv_gpu[i] / 2  # share kept for the free GPUs
+        self.spare_cpu[i] = self.free_cpu[i] - held * self.cap_cpu[i]
+        self.spare_mem[i] = self.free_mem[i] - held * self.cap_mem[i]
 
     def mark_lost(self, node: str) -> None:
         self.usable[self.index[node]] = False
@@ -147,78 +163,72 @@ class ClusterView:
 
 
 def place(view: ClusterView, request: Request) -> Decision:
-    """Where one replica should go, and why; ``view`` is not changed."""
+    """Where one replica should go, and why; ``view`` is not changed.
+
+    Every term is computed over all nodes at once and the ones that do not fit are masked
+    out: on 10,000 nodes that is faster than gathering the candidates first."""
     want, policy = request.resources, request.policy
     eligible = view.usable & view._labels(policy.node_labels, policy.gpu_type if want.gpus else "")
-    need_cpu, need_mem = want.cpu, float(want.memory_mb)
-    if not want.gpus:
-        # work without GPUs may use a GPU node's spare CPU and memory, but leaves each free
-        # GPU half of its per-GPU share, so GPU replicas still find room there
-        per_gpu = view.free_gpu / np.maximum(view.cap_gpu, 1) / 2
+    if want.gpus:
         fits = (
             eligible
-            & (view.free_cpu - per_gpu * view.cap_cpu >= need_cpu - 1e-9)
-            & (view.free_mem - per_gpu * view.cap_mem >= need_mem)
-        )
-    else:
-        fits = (
-            eligible
-            & (view.free_cpu >= need_cpu - 1e-9)
-            & (view.free_mem >= need_mem)
+            & (view.free_cpu >= want.cpu - 1e-9)
+            & (view.free_mem >= want.memory_mb)
             & (view.free_gpu >= want.gpus)
         )
-    candidates = np.flatnonzero(fits)
-    if candidates.size == 0:
+    else:
+        # work without GPUs may use a GPU node's spare CPU and memory, but leaves each free
+        # GPU half of its per-GPU share, so GPU replicas still find room there
+        fits = eligible & (view.spare_cpu >= want.cpu - 1e-9) & (view.spare_mem >= want.memory_mb)
+    count = int(np.count_nonzero(fits))
+    if count == 0:
         return Unplaced(_why_not(view, request, eligible))
     mine = view.on_node.get(request.deployment)
-    if policy.spread_weight and mine and candidates.size > 1:
-        hosts = [i for i, count in mine.items() if count > 0]
-        if len(hosts) == 1:
+    if policy.spread_weight and mine and count > 1:
+        hosts = [i for i, n in mine.items() if n > 0]
+        if len(hosts) == 1 and fits[hosts[0]]:
             # never let one node hold every replica of a deployment when another node fits
-            others = candidates[candidates != hosts[0]]
-            if others.size:
-                candidates = others
-    share = np.maximum(
-        want.cpu / view.cap_cpu[candidates], want.memory_mb / view.cap_mem[candidates]
-    )
+            fits = fits.copy()
+            fits[hosts[0]] = False
+            count -= 1
+    share = np.maximum(want.cpu * view.inv_cpu, want.memory_mb * view.inv_mem)
     if want.gpus:
-        share = np.maximum(share, want.gpus / view.cap_gpu[candidates])
-    price = view.cost[candidates] * share
-    cheapest = float(price.min())
-    empty = view.replicas[candidates] == 0
+        share = np.maximum(share, want.gpus * view.inv_gpu)
+    price = view.cost * share
+    cheapest = float(np.min(price, where=fits, initial=np.inf))
+    empty = view.replicas == 0
     # a dearer node costs more when it would be switched on for this replica: its whole
     # price is then paid for as long as anything runs there
-    relative = (price - cheapest) / max(cheapest, 1e-9)
-    score = policy.cost_weight * relative * (1 + OPEN_COST * empty)
+    score = (
+        (policy.cost_weight / max(cheapest, 1e-9)) * (price - cheapest) * (1 + OPEN_COST * empty)
+    )
     if policy.pack_weight:
-        left_cpu = (view.free_cpu[candidates] - want.cpu) / view.cap_cpu[candidates]
-        left_mem = (view.free_mem[candidates] - want.memory_mb) / view.cap_mem[candidates]
+        left_cpu = (view.free_cpu - want.cpu) * view.inv_cpu
+        left_mem = (view.free_mem - want.memory_mb) * view.inv_mem
         score += policy.pack_weight * (
             OPEN_NODE * empty
             + FIT * np.minimum(left_cpu, left_mem)
             + BALANCE * np.abs(left_cpu - left_mem)
         )
     if not want.gpus:  # never open a GPU node for work that needs none
-        score += GPU_RESERVE * ((view.cap_gpu[candidates] > 0) & (view.replicas[candidates] == 0))
-    zones = view.in_zone.get(request.deployment)
+        score += GPU_RESERVE * (view.gpu_node & empty)
     if policy.spread_weight and mine:
         # the share of the deployment each node (and zone) would hold: a second replica beside
         # the first costs a lot, a twentieth beside one other little
-        total = sum(mine.values()) + 1
-        here = np.zeros(len(view.nodes))
+        weight = policy.spread_weight / (sum(mine.values()) + 1)
         keys = np.fromiter(mine.keys(), dtype=np.int64, count=len(mine))
-        here[keys] = np.fromiter(mine.values(), dtype=np.float64, count=len(mine))
-        score += policy.spread_weight * NODE_SPREAD * here[candidates] / total
+        score[keys] += weight * NODE_SPREAD * np.fromiter(mine.values(), np.float64, len(mine))
+        zones = view.in_zone.get(request.deployment)
         if policy.spread_zones and zones:
             per_zone = np.zeros(len(view.zone_names))
-            for z, count in zones.items():
-                per_zone[z] = count
-            in_zone = per_zone[view.zone[candidates]]
-            score += policy.spread_weight * ZONE_SPREAD * (in_zone - in_zone.min()) / total
-    best = int(np.argmin(score))
-    chosen = int(candidates[best])
-    return Placed(view.nodes[chosen].id, _why(view, request, chosen, float(price[best]), cheapest,
-                                            candidates.size))  # fmt: skip
+            for z, n in zones.items():
+                per_zone[z] = n
+            score += weight * ZONE_SPREAD * per_zone[view.zone]
+    chosen = int(np.argmin(np.where(fits, score, np.inf)))
+    return Placed(
+        view.nodes[chosen].id,
+        _why(view, request, chosen, float(price[chosen]), cheapest, count),
+    )
 
 
 def batch_order(requests: Sequence[Request]) -> list[int]:
