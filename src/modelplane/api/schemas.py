@@ -136,7 +136,12 @@ class PlacementIn(BaseModel):
     """Where replicas may run, and how cost, spreading and packing are weighed."""
 
     node_labels: dict[str, str] = Field(
-        default_factory=dict, description="labels a node must have", examples=[{"zone": "eu-1"}]
+        default_factory=dict,
+        description="labels a node must have",
+        examples=[{"instance_type": "m5.xlarge"}],
+    )
+    zones: list[str] = Field(
+        default_factory=list, max_length=64, description="zones replicas may run in; [] = any"
     )
     gpu_type: str = Field("", max_length=64, description="GPU type a node must have")
     spread_zones: bool = Field(True, description="spread replicas over zones as well as nodes")
@@ -145,7 +150,8 @@ class PlacementIn(BaseModel):
     pack_weight: float = Field(1.0, ge=0, le=100)
 
     def to_domain(self) -> PlacementPolicy:
-        return PlacementPolicy(**self.model_dump())
+        fields = self.model_dump()
+        return PlacementPolicy(**{**fields, "zones": tuple(fields["zones"])})
 
 
 class AutoscalingIn(BaseModel):

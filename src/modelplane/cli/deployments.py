@@ -46,6 +46,18 @@ def deploy(
         list[str] | None, typer.Option(help="KEY=VALUE a node must have, repeatable.")
     ] = None,
     gpu_type: Annotated[str | None, typer.Option(help="GPU type a node must have.")] = None,
+    zone: Annotated[
+        list[str] | None, typer.Option(help="Zone replicas may run in, repeatable. [any]")
+    ] = None,
+    spread_weight: Annotated[
+        float | None, typer.Option(help="Placement: weight of spreading replicas. [1]")
+    ] = None,
+    pack_weight: Annotated[
+        float | None, typer.Option(help="Placement: weight of keeping whole nodes free. [1]")
+    ] = None,
+    cost_weight: Annotated[
+        float | None, typer.Option(help="Placement: weight of node cost. [1]")
+    ] = None,
     min_replicas: Annotated[
         int | None, typer.Option("--min", help="Autoscale: fewest replicas (0 = scale to zero).")
     ] = None,
@@ -70,9 +82,11 @@ def deploy(
 ) -> None:
     """Deploy a model version (create or update)."""
     resources = _given({"cpu": cpu, "memory_mb": memory, "gpus": gpus})
-    placement = _given(
-        {"node_labels": _labels(node_label) if node_label else None, "gpu_type": gpu_type}
-    )
+    placement = _given({
+        "node_labels": _labels(node_label) if node_label else None, "gpu_type": gpu_type,
+        "zones": zone, "spread_weight": spread_weight, "pack_weight": pack_weight,
+        "cost_weight": cost_weight,
+    })  # fmt: skip
     autoscaling = _given({
         "min_replicas": min_replicas, "max_replicas": max_replicas,
         "target_ongoing_requests": target_ongoing, "target_latency_ms": target_latency_ms,

@@ -87,12 +87,14 @@ class Node:
 class PlacementPolicy:
     """Where a deployment's replicas may go and how candidate nodes are weighed.
 
-    ``node_labels``: labels a node must carry (``{"zone": "eu-1"}``). ``gpu_type``: the GPU type a
-    node must have when the replica asks for GPUs. ``spread_zones``: spread replicas over zones
-    as well as nodes. The weights trade cost against spreading and packing (0 turns one off).
+    ``node_labels``: labels a node must carry (``{"instance_type": "m5.xlarge"}``). ``zones``:
+    the zones replicas may run in (empty: any). ``gpu_type``: the GPU type a node must have when
+    the replica asks for GPUs. ``spread_zones``: spread replicas over zones as well as nodes.
+    The weights trade cost against spreading and packing (0 turns one off).
     """
 
     node_labels: Mapping[str, str] = field(default_factory=dict)
+    zones: tuple[str, ...] = ()
     gpu_type: str = ""
     spread_zones: bool = True
     cost_weight: float = 1.0
@@ -102,6 +104,7 @@ class PlacementPolicy:
     def to_dict(self) -> dict[str, Any]:
         return {
             "node_labels": dict(self.node_labels),
+            "zones": list(self.zones),
             "gpu_type": self.gpu_type,
             "spread_zones": self.spread_zones,
             "cost_weight": self.cost_weight,
@@ -114,6 +117,7 @@ class PlacementPolicy:
         d = cls()
         return cls(
             node_labels={str(k): str(v) for k, v in (data.get("node_labels") or {}).items()},
+            zones=tuple(str(z) for z in data.get("zones") or ()),
             gpu_type=str(data.get("gpu_type", d.gpu_type)),
             spread_zones=bool(data.get("spread_zones", d.spread_zones)),
             cost_weight=float(data.get("cost_weight", d.cost_weight)),

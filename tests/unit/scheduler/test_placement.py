@@ -97,3 +97,16 @@ def test_no_nodes_at_all() -> None:
     decision = place(ClusterView([]), Request("m", Resources(1, 512)))
     assert isinstance(decision, Unplaced)
     assert "there are no nodes" in decision.reason
+
+
+def test_zones_restrict_and_the_reason_names_them() -> None:
+    nodes = [node("a1", 8, 8192, 1.0, zone="a"), node("b1", 8, 8192, 2.0, zone="b")]
+    policy = PlacementPolicy(zones=("b",))
+    decision = place(ClusterView(nodes), Request("m", Resources(1, 512), policy))
+    assert isinstance(decision, Placed)
+    assert decision.node == "b1"  # dearer, but the only one in an allowed zone
+    nowhere = place(
+        ClusterView(nodes), Request("m", Resources(1, 512), PlacementPolicy(zones=("c",)))
+    )
+    assert isinstance(nowhere, Unplaced)
+    assert "no healthy node has the labels zone in c" in nowhere.reason
