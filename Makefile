@@ -49,6 +49,7 @@ e2e: install
 bench: install
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/convert.py
+	$(BIN)/python bench/scheduler.py
 
 ## Regenerate the V2 gRPC stubs (protobuf 6 gencode, private descriptor pool: see the README there).
 PROTO_DIR := src/modelplane/protocol/grpc

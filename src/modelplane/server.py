@@ -63,7 +63,7 @@ def ensure_admin_key(keys: KeyStore, path: Path) -> bool:
 
 def make_executor(settings: Settings) -> ReplicaExecutor:
     if settings.scheduler.executor == "ray":
-        from modelplane.cluster.ray_executor import RayExecutor
+        from modelplane.cluster.ray import RayExecutor
 
         return RayExecutor(settings)
     return LocalExecutor(settings)

@@ -1,6 +1,6 @@
 """The level-triggered reconcile loop: read desired state, observe replicas and nodes, autoscale,
 place, act, publish routes. Every decision comes from the pure policies in ``planning``,
-``placement`` and ``autoscale``; this module only carries them out."""
+``placement`` and ``autoscaling``; this module only carries them out."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from modelplane.cluster.executor import ReplicaExecutor, ReplicaSpec
 from modelplane.domain import Deployment, Node, Replica, ReplicaState
 from modelplane.registry.deployments import DeploymentRecord, DeploymentStore
-from modelplane.scheduler import autoscale
+from modelplane.scheduler import autoscaling
 from modelplane.scheduler.planning import Desired, Drain, Pending, Start, Stop, plan
 from modelplane.serving.routing import Endpoint, Route, RoutingTable
 from modelplane.telemetry.logs import now_iso
@@ -86,7 +86,7 @@ class Controller:
         self._draining: dict[str, _Draining] = {}
         self._pending: dict[str, list[str]] = {}
         self._placements: dict[str, str] = {}
-        self._scale: dict[str, autoscale.ScaleState] = {}
+        self._scale: dict[str, autoscaling.ScaleState] = {}
         self._load_seen: dict[str, tuple[float, float, int]] = {}
         self._last_failure: dict[str, str] = {}
         self._events: deque[dict[str, Any]] = deque(maxlen=1000)
@@ -217,8 +217,8 @@ class Controller:
             ongoing = max(ongoing, (busy - seen[1]) / (now - seen[0]))
             if completed > seen[2]:
                 latency = 1000 * (busy - seen[1]) / (completed - seen[2])
-        state = self._scale.get(d.name) or autoscale.initial(policy, d.replicas)
-        decided = autoscale.decide(policy, state, autoscale.Sample(now, ongoing, latency))
+        state = self._scale.get(d.name) or autoscaling.initial(policy, d.replicas)
+        decided = autoscaling.decide(policy, state, autoscaling.Sample(now, ongoing, latency))
         if decided.replicas != state.replicas:
             why = f"{ongoing:.2f} requests in flight on average"
             if latency is not None:

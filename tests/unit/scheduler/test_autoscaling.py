@@ -4,7 +4,7 @@ import itertools
 from collections.abc import Callable
 
 from modelplane.domain import Autoscaling
-from modelplane.scheduler.autoscale import Sample, decide, initial
+from modelplane.scheduler.autoscaling import Sample, decide, initial
 
 POLICY = Autoscaling(min_replicas=1, max_replicas=5, target_ongoing_requests=2,
                      upscale_delay_s=3, downscale_delay_s=10)  # fmt: skip
