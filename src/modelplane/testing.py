@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import onnx
+import psutil
 from onnx import TensorProto, helper
 
 from modelplane.convert.onnx import ONNX_TO_V2
 from modelplane.demo import iris_onnx, train_iris
 
 __all__ = [
+    "RayCluster",
     "free_port",
     "identity_onnx",
     "iris_onnx",
     "mlp_onnx",
     "multi_identity_onnx",
+    "ray_cluster",
     "train_iris",
     "wait_for",
 ]
@@ -101,3 +111,89 @@ def mlp_onnx(sizes: Sequence[int] = (256, 1024, 1024, 1024, 10), seed: int = 0) 
     model.ir_version = 8
     onnx.checker.check_model(model)
     return bytes(model.SerializeToString())
+
+
+# ---- a real Ray cluster on this machine ------------------------------------------------------
+# Nodes on loopback addresses (127.0.0.2, 127.0.0.3, ...: Ray rewrites 127.0.0.1), found and
+# stopped by process id so that nothing else running Ray on the machine is touched.
+
+RAY = Path(sys.executable).parent / "ray"  # installed with the ray extra
+
+
+@dataclass
+class RayCluster:
+    temp: Path
+    port: int = field(default_factory=free_port)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.2:{self.port}"
+
+    def start_node(self, ip: str, zone: str, cost: str, head: bool = False) -> None:
+        where = ["--head", "--port", str(self.port)] if head else ["--address", self.address]
+        result = subprocess.run(
+            [str(RAY), "start", *where, "--node-ip-address", ip, "--num-cpus", "2",
+             "--memory", str(2 * 1024**3), "--object-store-memory", str(200 * 1024**2),
+             "--labels", f"zone={zone},instance_type=test.small,cost_per_hour={cost}",
+             "--temp-dir", str(self.temp), "--disable-usage-stats",
+             *(["--include-dashboard", "false"] if head else [])],
+            capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def processes(self) -> list[psutil.Process]:
+        """Every process of this cluster: those naming its temp dir, and their descendants
+        (workers rename themselves ``ray::...``, replicas are their children)."""
+        roots = []
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if any(str(self.temp) in part for part in proc.info["cmdline"] or ()):
+                    roots.append(proc)
+            except psutil.Error:
+                continue
+        found = {p.pid: p for p in roots}
+        for root in roots:
+            try:
+                found.update({c.pid: c for c in root.children(recursive=True)})
+            except psutil.Error:
+                continue
+        return list(found.values())
+
+    def raylet(self, ip: str) -> psutil.Process:
+        for proc in self.processes():
+            try:
+                cmdline = " ".join(proc.cmdline())
+            except psutil.Error:
+                continue
+            if "raylet/raylet" in cmdline and f"--node_ip_address={ip}" in cmdline:
+                return proc
+        raise AssertionError(f"no raylet for {ip}")
+
+    def stop(self) -> None:
+        procs = self.processes()
+        for proc in procs:
+            try:
+                proc.terminate()
+            except psutil.Error:
+                continue
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.Error:
+                continue
+
+
+@contextmanager
+def ray_cluster(nodes: int = 2) -> Iterator[RayCluster]:
+    """Nodes 127.0.0.2 (head, zone-a, $0.10/h), 127.0.0.3 (zone-b, $0.20/h), ..."""
+    # a short path: Ray's Unix sockets live under it
+    cluster = RayCluster(Path(tempfile.mkdtemp(prefix="mpray-", dir="/tmp")))
+    try:
+        for n in range(nodes):
+            zone = "zone-" + "abcdefgh"[n]
+            cluster.start_node(f"127.0.0.{n + 2}", zone, f"{0.1 * (n + 1):.2f}", head=n == 0)
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.temp, ignore_errors=True)

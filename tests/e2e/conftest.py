@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelplane.testing import free_port, wait_for
+from modelplane.testing import RayCluster, free_port, wait_for
+from modelplane.testing import ray_cluster as start_ray_cluster
 
 BIN = Path(sys.executable).parent
 
@@ -107,3 +108,10 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def ray_cluster() -> Iterator[RayCluster]:
+    """A real two-node Ray cluster on loopback, stopped by process id afterwards."""
+    with start_ray_cluster(2) as cluster:
+        yield cluster

@@ -5,105 +5,20 @@ else on the machine running Ray is touched."""
 
 from __future__ import annotations
 
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import pytest
 
-from modelplane.testing import free_port, wait_for
+from modelplane.testing import RayCluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
-RAY = Path(sys.executable).parent / "ray"
 GOOD = {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32",
                     "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
-
-
-@dataclass
-class RayCluster:
-    temp: Path
-    port: int = field(default_factory=free_port)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.2:{self.port}"
-
-    def start_node(self, ip: str, zone: str, cost: str, head: bool = False) -> None:
-        where = ["--head", "--port", str(self.port)] if head else ["--address", self.address]
-        result = subprocess.run(
-            [str(RAY), "start", *where, "--node-ip-address", ip, "--num-cpus", "2",
-             "--memory", str(2 * 1024**3), "--object-store-memory", str(200 * 1024**2),
-             "--labels", f"zone={zone},instance_type=test.small,cost_per_hour={cost}",
-             "--temp-dir", str(self.temp), "--disable-usage-stats",
-             *(["--include-dashboard", "false"] if head else [])],
-            capture_output=True, text=True, timeout=180, check=False,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stdout + result.stderr
-
-    def processes(self) -> list[psutil.Process]:
-        """Every process of this cluster: those naming its temp dir, and their descendants
-        (workers rename themselves ``ray::...``, replicas are their children)."""
-        roots = []
-        for proc in psutil.process_iter(["cmdline"]):
-            try:
-                if any(str(self.temp) in part for part in proc.info["cmdline"] or ()):
-                    roots.append(proc)
-            except psutil.Error:
-                continue
-        found = {p.pid: p for p in roots}
-        for root in roots:
-            try:
-                found.update({c.pid: c for c in root.children(recursive=True)})
-            except psutil.Error:
-                continue
-        return list(found.values())
-
-    def raylet(self, ip: str) -> psutil.Process:
-        for proc in self.processes():
-            try:
-                cmdline = " ".join(proc.cmdline())
-            except psutil.Error:
-                continue
-            if "raylet/raylet" in cmdline and f"--node_ip_address={ip}" in cmdline:
-                return proc
-        raise AssertionError(f"no raylet for {ip}")
-
-    def stop(self) -> None:
-        procs = self.processes()
-        for proc in procs:
-            try:
-                proc.terminate()
-            except psutil.Error:
-                continue
-        _, alive = psutil.wait_procs(procs, timeout=10)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.Error:
-                continue
-
-
-@pytest.fixture
-def ray_cluster() -> Iterator[RayCluster]:
-    # a short path: Ray's Unix sockets live under it
-    cluster = RayCluster(Path(tempfile.mkdtemp(prefix="mpray-", dir="/tmp")))
-    try:
-        cluster.start_node("127.0.0.2", "zone-a", "0.10", head=True)
-        cluster.start_node("127.0.0.3", "zone-b", "0.20")
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(cluster.temp, ignore_errors=True)
 
 
 def replica_processes() -> list[psutil.Process]:
