@@ -102,6 +102,9 @@ class FakeLoad:
     def outstanding(self, replica_id: str) -> int:
         return self.outstanding_by_replica.get(replica_id, 0)
 
+    def prune(self, replicas: dict[str, str]) -> None:
+        self.pruned = replicas
+
 
 def make(services, executor, table, clock, load=None) -> Controller:
     return Controller(

@@ -37,6 +37,10 @@ class LoadSource(Protocol):
 
     def outstanding(self, replica_id: str) -> int: ...
 
+    def prune(self, replicas: dict[str, str]) -> None:
+        """Forget what it keeps about replicas (id -> url of those alive) and routes gone."""
+        ...
+
 
 class NoLoad:
     def load(self, deployment: str) -> tuple[int, float, int]:
@@ -44,6 +48,9 @@ class NoLoad:
 
     def outstanding(self, replica_id: str) -> int:
         return 0
+
+    def prune(self, replicas: dict[str, str]) -> None:
+        pass
 
 
 @dataclass(slots=True)
@@ -106,6 +113,10 @@ class Controller:
         """Why each replica that is wanted but not placed is waiting."""
         return list(self._pending.get(deployment, []))
 
+    def pending_count(self) -> int:
+        """Replicas wanted but not placed, over all deployments."""
+        return sum(len(reasons) for reasons in self._pending.values())
+
     def placement(self, replica_id: str) -> str:
         """Why the replica's node was chosen."""
         return self._placements.get(replica_id, "")
@@ -159,6 +170,7 @@ class Controller:
         self._observed = observed
         self._forget(by_name)
         self._publish(records, observed)
+        self.load.prune({r.id: r.url for r in observed})
 
     async def _observe(self) -> list[Replica]:
         observed, self._nodes = await asyncio.gather(

@@ -85,6 +85,26 @@ class Gateway:
     def outstanding(self, replica_id: str) -> int:
         return self._outstanding.get(replica_id, 0)
 
+    def prune(self, replicas: dict[str, str]) -> None:
+        """Forget replicas that no longer exist (``replicas``: id -> url of those that do, in
+        routes or draining) and routes that are gone, with their connections and series, so
+        churn (autoscaling, updates) does not grow memory."""
+        replica_ids, live_urls = set(replicas), set(replicas.values())
+        for rid in [r for r, n in self._outstanding.items() if r not in replica_ids and not n]:
+            del self._outstanding[rid]
+        for rid in [r for r in self.traffic if r not in replica_ids]:
+            del self.traffic[rid]
+        for url in [u for u in self._connections if u not in live_urls]:
+            self._connections.pop(url).close()
+            self._connecting.pop(url, None)
+        names = set(self.table.routes)
+        for key in [k for k in self._series if k[0] not in names]:
+            del self._series[key]
+        for name in [n for n in {*self._queued, *self._busy} if n not in names]:
+            if not self._queued.get(name):
+                self._queued.pop(name, None)
+                self._busy.pop(name, None)
+
     def route(self, name: str, version: str | None) -> Route:
         route = self.table.get(name)
         if route is None:

@@ -73,6 +73,11 @@ class Metrics:
         self._processes: dict[int, psutil.Process] = {}
         registry.register(_ReplicaCollector(self))
 
+    def keep_processes(self, pids: set[int]) -> None:
+        """Forget the processes of replicas that are gone."""
+        for pid in [p for p in self._processes if p not in pids]:
+            del self._processes[pid]
+
     def process(self, pid: int) -> psutil.Process | None:
         proc = self._processes.get(pid)
         if proc is None:
@@ -177,6 +182,7 @@ class _ReplicaCollector(Collector):
                     fds.add_metric(values, proc.num_fds())
             except psutil.Error:
                 continue
+        self._metrics.keep_processes({r.pid for r in snap.replicas if r.pid})
         yield from (cpu, rss, fds, net_in, net_out)
         states = GaugeMetricFamily("modelplane_replicas", "Replicas by state", labels=["state"])
         for state, count in sorted(snap.states.items()):

@@ -33,6 +33,7 @@ def create_router(services: Services) -> APIRouter:
                     replica.pid if replica else None, stats, bytes_in, bytes_out,
                 ))  # fmt: skip
         states = Counter(r.state.value for r in replicas.values())
+        states["pending"] = controller.pending_count()
         metrics.snapshot = Snapshot(samples, dict(states))
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
