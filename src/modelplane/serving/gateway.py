@@ -22,7 +22,7 @@ from modelplane.errors import (
 from modelplane.protocol import frames
 from modelplane.serving.replica_client import ReplicaConnection, ReplicaGone
 from modelplane.serving.routing import Endpoint, Route, RoutingTable
-from modelplane.telemetry.metrics import Metrics
+from modelplane.telemetry.metrics import Metrics, RequestSeries
 
 COLD_START_POLL_S = 0.02
 
@@ -32,23 +32,6 @@ class Forwarded:
     status: int
     body: bytes
     header_length: int | None
-
-
-class _RouteSeries:
-    """A route's labelled series, looked up once instead of on every request."""
-
-    def __init__(self, metrics: Metrics, name: str, version: str) -> None:
-        self._requests = metrics.requests
-        self._labels = (name, version)
-        self.in_flight = metrics.in_flight.labels(name)
-        self.latency = metrics.latency.labels(name, version)
-        self._codes: dict[int, Any] = {}
-
-    def count(self, status: int) -> None:
-        counter = self._codes.get(status)
-        if counter is None:
-            counter = self._codes[status] = self._requests.labels(*self._labels, str(status))
-        counter.inc()
 
 
 class Gateway:
@@ -63,7 +46,7 @@ class Gateway:
         self.table = table
         self._metrics = metrics
         self._record = record_requests
-        self._series: dict[tuple[str, str], _RouteSeries] = {}
+        self._series: dict[tuple[str, str], RequestSeries] = {}
         self.traffic: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
         self._token = token
         self._timeout = timeout_s
@@ -154,7 +137,7 @@ class Gateway:
             )
         self._queued[route.name] += 1
         if series is not None:
-            series.in_flight.inc()
+            series.in_flight += 1
         started = time.perf_counter()
         status = 500
         try:
@@ -171,15 +154,15 @@ class Gateway:
             busy[0] += elapsed
             busy[1] += 1
             if series is not None:
-                series.in_flight.dec()
+                series.in_flight -= 1
                 series.count(status)
                 series.latency.observe(elapsed)
 
-    def _route_series(self, route: Route) -> _RouteSeries:
+    def _route_series(self, route: Route) -> RequestSeries:
         key = (route.name, route.version)
         series = self._series.get(key)
         if series is None:
-            series = self._series[key] = _RouteSeries(self._metrics, *key)
+            series = self._series[key] = self._metrics.requests(*key)
         return series
 
     async def _forward(

@@ -19,18 +19,34 @@ from typing import Any
 import orjson
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
+FLUSH_LINES = 512  # a writer flushes when this many lines wait (and every half second)
 
 
 _SECOND: list[Any] = [-1, ""]  # the formatted current second, reused within that second
+_MILLI: list[Any] = [-1, "", b""]  # the formatted current millisecond, as text and bytes
+
+
+def _tick() -> None:
+    milli = int(time.time() * 1000)
+    if milli != _MILLI[0]:
+        second = milli // 1000
+        if second != _SECOND[0]:
+            _SECOND[0] = second
+            _SECOND[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        text = f"{_SECOND[1]}.{milli % 1000:03d}Z"
+        _MILLI[0], _MILLI[1], _MILLI[2] = milli, text, text.encode()
 
 
 def now_iso() -> str:
-    """UTC time with milliseconds, ``2026-01-01T00:00:00.000Z`` (cheap: on the request path)."""
-    now = time.time()
-    second = int(now)
-    if second != _SECOND[0]:
-        _SECOND[0], _SECOND[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{_SECOND[1]}.{int((now - second) * 1000):03d}Z"
+    """UTC time with milliseconds, ``2026-01-01T00:00:00.000Z`` (cheap: on the request path,
+    formatted once per millisecond)."""
+    _tick()
+    return str(_MILLI[1])
+
+
+def now_iso_bytes() -> bytes:
+    _tick()
+    return bytes(_MILLI[2])
 
 
 class LogWriter:
@@ -42,7 +58,6 @@ class LogWriter:
         self._file = path.open("ab")
         self._size = self._file.tell()
         self._buffer: list[bytes] = []
-        self._buffered = 0
         self._lock = threading.Lock()
 
     def write(self, record: dict[str, Any]) -> None:
@@ -52,8 +67,7 @@ class LogWriter:
         """Append one ready JSON line (ending in a newline)."""
         with self._lock:
             self._buffer.append(line)
-            self._buffered += len(line)
-            if self._buffered > 64 << 10:
+            if len(self._buffer) >= FLUSH_LINES:
                 self._flush_locked()
 
     def flush(self) -> None:
@@ -64,7 +78,6 @@ class LogWriter:
         if not self._buffer:
             return
         lines, self._buffer = self._buffer, []
-        self._buffered = 0
         data = b"".join(lines)
         if self._size + len(data) > self._max:
             self._rotate()
@@ -131,27 +144,24 @@ def flush_every(writer: LogWriter, seconds: float = 0.25) -> threading.Thread:
 
 
 class RequestLog:
-    """The per-request line of a replica, built from a pre-serialized context (the hot path)."""
+    """The per-request line of a replica, filled into a pre-serialized template (the hot path)."""
 
     def __init__(self, writer: LogWriter, component: str, deployment: str, replica: str) -> None:
         self._writer = writer
         context = orjson.dumps({"component": component, "deployment": deployment,
-                                "replica": replica})  # fmt: skip
-        self._context = context[1:-1]  # "component":...,"replica":"..."
+                                "replica": replica})[1:-1]  # fmt: skip
+        self._template = (
+            b'{"time":"%b","level":"%b",' + context
+            + b',"request_id":%b,"message":%b,"fields":%b}\n'
+        )  # fmt: skip
+        self._levels = {level: level.encode() for level in LEVELS}
+        self._messages: dict[str, bytes] = {}
 
     def __call__(self, level: str, request_id: str | None, message: str, fields: Any) -> None:
-        self._writer.write_line(
-            b'{"time":"'
-            + now_iso().encode()
-            + b'","level":"'
-            + level.encode()
-            + b'",'
-            + self._context
-            + b',"request_id":'
-            + orjson.dumps(request_id or None)
-            + b',"message":'
-            + orjson.dumps(message)
-            + b',"fields":'
-            + orjson.dumps(fields)
-            + b"}\n"
-        )
+        text = self._messages.get(message)
+        if text is None:
+            text = self._messages[message] = orjson.dumps(message)
+        self._writer.write_line(self._template % (
+            now_iso_bytes(), self._levels.get(level) or level.encode(),
+            orjson.dumps(request_id or None), text, orjson.dumps(fields),
+        ))  # fmt: skip
