@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -432,12 +433,13 @@ def run(duration: float, skip_mlserver: bool) -> dict[str, Any]:
         mp.stop()
 
     print("telemetry cost (request logs and per-request metrics on vs off, iris JSON, 64 conns, "
-          "4 rounds alternating the order, best of 4):", flush=True)  # fmt: skip
+          f"{ROUNDS} paired rounds alternating the order, medians):", flush=True)  # fmt: skip
     result_overhead = telemetry_overhead(work, iris_path, x_iris, duration)
     o = result_overhead
     print(f"  server CPU per request: on {o['cpu_us_per_request_on']:.0f} us, off "
-          f"{o['cpu_us_per_request_off']:.0f} us, cost {o['cost']:.1%} (throughput: on "
-          f"{o['on']:.0f}, off {o['off']:.0f} req/s)", flush=True)  # fmt: skip
+          f"{o['cpu_us_per_request_off']:.0f} us, cost {o['cost']:.1%}; throughput: on "
+          f"{o['on']:.0f}, off {o['off']:.0f} req/s, cost {o['throughput_cost']:.1%}",
+          flush=True)  # fmt: skip
     print(f"  in process: log line {o['log_us']:.2f} us + metrics {o['metrics_us']:.2f} us per "
           f"request = {o['micro_cost']:.1%} of the server CPU per request", flush=True)  # fmt: skip
 
@@ -472,6 +474,9 @@ def run(duration: float, skip_mlserver: bool) -> dict[str, Any]:
 
     return {"limits": limits, "memory": memory, "rows": [asdict(r) for r in rows],
             "duration_s": duration, "telemetry": result_overhead}  # fmt: skip
+
+
+ROUNDS = 8  # paired on/off runs for the telemetry cost
 
 
 def telemetry_microcost(work: Path, n: int = 200_000) -> dict[str, float]:
@@ -515,8 +520,8 @@ def telemetry_overhead(work: Path, iris_path: Path, x: np.ndarray, duration: flo
     on = Modelplane(work, "telemetry-on")
     off = Modelplane(work, "telemetry-off", MODELPLANE_TELEMETRY__REQUEST_LOG="false",
                      MODELPLANE_TELEMETRY__REQUEST_METRICS="false")  # fmt: skip
-    rps = {"on": 0.0, "off": 0.0}
-    cpu = {"on": [0.0, 0], "off": [0.0, 0]}  # CPU seconds, requests
+    rps: dict[str, list[float]] = {"on": [], "off": []}
+    cpu: dict[str, list[float]] = {"on": [], "off": []}  # CPU microseconds per request
     try:
         for server in (on, off):
             server.deploy("iris", iris_path)
@@ -524,24 +529,28 @@ def telemetry_overhead(work: Path, iris_path: Path, x: np.ndarray, duration: flo
         scripts = {name: lua_script(work / f"tele-{name}.lua", body, server.key, None)
                    for name, server in (("on", on), ("off", off))}  # fmt: skip
         pairs = [("on", on), ("off", off)]
-        for round_ in range(4):  # alternate which goes first
+        for round_ in range(ROUNDS):  # alternate which goes first
             for name, server in pairs if round_ % 2 == 0 else pairs[::-1]:
                 url = f"{server.url}/v2/models/iris/infer"
                 before = server.tree.cpu_seconds()
                 result = wrk(url, scripts[name], 64, duration)
-                cpu[name][0] += server.tree.cpu_seconds() - before
-                cpu[name][1] += result["requests"]
-                rps[name] = max(rps[name], result["requests_s"])
+                used = server.tree.cpu_seconds() - before
+                cpu[name].append(used / max(result["requests"], 1) * 1e6)
+                rps[name].append(result["requests_s"])
     finally:
         on.stop()
         off.stop()
-    us = {k: v[0] / max(v[1], 1) * 1e6 for k, v in cpu.items()}
+    # each round pairs an "on" and an "off" run back to back; the median of the pairs' ratios
+    # cancels most of the drift of a shared machine
+    cost = statistics.median(a / b - 1 for a, b in zip(cpu["on"], cpu["off"], strict=True))
+    slower = statistics.median(1 - a / b for a, b in zip(rps["on"], rps["off"], strict=True))
+    us_off = statistics.median(cpu["off"])
     micro = telemetry_microcost(work)
     added = micro["log_us"] + micro["metrics_us"]
-    return {"on": rps["on"], "off": rps["off"], "cpu_us_per_request_on": us["on"],
-            "cpu_us_per_request_off": us["off"], "cost": us["on"] / us["off"] - 1,
-            "throughput_cost": 1 - rps["on"] / rps["off"], **micro,
-            "micro_cost": added / us["off"]}  # fmt: skip
+    return {"on": statistics.median(rps["on"]), "off": statistics.median(rps["off"]),
+            "cpu_us_per_request_on": statistics.median(cpu["on"]),
+            "cpu_us_per_request_off": us_off, "cost": cost, "throughput_cost": slower,
+            "rounds": ROUNDS, **micro, "micro_cost": added / us_off}  # fmt: skip
 
 
 def best(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
@@ -583,6 +592,9 @@ def targets(result: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     if tele:
         out.append(("request logs + metrics cost (server CPU per request, iris JSON, 64 conns)",
                     f"{tele['cost']:.1%} (target <= 5%)", tele["cost"] <= 0.05))  # fmt: skip
+        slower = tele["throughput_cost"]
+        out.append(("throughput cost of request logs + metrics (median of paired rounds)",
+                    f"{slower:.1%} (target <= 5%)", slower <= 0.05))  # fmt: skip
         micro = tele["micro_cost"]
         out.append(("request logs + metrics cost (timed in process, share of CPU per request)",
                     f"{micro:.1%} (target <= 5%)", micro <= 0.05))  # fmt: skip
