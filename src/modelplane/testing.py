@@ -22,6 +22,7 @@ from modelplane.convert.onnx import ONNX_TO_V2
 from modelplane.demo import iris_onnx, train_iris
 
 __all__ = [
+    "IRIS_REQUEST",
     "RayCluster",
     "free_port",
     "identity_onnx",
@@ -34,6 +35,10 @@ __all__ = [
 ]
 
 V2_TO_ONNX = {v2: elem for elem, v2 in ONNX_TO_V2.items()}
+
+# A V2 request for the iris demo: one setosa flower (the model answers label 0).
+IRIS_REQUEST = {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32",
+                            "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
 
 
 def free_port() -> int:

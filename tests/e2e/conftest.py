@@ -79,6 +79,10 @@ class Server:
             capture_output=True, text=True, timeout=180, check=False,
         )  # fmt: skip
 
+    def push(self, path: Path, name: str = "iris") -> None:
+        result = self.cli("push", str(path), "--name", name)
+        assert result.returncode == 0, result.stderr
+
     def deployment(self, name: str) -> dict[str, object]:
         response = httpx.get(f"{self.url}/api/v1/deployments/{name}", headers=self.auth)
         response.raise_for_status()

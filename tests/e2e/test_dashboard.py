@@ -10,14 +10,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modelplane.testing import IRIS_REQUEST
+
 pytestmark = pytest.mark.e2e
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]  # fmt: skip
-GOOD = {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32",
-                    "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
+GOOD = IRIS_REQUEST
 
 
 def traffic(server, seconds: float, stop: threading.Event) -> None:

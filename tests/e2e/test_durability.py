@@ -6,23 +6,16 @@ import json
 import os
 import signal
 import socket
-from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from modelplane.testing import wait_for
+from modelplane.testing import IRIS_REQUEST, wait_for
 
 pytestmark = pytest.mark.e2e
 
-GOOD = {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32",
-                    "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
-
-
-def push(server, path: Path, name: str = "iris") -> None:
-    result = server.cli("push", str(path), "--name", name)
-    assert result.returncode == 0, result.stderr
+GOOD = IRIS_REQUEST
 
 
 def infer_ok(server) -> bool:
@@ -40,7 +33,7 @@ def replica_pids(server) -> list[int]:
 def test_restart_brings_deployments_back_without_a_push(server_factory, iris_file) -> None:
     server = server_factory()
     server.start()
-    push(server, iris_file)
+    server.push(iris_file)
     assert server.cli("deploy", "iris", "--replicas", "2").returncode == 0
     assert infer_ok(server)
     old_pids = replica_pids(server)
@@ -58,7 +51,7 @@ def test_restart_brings_deployments_back_without_a_push(server_factory, iris_fil
 def test_kill_9_during_a_push_leaves_a_consistent_registry(server_factory, iris_file) -> None:
     server = server_factory()
     server.start()
-    push(server, iris_file)
+    server.push(iris_file)
     assert server.cli("deploy", "iris").returncode == 0
     staging = server.home / "blobs" / "staging"
 
@@ -87,14 +80,14 @@ def test_kill_9_during_a_push_leaves_a_consistent_registry(server_factory, iris_
     wait_for(lambda: server.deployment("iris")["state"] == "ready", timeout=60)
     assert infer_ok(server)
     # and the next push gets the next number
-    push(server, iris_file)
+    server.push(iris_file)
     assert server.cli("models", "show", "iris:2").returncode == 0
 
 
 def test_a_replica_that_dies_is_replaced(server_factory, iris_file) -> None:
     server = server_factory()
     server.start()
-    push(server, iris_file)
+    server.push(iris_file)
     assert server.cli("deploy", "iris").returncode == 0
     [pid] = replica_pids(server)
     os.kill(pid, signal.SIGKILL)

@@ -13,12 +13,11 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelplane.testing import free_port, wait_for
+from modelplane.testing import IRIS_REQUEST, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
-GOOD = {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32",
-                    "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
+GOOD = IRIS_REQUEST
 BAD = {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "INT64",
                    "data": [5, 3, 1, 0]}]}  # fmt: skip
 

@@ -13,12 +13,11 @@ import httpx
 import psutil
 import pytest
 
-from modelplane.testing import RayCluster, wait_for
+from modelplane.testing import IRIS_REQUEST, RayCluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
-GOOD = {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32",
-                    "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
+GOOD = IRIS_REQUEST
 
 
 def replica_processes() -> list[psutil.Process]:

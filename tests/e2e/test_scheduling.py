@@ -7,24 +7,17 @@ import asyncio
 import json
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sklearn.datasets import load_iris
 
-from modelplane.testing import mlp_onnx, wait_for
+from modelplane.testing import IRIS_REQUEST, mlp_onnx, wait_for
 
 pytestmark = pytest.mark.e2e
 
-GOOD = {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32",
-                    "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
-
-
-def push(server, path: Path, name: str = "iris") -> None:
-    result = server.cli("push", str(path), "--name", name)
-    assert result.returncode == 0, result.stderr
+GOOD = IRIS_REQUEST
 
 
 def info(server, name: str = "iris") -> dict[str, Any]:
@@ -34,7 +27,7 @@ def info(server, name: str = "iris") -> dict[str, Any]:
 def test_capacity_pending_reasons_and_lowering_the_request(server_factory, iris_file) -> None:
     server = server_factory(MODELPLANE_SCHEDULER__NODE_CPUS="2")  # this machine's 2 cores
     server.start()
-    push(server, iris_file)
+    server.push(iris_file)
 
     too_big = server.cli("deploy", "iris", "--replicas", "3", "--cpu", "4")
     assert too_big.returncode != 0
@@ -89,8 +82,8 @@ def test_rolling_update_fails_no_request_and_a_broken_version_leaves_the_old_ser
 ) -> None:
     server = server_factory()
     server.start()
-    push(server, iris_file)
-    push(server, iris_file)  # version 2: the same bytes, a new version
+    server.push(iris_file)
+    server.push(iris_file)  # version 2: the same bytes, a new version
     assert server.cli("deploy", "iris:1", "--replicas", "2").returncode == 0
 
     async def update_under_load() -> list[Any]:
@@ -122,7 +115,7 @@ def test_rolling_update_fails_no_request_and_a_broken_version_leaves_the_old_ser
     # a version whose artifact cannot load: its replicas fail, version 2 keeps serving
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(mlp_onnx((4, 8, 3)))
-    push(server, broken)
+    server.push(broken)
     digest = server.cli("models", "show", "iris:3", "--json")
     blob = json.loads(digest.stdout)["digest"]
     path = server.home / "blobs" / "sha256" / blob[:2] / blob
@@ -139,7 +132,7 @@ def test_rolling_update_fails_no_request_and_a_broken_version_leaves_the_old_ser
 def test_scale_to_zero_and_back_on_the_first_request(server_factory, iris_file) -> None:
     server = server_factory()
     server.start()
-    push(server, iris_file)
+    server.push(iris_file)
     deployed = server.cli("deploy", "iris", "--min", "0", "--max", "3", "--downscale-delay", "3")
     assert deployed.returncode == 0, deployed.stderr
     d = info(server)

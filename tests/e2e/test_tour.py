@@ -13,6 +13,8 @@ import tritonclient.http as triton
 from sklearn.datasets import load_iris
 from tritonclient.utils import InferenceServerException
 
+from modelplane.testing import IRIS_REQUEST
+
 pytestmark = pytest.mark.e2e
 
 
@@ -76,8 +78,7 @@ def test_without_a_key_everything_but_health_is_401(deployed) -> None:
         assert response.status_code == 401
 
 
-GOOD = {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32",
-                    "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
+GOOD = IRIS_REQUEST
 
 
 @pytest.mark.parametrize(
