@@ -432,14 +432,17 @@ def run(duration: float, skip_mlserver: bool) -> dict[str, Any]:
     finally:
         mp.stop()
 
-    print("telemetry cost (request logs and per-request metrics on vs off, iris JSON, 64 conns, "
-          f"{ROUNDS} paired rounds alternating the order, medians):", flush=True)  # fmt: skip
+    print("telemetry cost (request logs and per-request metrics on vs off, and a control on vs "
+          f"on; iris JSON, 64 conns, {ROUNDS} rounds rotating the order, medians):",
+          flush=True)  # fmt: skip
     result_overhead = telemetry_overhead(work, iris_path, x_iris, duration)
     o = result_overhead
     print(f"  server CPU per request: on {o['cpu_us_per_request_on']:.0f} us, off "
           f"{o['cpu_us_per_request_off']:.0f} us, cost {o['cost']:.1%}; throughput: on "
           f"{o['on']:.0f}, off {o['off']:.0f} req/s, cost {o['throughput_cost']:.1%}",
           flush=True)  # fmt: skip
+    print(f"  control (on vs on, the noise left): CPU {o['control_cost']:+.1%}, throughput "
+          f"{o['control_throughput']:+.1%}", flush=True)  # fmt: skip
     print(f"  in process: log line {o['log_us']:.2f} us + metrics {o['metrics_us']:.2f} us per "
           f"request = {o['micro_cost']:.1%} of the server CPU per request", flush=True)  # fmt: skip
 
@@ -514,43 +517,52 @@ def telemetry_microcost(work: Path, n: int = 200_000) -> dict[str, float]:
 
 
 def telemetry_overhead(work: Path, iris_path: Path, x: np.ndarray, duration: float) -> dict:
-    """Logs and per-request metrics on vs off. Throughput with the load generator on the same
-    two cores swings by +-15% between rounds, so the cost is judged by server CPU time per
-    request (whole process tree), which holds steady; throughput is reported beside it."""
-    on = Modelplane(work, "telemetry-on")
-    off = Modelplane(work, "telemetry-off", MODELPLANE_TELEMETRY__REQUEST_LOG="false",
-                     MODELPLANE_TELEMETRY__REQUEST_METRICS="false")  # fmt: skip
-    rps: dict[str, list[float]] = {"on": [], "off": []}
-    cpu: dict[str, list[float]] = {"on": [], "off": []}  # CPU microseconds per request
+    """Logs and per-request metrics on vs off, with a control: a second server with them on.
+    Each round runs the three back to back in a rotating order; the medians of the paired
+    ratios cancel most of a shared machine's drift, and the control's ratio (on vs on, which
+    should be 0) shows how much noise is left in the same run."""
+    servers = {
+        "on": Modelplane(work, "telemetry-on"),
+        "off": Modelplane(work, "telemetry-off", MODELPLANE_TELEMETRY__REQUEST_LOG="false",
+                          MODELPLANE_TELEMETRY__REQUEST_METRICS="false"),
+        "control": Modelplane(work, "telemetry-control"),
+    }  # fmt: skip
+    rps: dict[str, list[float]] = {name: [] for name in servers}
+    cpu: dict[str, list[float]] = {name: [] for name in servers}  # CPU us per request
     try:
-        for server in (on, off):
+        for server in servers.values():
             server.deploy("iris", iris_path)
         body = json_body("float_input", x)
         scripts = {name: lua_script(work / f"tele-{name}.lua", body, server.key, None)
-                   for name, server in (("on", on), ("off", off))}  # fmt: skip
-        pairs = [("on", on), ("off", off)]
-        for round_ in range(ROUNDS):  # alternate which goes first
-            for name, server in pairs if round_ % 2 == 0 else pairs[::-1]:
-                url = f"{server.url}/v2/models/iris/infer"
+                   for name, server in servers.items()}  # fmt: skip
+        names = list(servers)
+        for round_ in range(ROUNDS):  # rotate which goes first
+            for name in names[round_ % 3 :] + names[: round_ % 3]:
+                server = servers[name]
                 before = server.tree.cpu_seconds()
-                result = wrk(url, scripts[name], 64, duration)
+                result = wrk(f"{server.url}/v2/models/iris/infer", scripts[name], 64, duration)
                 used = server.tree.cpu_seconds() - before
                 cpu[name].append(used / max(result["requests"], 1) * 1e6)
                 rps[name].append(result["requests_s"])
     finally:
-        on.stop()
-        off.stop()
-    # each round pairs an "on" and an "off" run back to back; the median of the pairs' ratios
-    # cancels most of the drift of a shared machine
-    cost = statistics.median(a / b - 1 for a, b in zip(cpu["on"], cpu["off"], strict=True))
-    slower = statistics.median(1 - a / b for a, b in zip(rps["on"], rps["off"], strict=True))
+        for server in servers.values():
+            server.stop()
+
+    def more_cpu(a: str, b: str) -> float:
+        return statistics.median(x / y - 1 for x, y in zip(cpu[a], cpu[b], strict=True))
+
+    def slower(a: str, b: str) -> float:
+        return statistics.median(1 - x / y for x, y in zip(rps[a], rps[b], strict=True))
+
     us_off = statistics.median(cpu["off"])
     micro = telemetry_microcost(work)
     added = micro["log_us"] + micro["metrics_us"]
     return {"on": statistics.median(rps["on"]), "off": statistics.median(rps["off"]),
             "cpu_us_per_request_on": statistics.median(cpu["on"]),
-            "cpu_us_per_request_off": us_off, "cost": cost, "throughput_cost": slower,
-            "rounds": ROUNDS, **micro, "micro_cost": added / us_off}  # fmt: skip
+            "cpu_us_per_request_off": us_off, "cost": more_cpu("on", "off"),
+            "throughput_cost": slower("on", "off"), "control_cost": more_cpu("control", "on"),
+            "control_throughput": slower("control", "on"), "rounds": ROUNDS, **micro,
+            "micro_cost": added / us_off}  # fmt: skip
 
 
 def best(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
@@ -595,6 +607,8 @@ def targets(result: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         slower = tele["throughput_cost"]
         out.append(("throughput cost of request logs + metrics (median of paired rounds)",
                     f"{slower:.1%} (target <= 5%)", slower <= 0.05))  # fmt: skip
+        noise = f"CPU {tele['control_cost']:+.1%}, throughput {tele['control_throughput']:+.1%}"
+        out.append(("noise left in that measurement (control: on vs on)", noise, None))
         micro = tele["micro_cost"]
         out.append(("request logs + metrics cost (timed in process, share of CPU per request)",
                     f"{micro:.1%} (target <= 5%)", micro <= 0.05))  # fmt: skip
