@@ -373,6 +373,17 @@ class Client:
         result: list[dict[str, Any]] = self._request("GET", "/api/v1/nodes").json()
         return result
 
+    def cordon(self, node: str, *, reason: str = "", drain: bool = False) -> dict[str, Any]:
+        """Take a node out of placement; ``drain`` also moves its replicas elsewhere."""
+        body = {"reason": reason, "drain": drain}
+        result: dict[str, Any] = self._request(
+            "POST", f"/api/v1/nodes/{node}/cordon", json=body
+        ).json()
+        return result
+
+    def uncordon(self, node: str) -> None:
+        self._request("DELETE", f"/api/v1/nodes/{node}/cordon")
+
     def deployments(self) -> list[DeploymentInfo]:
         result: list[DeploymentInfo] = self._request("GET", "/api/v1/deployments").json()
         return result

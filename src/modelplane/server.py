@@ -26,6 +26,7 @@ from modelplane.registry.conversions import ConversionService
 from modelplane.registry.db import make_engine, make_sessions, migrate
 from modelplane.registry.deployments import DeploymentStore
 from modelplane.registry.keys import KeyStore
+from modelplane.registry.nodes import NodeStore
 from modelplane.registry.service import RegistryService
 from modelplane.scheduler.controller import Controller
 from modelplane.serving.gateway import Gateway
@@ -82,6 +83,7 @@ def build(settings: Settings) -> Platform:
         log.info("removed %d leftover file(s) from an interrupted write", removed)
     deployments = DeploymentStore(sessions, registry)
     keys = KeyStore(sessions)
+    nodes = NodeStore(sessions)
     created = ensure_admin_key(keys, settings.admin_key_path)
     executor = make_executor(settings)
     table = RoutingTable()
@@ -94,6 +96,7 @@ def build(settings: Settings) -> Platform:
         interval_s=settings.scheduler.reconcile_interval_s,
         max_starts_per_minute=settings.scheduler.max_restarts_per_minute,
         drain_timeout_s=settings.scheduler.drain_timeout_s,
+        nodes=nodes,
         on_step=metrics.reconcile.observe,
     )
     gateway = Gateway(
@@ -107,7 +110,7 @@ def build(settings: Settings) -> Platform:
     if interrupted:
         log.info("%d conversion(s) were interrupted by the last stop; push them again", interrupted)
     services = Services(
-        settings, registry, deployments, keys, controller, conversions, gateway, metrics
+        settings, registry, deployments, keys, controller, conversions, gateway, metrics, nodes
     )
 
     grpc_address = f"{settings.server.host}:{settings.server.grpc_port}"

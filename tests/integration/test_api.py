@@ -134,3 +134,27 @@ async def test_openapi_documents_the_management_api(api) -> None:
     spec = (await api.get("/openapi.json")).json()
     assert "/api/v1/models/{name}/versions" in spec["paths"]
     assert "/api/v1/deployments" in spec["paths"]
+
+
+async def test_nodes_cordon_and_uncordon(api, platform: Platform) -> None:
+    await platform.services.controller.step()  # observe this machine as the one node
+    [node] = (await api.get("/api/v1/nodes")).json()
+    assert node["state"] == "healthy"
+    assert node["capacity"]["cpu"] > 0
+    missing = await api.post("/api/v1/nodes/nope/cordon", json={})
+    assert missing.status_code == 404
+    assert node["id"] in missing.json()["error"]
+    cordoned = await api.post(f"/api/v1/nodes/{node['id']}/cordon", json={"reason": "disk swap"})
+    assert cordoned.status_code == 200
+    assert cordoned.json()["state"] == "cordoned"
+    assert cordoned.json()["maintenance"] == "disk swap"
+    await platform.services.controller.step()
+    [listed] = (await api.get("/api/v1/nodes")).json()
+    assert (listed["state"], listed["maintenance"]) == ("cordoned", "disk swap")
+    assert (await api.delete(f"/api/v1/nodes/{node['id']}/cordon")).status_code == 204
+    assert (await api.delete(f"/api/v1/nodes/{node['id']}/cordon")).status_code == 404
+    await platform.services.controller.step()
+    [listed] = (await api.get("/api/v1/nodes")).json()
+    assert (listed["state"], listed["maintenance"]) == ("healthy", "")
+    too_long = await api.post(f"/api/v1/nodes/{node['id']}/cordon", json={"reason": "x" * 300})
+    assert too_long.status_code in (400, 422)

@@ -14,14 +14,14 @@ from modelplane.serving.routing import RoutingTable
 class FakeExecutor:
     token = "t"
 
-    def __init__(self, cpus: float = 4) -> None:
+    def __init__(self, cpus: float = 4, nodes: int = 1) -> None:
         self.replicas: dict[str, Replica] = {}
         self.started: list[ReplicaSpec] = []
         self.stopped: list[str] = []
-        self.node = Node("n1", Resources(cpus, 8192))
+        self.all_nodes = [Node(f"n{i + 1}", Resources(cpus, 8192)) for i in range(nodes)]
 
     async def nodes(self) -> list[Node]:
-        return [self.node]
+        return list(self.all_nodes)
 
     async def start(self, spec: ReplicaSpec) -> Replica:
         self.started.append(spec)
@@ -109,7 +109,7 @@ class FakeLoad:
 def make(services, executor, table, clock, load=None) -> Controller:
     return Controller(
         services.deployments, executor, table, lambda d: services.settings.blob_dir / d,
-        max_starts_per_minute=30, clock=lambda: clock[0], load=load,
+        max_starts_per_minute=30, clock=lambda: clock[0], load=load, nodes=services.nodes,
     )  # fmt: skip
 
 
@@ -204,3 +204,34 @@ async def test_autoscaling_follows_the_gateway_load(platform, iris_bytes) -> Non
     await controller.step()
     assert executor.replicas == {}
     assert any(e["action"] == "scale" for e in controller.events("iris"))
+
+
+async def test_draining_a_node_moves_its_replicas_without_a_gap(platform, iris_bytes) -> None:
+    services = platform.services
+    await services.registry.push(PushRequest("iris"), body(iris_bytes))
+    services.deployments.apply(ModelRef("iris"), replicas=2)
+    executor, table, clock = FakeExecutor(nodes=3), RoutingTable(), [0.0]
+    controller = make(services, executor, table, clock)
+    await controller.step()
+    executor.set_all(ReplicaState.READY)
+    await controller.step()
+    victim = executor.started[0].node
+    services.nodes.cordon(victim, drain=True, reason="kernel upgrade", by="test")
+    await controller.step()
+    assert {n.id: n.state.value for n in controller.nodes()}[victim] == "draining"
+    assert len(table.routes["iris"].endpoints) == 2  # still serving from the old node
+    assert executor.started[-1].node != victim
+    executor.set_all(ReplicaState.READY)
+    clock[0] += 1
+    await controller.step()
+    route = table.routes["iris"]
+    assert len(route.endpoints) == 2
+    assert all(executor.replicas[e.replica_id].node != victim for e in route.endpoints)
+    clock[0] += 1
+    await controller.step()
+    assert all(r.node != victim for r in executor.replicas.values())
+    assert "node " + victim + " is draining" in [e["reason"] for e in controller.events("iris")]
+
+    services.nodes.uncordon(victim)
+    await controller.step()
+    assert {n.id: n.state.value for n in controller.nodes()}[victim] == "healthy"

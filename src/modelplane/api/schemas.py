@@ -169,6 +169,11 @@ class AutoscalingIn(BaseModel):
         return Autoscaling(**self.model_dump())
 
 
+class CordonIn(BaseModel):
+    reason: str = Field("", max_length=256, examples=["kernel upgrade"])
+    drain: bool = Field(False, description="also move its replicas elsewhere, without downtime")
+
+
 class DeployIn(BaseModel):
     model: str = Field(description="NAME, NAME:VERSION or NAME@ALIAS", examples=["iris@production"])
     name: str | None = Field(None, description="deployment name; default: the model's name")
@@ -230,9 +235,10 @@ class NodeOut(BaseModel):
     capacity: ResourcesIn
     allocated: dict[str, float]
     replicas: int
+    maintenance: str = Field("", description="why an operator cordoned or is draining it")
 
     @classmethod
-    def of(cls, node: Node, replicas: list[Replica]) -> NodeOut:
+    def of(cls, node: Node, replicas: list[Replica], maintenance: str = "") -> NodeOut:
         mine = [r for r in replicas if r.node == node.id]
         used = sum((r.resources for r in mine), Resources())
         capacity = node.capacity
@@ -250,6 +256,7 @@ class NodeOut(BaseModel):
             ),
             allocated={"cpu": used.cpu, "memory_mb": used.memory_mb, "gpus": used.gpus},
             replicas=len(mine),
+            maintenance=maintenance,
         )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from modelplane.registry.conversions import ConversionService
 from modelplane.registry.deployments import DeploymentStore
 from modelplane.registry.keys import KeyStore
+from modelplane.registry.nodes import NodeStore
 from modelplane.registry.service import RegistryService
 from modelplane.scheduler.controller import Controller
 from modelplane.serving.gateway import Gateway
@@ -24,3 +25,4 @@ class Services:
     conversions: ConversionService
     gateway: Gateway
     metrics: Metrics
+    nodes: NodeStore

@@ -1,10 +1,14 @@
-"""Node commands: nodes list."""
+"""Node commands: nodes list, cordon, drain, uncordon."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
+
 from modelplane.cli.apps import Json, nodes_app
 from modelplane.cli.apps import print_json as _print_json
-from modelplane.cli.output import handled, state_style, table
+from modelplane.cli.output import console, handled, state_style, table
 from modelplane.client import Client
 
 
@@ -18,7 +22,7 @@ def nodes_list(as_json: Json = False) -> None:
         return
     table(
         ["NODE", "STATE", "ADDRESS", "ZONE", "TYPE", "CPU", "MEMORY (MB)", "GPU", "REPLICAS",
-         "$/HOUR"],
+         "$/HOUR", "MAINTENANCE"],
         [
             [
                 n["id"],
@@ -32,7 +36,36 @@ def nodes_list(as_json: Json = False) -> None:
                 + (f" {n['gpu_type']}" if n["gpu_type"] else ""),
                 n["replicas"],
                 f"{n['cost_per_hour']:.3f}",
+                n.get("maintenance", ""),
             ]
             for n in items
         ],
     )  # fmt: skip
+
+
+Reason = Annotated[str, typer.Option(help="Why, for the other operators.")]
+
+
+@nodes_app.command("cordon")
+def nodes_cordon(node: str, reason: Reason = "") -> None:
+    """Place no new replicas on NODE (those running stay)."""
+    with handled(), Client() as client:
+        info = client.cordon(node, reason=reason)
+    console.print(f"{node}: {info['state']} ({info['maintenance']})")
+
+
+@nodes_app.command("drain")
+def nodes_drain(node: str, reason: Reason = "") -> None:
+    """Move every replica off NODE without downtime (new ones start elsewhere first)."""
+    with handled(), Client() as client:
+        info = client.cordon(node, reason=reason, drain=True)
+    console.print(f"{node}: {info['state']} ({info['maintenance']}); its {info['replicas']} "
+                  "replica(s) move as their replacements become ready")  # fmt: skip
+
+
+@nodes_app.command("uncordon")
+def nodes_uncordon(node: str) -> None:
+    """Let NODE take replicas again."""
+    with handled(), Client() as client:
+        client.uncordon(node)
+    console.print(f"{node}: takes replicas again")

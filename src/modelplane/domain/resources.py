@@ -59,6 +59,7 @@ DEFAULT_REQUEST = Resources(cpu=0.5, memory_mb=512)
 class NodeState(enum.StrEnum):
     HEALTHY = "healthy"
     CORDONED = "cordoned"  # healthy, but takes no new replicas
+    DRAINING = "draining"  # cordoned, and its replicas move elsewhere (start new, then drain)
     LOST = "lost"  # not reachable: its replicas are placed elsewhere
 
 

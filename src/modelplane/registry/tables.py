@@ -103,3 +103,13 @@ class ConversionRow(Base):
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class NodeCordonRow(Base):
+    __tablename__ = "node_cordons"
+
+    node: Mapped[str] = mapped_column(String(128), primary_key=True)
+    drain: Mapped[bool] = mapped_column(default=False)
+    reason: Mapped[str] = mapped_column(String(256), default="")
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

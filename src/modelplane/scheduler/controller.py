@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from modelplane.cluster.executor import ReplicaExecutor, ReplicaSpec
-from modelplane.domain import Deployment, Node, Replica, ReplicaState
+from modelplane.domain import Deployment, Node, NodeState, Replica, ReplicaState
 from modelplane.registry.deployments import DeploymentRecord, DeploymentStore
+from modelplane.registry.nodes import Cordon, NodeStore
 from modelplane.scheduler import autoscaling
 from modelplane.scheduler.planning import Desired, Drain, Pending, Start, Stop, plan
 from modelplane.serving.routing import Endpoint, Route, RoutingTable
@@ -74,7 +75,10 @@ class Controller:
         clock: Callable[[], float] = time.monotonic,
         on_step: Callable[[float], None] | None = None,
         load: LoadSource | None = None,
+        nodes: NodeStore | None = None,
     ) -> None:
+        self._node_store = nodes
+        self._cordons: dict[str, Cordon] = {}
         self._on_step = on_step
         self._deployments = deployments
         self._executor = executor
@@ -143,8 +147,13 @@ class Controller:
         self._wake.set()
 
     # ---- the loop ---------------------------------------------------------------------------
+    def cordon(self, node: str) -> Cordon | None:
+        return self._cordons.get(node)
+
     async def step(self) -> None:
         records = await asyncio.to_thread(self._deployments.list)
+        if self._node_store is not None:
+            self._cordons = await asyncio.to_thread(self._node_store.all)
         by_name = {r.deployment.name: r for r in records}
         observed = await self._observe()
         await self._finish_draining(observed)
@@ -173,9 +182,8 @@ class Controller:
         self.load.prune({r.id: r.url for r in observed})
 
     async def _observe(self) -> list[Replica]:
-        observed, self._nodes = await asyncio.gather(
-            self._executor.observe(), self._executor.nodes()
-        )
+        observed, nodes = await asyncio.gather(self._executor.observe(), self._executor.nodes())
+        self._nodes = [self._maintenance(n) for n in nodes]
         self._live_ids = {r.id for r in observed}
         for replica in observed:
             if replica.state == ReplicaState.FAILED and replica.message:
@@ -186,6 +194,13 @@ class Controller:
             else r
             for r in observed
         ]
+
+    def _maintenance(self, node: Node) -> Node:
+        """A healthy node an operator cordoned or is draining says so."""
+        cordon = self._cordons.get(node.id)
+        if cordon is None or node.state != NodeState.HEALTHY:
+            return node
+        return replace(node, state=NodeState.DRAINING if cordon.drain else NodeState.CORDONED)
 
     async def _finish_draining(self, observed: list[Replica]) -> None:
         """Stop draining replicas once their in-flight requests are done (or time is up)."""

@@ -289,7 +289,8 @@ def _why_not(view: ClusterView, request: Request, eligible: npt.NDArray[np.bool_
         return f"{needs}; there are no nodes"
     if not eligible.any():
         if not view.usable.any():
-            return f"{needs}; no node is healthy"
+            states = sorted({n.state.value for n in view.nodes})
+            return f"{needs}; no node takes replicas (nodes are {', '.join(states)})"
         wanted = ", ".join(f"{k}={v}" for k, v in policy.node_labels.items())
         if policy.zones:
             wanted = ", ".join(filter(None, [wanted, "zone in " + "|".join(policy.zones)]))

@@ -69,6 +69,8 @@ def plan(
     actions: list[Action] = []
     wanted = {d.name: d for d in desired}
     lost = {n.id for n in nodes if n.state == NodeState.LOST}
+    # replicas on a draining node are replaced like an old revision: new ones elsewhere first
+    moving = {n.id for n in nodes if n.state == NodeState.DRAINING}
     gone: set[str] = set()
     for replica in observed:
         stop = _stop_reason(replica, wanted, lost)
@@ -81,7 +83,7 @@ def plan(
     requests: list[Request] = []
     for d in desired:
         current = [r for r in running if r.deployment == d.name and r.state in LIVE
-                   and r.revision == d.revision]  # fmt: skip
+                   and r.revision == d.revision and r.node not in moving]  # fmt: skip
         missing = d.replicas - len(current)
         if missing > 0:
             budget = missing if start_budget is None else min(missing, start_budget.get(d.name, 0))
@@ -95,26 +97,34 @@ def plan(
             actions.append(Pending(request.deployment, decision.reason))
     for d in desired:
         mine = [r for r in running if r.deployment == d.name and r.state in LIVE]
-        current = [r for r in mine if r.revision == d.revision]
-        old = [r for r in mine if r.revision != d.revision]
+        current = [r for r in mine if r.revision == d.revision and r.node not in moving]
+        old = [r for r in mine if r.revision != d.revision or r.node in moving]
         if len(current) > d.replicas:
             # drop the least useful first: starting before ready, then the newest
             extras = sorted(current, key=lambda r: (r.state == S.READY, -r.started_at))
             actions.extend(_retire(r, "scaled down") for r in extras[: len(current) - d.replicas])
         ready = sum(1 for r in current if r.state == S.READY)
         old_ready = [r for r in old if r.state == S.READY]
+        # giving back room helps a new revision only where it could go: not off a drained node
+        outdated = [r for r in old_ready if r.revision != d.revision and r.node not in moving]
         if old and ready >= d.replicas:
-            actions.extend(_retire(r, "replaced by a new revision") for r in old)
-        elif d.name in short_of_room and old_ready and ready + len(old_ready) > 1:
+            actions.extend(_retire(r, _why_replaced(r, d, moving)) for r in old)
+        elif d.name in short_of_room and outdated and ready + len(old_ready) > 1:
             # no room to start the new revision beside the old: give back one old replica
             # at a time, keeping at least one replica serving throughout
-            oldest = min(old_ready, key=lambda r: r.started_at)
+            oldest = min(outdated, key=lambda r: r.started_at)
             actions.append(Drain(oldest.id, "making room for the new revision"))
         else:
             actions.extend(
-                Stop(r.id, "replaced by a new revision") for r in old if r.state != S.READY
+                Stop(r.id, _why_replaced(r, d, moving)) for r in old if r.state != S.READY
             )
     return actions
+
+
+def _why_replaced(replica: Replica, d: Desired, moving: set[str]) -> str:
+    if replica.revision == d.revision and replica.node in moving:
+        return f"node {replica.node} is draining"
+    return "replaced by a new revision"
 
 
 def _stop_reason(replica: Replica, wanted: dict[str, Desired], lost: set[str]) -> str | None:

@@ -98,3 +98,30 @@ def test_rolling_update_without_room_gives_back_one_old_replica_at_a_time() -> N
     actions = plan([want], old, small)
     assert kinds(actions) == ["Pending", "Pending", "Drain"]
     assert actions[2] == Drain("a", "making room for the new revision")
+
+
+def test_a_draining_node_is_emptied_without_downtime() -> None:
+    nodes = [Node("n1", Resources(4, 8192), state=NodeState.DRAINING), NODES[1]]
+    on_n1 = replica("a", ReplicaState.READY)
+    actions = plan([Desired("iris", "r1", 1)], [on_n1], nodes)
+    assert len(actions) == 1
+    assert isinstance(actions[0], Start)
+    assert actions[0].node == "n2"  # the new one first, elsewhere; the old keeps serving
+    moved = replica("b", ReplicaState.READY, node="n2")
+    assert plan([Desired("iris", "r1", 1)], [on_n1, moved], nodes) == [
+        Drain("a", "node n1 is draining")
+    ]
+
+
+def test_a_cordoned_node_keeps_its_replicas_but_takes_no_new_ones() -> None:
+    nodes = [Node("n1", Resources(4, 8192), state=NodeState.CORDONED), NODES[1]]
+    on_n1 = replica("a", ReplicaState.READY)
+    actions = plan([Desired("iris", "r1", 2)], [on_n1], nodes)
+    assert len(actions) == 1
+    assert isinstance(actions[0], Start)
+    assert actions[0].node == "n2"
+    only = [Node("n1", Resources(4, 8192), state=NodeState.CORDONED)]
+    [pending] = plan([Desired("iris", "r1", 2)], [on_n1], only)
+    assert pending == Pending(
+        "iris", "needs 0.5 CPU, 512 MB per replica; no node takes replicas (nodes are cordoned)"
+    )

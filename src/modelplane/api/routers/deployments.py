@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 
 from modelplane.api.deps import allow
-from modelplane.api.schemas import DeployIn, DeploymentOut, NodeOut, ReplicaOut
+from modelplane.api.schemas import CordonIn, DeployIn, DeploymentOut, NodeOut, ReplicaOut
 from modelplane.api.services import Services
 from modelplane.domain import ModelRef, Principal
-from modelplane.errors import InvalidInput
+from modelplane.errors import InvalidInput, NotFound
 from modelplane.registry.deployments import DeploymentRecord
 from modelplane.security.policy import Action
 
@@ -68,10 +68,39 @@ def create_nodes_router(services: Services) -> APIRouter:
     router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"])
     controller = services.controller
 
+    def out(node_id: str) -> NodeOut:
+        for node in controller.nodes():
+            if node.id == node_id:
+                cordon = controller.cordon(node_id)
+                return NodeOut.of(node, controller.all_replicas(), cordon.reason if cordon else "")
+        known = ", ".join(n.id for n in controller.nodes()) or "none yet"
+        raise NotFound(f"no node {node_id!r}; nodes: {known}")
+
     @router.get("", response_model=list[NodeOut])
     def list_nodes(_: Annotated[Principal, Depends(allow(Action.READ))]) -> list[NodeOut]:
         """Nodes with capacity, what is allocated, replicas, cost and state."""
-        replicas = controller.all_replicas()
-        return [NodeOut.of(n, replicas) for n in controller.nodes()]
+        return [out(n.id) for n in controller.nodes()]
+
+    @router.post("/{node}/cordon", response_model=NodeOut)
+    def cordon(
+        node: str, body: CordonIn, who: Annotated[Principal, Depends(allow(Action.DEPLOY))]
+    ) -> NodeOut:
+        """Take a node out of placement; with ``drain``, move its replicas elsewhere (new ones
+        start first, the old ones drain when they are ready)."""
+        current = out(node)  # 404 for a node that does not exist
+        reason = body.reason or ("drained" if body.drain else "cordoned") + f" by {who.name}"
+        services.nodes.cordon(node, drain=body.drain, reason=reason, by=who.name)
+        controller.kick()  # the next reconcile (now) acts on it
+        if current.state in ("healthy", "cordoned", "draining"):
+            current.state = "draining" if body.drain else "cordoned"
+        current.maintenance = reason
+        return current
+
+    @router.delete("/{node}/cordon", status_code=204)
+    def uncordon(node: str, _: Annotated[Principal, Depends(allow(Action.DEPLOY))]) -> Response:
+        """Let the node take replicas again."""
+        services.nodes.uncordon(node)
+        controller.kick()
+        return Response(status_code=204)
 
     return router
