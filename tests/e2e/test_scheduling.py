@@ -158,3 +158,29 @@ def test_scale_to_zero_and_back_on_the_first_request(server_factory, iris_file) 
         "0 -> 1 replicas",
         "1 -> 0 replicas",
     ]
+
+
+def test_draining_the_only_node_keeps_serving_and_says_why(server_factory, iris_file) -> None:
+    server = server_factory()
+    server.start()
+    server.push(iris_file)
+    assert server.cli("deploy", "iris").returncode == 0
+    [node] = json.loads(server.cli("nodes", "list", "--json").stdout)
+    drained = server.cli("nodes", "drain", node["id"], "--reason", "kernel upgrade")
+    assert drained.returncode == 0, drained.stderr
+    assert "draining" in drained.stdout
+
+    def waiting() -> bool:
+        return info(server)["pending"] == [
+            "needs 0.5 CPU, 512 MB per replica; no node takes replicas (nodes are draining)"
+        ]
+
+    wait_for(waiting, timeout=30)
+    response = httpx.post(f"{server.url}/v2/models/iris/infer", headers=server.auth, json=GOOD)
+    assert response.status_code == 200  # nowhere to move to: the replica keeps serving
+    listed = server.cli("nodes", "list").stdout
+    assert "draining" in listed
+    assert "kernel upgrade" in listed
+    assert server.cli("nodes", "uncordon", node["id"]).returncode == 0
+    wait_for(lambda: info(server)["pending"] == [], timeout=30)
+    assert info(server)["state"] == "ready"

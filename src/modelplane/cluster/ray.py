@@ -129,7 +129,7 @@ class RayExecutor:
                 url=info["url"],
                 state=ReplicaState.STARTING,
                 started_at=float(info["started_at"]),
-                pid=info["pid"],
+                pid=None,  # a pid on another machine means nothing here
                 revision=info["revision"],
                 node=info["node"],
                 resources=Resources.from_dict(info["resources"]),
