@@ -141,7 +141,7 @@ async function deploymentPage(view, name) {
   const d = await api(`/api/v1/deployments/${encodeURIComponent(name)}`);
   const logs = await api(`/api/v1/deployments/${encodeURIComponent(name)}/logs?limit=60`);
   view.replaceChildren($(`<div><h2>${esc(d.name)} <span class="${esc(d.state)}">${esc(d.state)}</span></h2>
-    <p>${esc(d.ref)} · ${d.ready_replicas}/${d.desired_replicas} ready · batch ≤ ${d.config.max_batch_size} · queue ≤ ${d.config.max_queued_requests}${d.last_failure ? ` · last failure: ${esc(d.last_failure)}` : ""}</p>
+    <p>${esc(d.ref)} · ${d.ready_replicas}/${d.desired_replicas} ready${d.autoscaling ? ` · autoscaled ${d.autoscaling.min_replicas}-${d.autoscaling.max_replicas} at ${d.autoscaling.target_ongoing_requests} in flight per replica` : ""} · ${d.resources.cpu} CPU, ${d.resources.memory_mb} MB per replica · batch ≤ ${d.config.max_batch_size} · queue ≤ ${d.config.max_queued_requests}${d.last_failure ? ` · last failure: ${esc(d.last_failure)}` : ""}</p>
     <table id="replicas"><tr><th>replica</th><th>version</th><th>state</th><th>pid</th><th>node</th><th>message</th></tr>${d.replicas.map((r) => `<tr><td>${esc(r.id)}</td><td>${r.version}</td><td class="${esc(r.state)}">${esc(r.state)}</td><td>${r.pid ?? "-"}</td><td title="${esc(r.placement || "")}">${esc(r.node || "-")}</td><td>${esc(r.message)}</td></tr>`).join("")}</table>
     ${(d.pending || []).length ? `<p class="pending" id="pending">${d.pending.length} replica(s) pending: ${esc([...new Set(d.pending)].join("; "))}</p>` : ""}
     <div class="charts">${chart("Requests/s", [`model:${d.name}`], "/s")}${chart("Replica CPU", d.replicas.map((r) => `cpu:${r.id}`), "%")}${chart("Replica memory", d.replicas.map((r) => `rss:${r.id}`), "MB")}</div>
@@ -154,8 +154,8 @@ async function nodesPage(view) {
   const [nodes, ms] = await Promise.all([api("/api/v1/nodes"), last ? last.ms : sample()]);
   const g = (n) => sum(ms, n);
   const used = (n, k) => `${+n.allocated[k].toFixed(2)} / ${n.capacity[k]}`;
-  view.replaceChildren($(`<div><h2>Nodes</h2><table id="nodes"><tr><th>node</th><th>state</th><th>address</th><th>zone</th><th>type</th><th>CPU</th><th>memory (MB)</th><th>GPU</th><th>replicas</th><th>$/hour</th></tr>
-    ${nodes.map((n) => `<tr><td>${esc(n.id)}</td><td class="${esc(n.state)}">${esc(n.state)}</td><td>${esc(n.address)}</td><td>${esc(n.zone || "-")}</td><td>${esc(n.instance_type || "-")}</td><td>${used(n, "cpu")}</td><td>${used(n, "memory_mb")}</td><td>${used(n, "gpus")}${n.gpu_type ? " " + esc(n.gpu_type) : ""}</td><td>${n.replicas}</td><td>${n.cost_per_hour.toFixed(3)}</td></tr>`).join("")}</table>
+  view.replaceChildren($(`<div><h2>Nodes</h2><table id="nodes"><tr><th>node</th><th>state</th><th>address</th><th>zone</th><th>type</th><th>CPU</th><th>memory (MB)</th><th>GPU</th><th>replicas</th><th>$/hour</th><th>maintenance</th></tr>
+    ${nodes.map((n) => `<tr><td>${esc(n.id)}</td><td class="${esc(n.state)}">${esc(n.state)}</td><td>${esc(n.address)}</td><td>${esc(n.zone || "-")}</td><td>${esc(n.instance_type || "-")}</td><td>${used(n, "cpu")}</td><td>${used(n, "memory_mb")}</td><td>${used(n, "gpus")}${n.gpu_type ? " " + esc(n.gpu_type) : ""}</td><td>${n.replicas}</td><td>${n.cost_per_hour.toFixed(3)}</td><td>${esc(n.maintenance || "")}</td></tr>`).join("")}</table>
     <h3>This machine</h3><table id="machine"><tr><th>CPU</th><th>memory</th><th>network in / out</th><th>replica processes</th></tr>
     <tr><td>${fmt(g("modelplane_node_cpu_percent"), "%")}</td><td>${fmt(g("modelplane_node_memory_used_bytes"), "MB")} of ${fmt(g("modelplane_node_memory_total_bytes"), "MB")}</td>
     <td>${fmt(g("modelplane_node_network_received_bytes_total"), "MB")} / ${fmt(g("modelplane_node_network_sent_bytes_total"), "MB")}</td><td>${g("modelplane_replicas")}</td></tr></table>
