@@ -48,6 +48,13 @@ def test_two_node_ray_cluster(ray_cluster: RayCluster, server_factory, iris_file
     assert len({r["node"] for r in replicas}) == 2  # one per node: losing one never stops it
     assert all(by_node[r["node"]]["allocated"]["cpu"] == 1 for r in replicas)
     assert _infer(server)
+    # replicas on Ray report their own usage, and that of their node
+    metrics = httpx.get(f"{server.url}/metrics", headers=server.auth, timeout=30).text
+    for r in replicas:
+        assert f'modelplane_replica_resident_memory_bytes{{model="iris",replica="{r["id"]}"' in (
+            metrics.replace(',version="1"', "")
+        ), metrics
+        assert f'modelplane_node_memory_total_bytes{{node="{r["node"]}"}}' in metrics
 
     # lose the second node: its replica comes back on the first within the health bound
     lost_ip = "127.0.0.3"

@@ -17,6 +17,7 @@ from modelplane.protocol import frames, v2
 from modelplane.runtime import BatchStats, Runtime
 from modelplane.telemetry.histogram import Histogram
 from modelplane.telemetry.logs import LogWriter, now_iso
+from modelplane.telemetry.usage import Usage
 
 JSON_OK = 200
 
@@ -86,6 +87,7 @@ class DataPlane:
         self.inference_count = 0
         self.failure_count = 0
         self.load_seconds = 0.0
+        self._usage = Usage()
         self.request_seconds = Histogram()
 
     def load(self) -> None:
@@ -121,6 +123,7 @@ class DataPlane:
             doc["queue_seconds"] = batching.queue_seconds.snapshot()
             doc["compute_seconds"] = batching.compute_seconds.snapshot()
             doc["queue_depth"] = batching.queue_depth
+        doc.update(self._usage.report())
         return doc
 
     async def infer(

@@ -33,6 +33,7 @@ class ReplicaSample:
     stats: dict[str, Any] | None
     bytes_in: int = 0
     bytes_out: int = 0
+    node: str = ""
 
 
 @dataclass
@@ -220,6 +221,12 @@ class _ReplicaCollector(Collector):
             net_out.add_metric(values, r.bytes_out)
             proc = self._metrics.process(r.pid) if r.pid else None
             if proc is None:
+                # a replica on another machine: what it reports about itself
+                own = (r.stats or {}).get("process")
+                if own:
+                    cpu.add_metric(values, own["cpu_percent"])
+                    rss.add_metric(values, own["rss_bytes"])
+                    fds.add_metric(values, own["open_fds"])
                 continue
             try:
                 with proc.oneshot():
@@ -234,7 +241,12 @@ class _ReplicaCollector(Collector):
         for state, count in sorted(snap.states.items()):
             states.add_metric([state], count)
         yield states
-        yield from _node()
+        remote = {
+            r.node: r.stats["node"]
+            for r in snap.replicas
+            if not r.pid and r.node and r.stats and "node" in r.stats
+        }
+        yield from _node(remote)
 
 
 def _open_files() -> int:
@@ -245,20 +257,35 @@ def _open_files() -> int:
         return 0
 
 
-def _node() -> Iterator[Any]:
+NODE_SERIES = (
+    ("modelplane_node_cpu_percent", "Node CPU (% of all cores)", "cpu_percent", "g"),
+    ("modelplane_node_memory_used_bytes", "Node memory in use", "memory_used_bytes", "g"),
+    ("modelplane_node_memory_total_bytes", "Node memory", "memory_total_bytes", "g"),
+    ("modelplane_node_network_received_bytes", "Node bytes received", "network_received_bytes",
+     "c"),
+    ("modelplane_node_network_sent_bytes", "Node bytes sent", "network_sent_bytes", "c"),
+    ("modelplane_node_open_fds", "Open file handles on the node", "open_fds", "g"),
+)  # fmt: skip
+
+
+def _node(remote: dict[str, dict[str, Any]]) -> Iterator[Any]:
+    """This machine as ``local``, and each other node as its replicas report it."""
     memory = psutil.virtual_memory()
     net = psutil.net_io_counters()
-    node = "local"
-    for name, doc, value, kind in (
-        ("modelplane_node_cpu_percent", "Node CPU (% of all cores)", psutil.cpu_percent(None), "g"),
-        ("modelplane_node_memory_used_bytes", "Node memory in use", memory.used, "g"),
-        ("modelplane_node_memory_total_bytes", "Node memory", memory.total, "g"),
-        ("modelplane_node_network_received_bytes", "Node bytes received", net.bytes_recv, "c"),
-        ("modelplane_node_network_sent_bytes", "Node bytes sent", net.bytes_sent, "c"),
-        ("modelplane_node_open_fds", "Open file handles on the node", _open_files(), "g"),
-    ):
+    here = {
+        "cpu_percent": psutil.cpu_percent(None),
+        "memory_used_bytes": memory.used,
+        "memory_total_bytes": memory.total,
+        "network_received_bytes": net.bytes_recv,
+        "network_sent_bytes": net.bytes_sent,
+        "open_fds": _open_files(),
+    }
+    for name, doc, key, kind in NODE_SERIES:
         family: Any = (GaugeMetricFamily if kind == "g" else CounterMetricFamily)(
             name, doc, labels=["node"]
         )
-        family.add_metric([node], value)
+        family.add_metric(["local"], here[key])
+        for node, values in sorted(remote.items()):
+            if key in values:
+                family.add_metric([node], values[key])
         yield family

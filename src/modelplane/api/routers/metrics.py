@@ -31,6 +31,7 @@ def create_router(services: Services) -> APIRouter:
                 samples.append(ReplicaSample(
                     route.name, route.version, endpoint.replica_id,
                     replica.pid if replica else None, stats, bytes_in, bytes_out,
+                    replica.node if replica else "",
                 ))  # fmt: skip
         states = Counter(r.state.value for r in replicas.values())
         states["pending"] = controller.pending_count()
