@@ -5,7 +5,8 @@ Nodes are the Ray cluster's nodes. Capacity comes from Ray's resources; ``zone``
 ``instance_type``, ``cost_per_hour`` and ``gpu_type`` from the node's labels
 (``ray start --labels zone=eu-1,instance_type=m5.xlarge,cost_per_hour=0.192``). A node is lost
 when Ray says it is dead or its raylet stops answering ``health_failure_threshold`` probes in a
-row. Replica actors are detached and named ``replica-<id>`` in the configured namespace, so a
+row (at once when its port refuses connections: the machine is up, the raylet is not). Replica
+actors are detached and named ``replica-<id>`` in the configured namespace, so a
 restarted ``serve`` adopts the ones it finds (they share the replica token kept in
 ``$MODELPLANE_HOME/replica.token``) and the controller removes those no deployment wants.
 """
@@ -141,35 +142,41 @@ class RayExecutor:
     async def nodes(self) -> list[Node]:
         await self._ensure()
         raw = await asyncio.to_thread(self._ray.nodes)
-        checks = await asyncio.gather(*(self._raylet_up(n) for n in raw))
+        checks = await asyncio.gather(*(self._raylet_probe(n) for n in raw))
+        threshold = self._settings.scheduler.health_failure_threshold
         nodes = []
-        for entry, up in zip(raw, checks, strict=True):
+        for entry, probe_result in zip(raw, checks, strict=True):
             full = entry["NodeID"]
             short = full[:12]
             self._full_ids[short] = full
-            if up:
+            if probe_result == "up":
                 self._raylet_failures[short] = 0
+            elif probe_result == "refused":
+                # the machine answers but its raylet is gone: no need to wait for more probes
+                self._raylet_failures[short] = threshold
             else:
                 self._raylet_failures[short] += 1
-            threshold = self._settings.scheduler.health_failure_threshold
             lost = not entry["Alive"] or self._raylet_failures[short] >= threshold
             nodes.append(_node(entry, short, NodeState.LOST if lost else NodeState.HEALTHY))
         self._lost = {n.id for n in nodes if n.state == NodeState.LOST}
         return nodes
 
-    async def _raylet_up(self, entry: dict[str, Any]) -> bool:
+    async def _raylet_probe(self, entry: dict[str, Any]) -> str:
+        """``up``, ``refused`` (nothing listens: the raylet died) or ``timeout``."""
         if not entry["Alive"]:
-            return False
+            return "refused"
         timeout = self._settings.scheduler.health_timeout_s
         try:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(entry["NodeManagerAddress"], entry["NodeManagerPort"]),
                 timeout,
             )
+        except ConnectionRefusedError:
+            return "refused"
         except (OSError, TimeoutError):
-            return False
+            return "timeout"
         writer.close()
-        return True
+        return "up"
 
     # ---- replicas -----------------------------------------------------------------------------
     async def start(self, spec: ReplicaSpec) -> Replica:
