@@ -235,3 +235,25 @@ async def test_draining_a_node_moves_its_replicas_without_a_gap(platform, iris_b
     services.nodes.uncordon(victim)
     await controller.step()
     assert {n.id: n.state.value for n in controller.nodes()}[victim] == "healthy"
+
+
+async def test_only_failures_spend_the_restart_budget(platform, iris_bytes) -> None:
+    services = platform.services
+    await services.registry.push(PushRequest("iris"), body(iris_bytes))
+    services.deployments.apply(ModelRef("iris"), replicas=8)
+    executor, table, clock = FakeExecutor(cpus=16), RoutingTable(), [0.0]
+    controller = Controller(
+        services.deployments, executor, table, lambda d: services.settings.blob_dir / d,
+        max_starts_per_minute=3, clock=lambda: clock[0],
+    )  # fmt: skip
+    await controller.step()
+    await controller.step()
+    await controller.step()
+    assert len(executor.started) == 8  # a healthy scale-up is not held back
+    executor.set_all(ReplicaState.FAILED)
+    for _ in range(5):
+        await controller.step()
+    assert len(executor.started) == 8  # 8 failures in a minute: backing off
+    clock[0] += 61
+    await controller.step()
+    assert len(executor.started) == 11  # the minute passed: 3 more tries

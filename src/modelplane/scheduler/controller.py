@@ -89,7 +89,10 @@ class Controller:
         self._drain_timeout = drain_timeout_s
         self._clock = clock
         self.load: LoadSource = load or NoLoad()
-        self._starts: defaultdict[str, deque[float]] = defaultdict(deque)
+        # failures per deployment in the last minute: a crash loop backs off, a healthy
+        # scale-up or rolling update of many replicas does not
+        self._failures: defaultdict[str, deque[float]] = defaultdict(deque)
+        self._counted: set[str] = set()
         self._wake = asyncio.Event()
         self._observed: list[Replica] = []
         self._live_ids: set[str] = set()
@@ -185,9 +188,14 @@ class Controller:
         observed, nodes = await asyncio.gather(self._executor.observe(), self._executor.nodes())
         self._nodes = [self._maintenance(n) for n in nodes]
         self._live_ids = {r.id for r in observed}
+        self._counted &= self._live_ids
         for replica in observed:
             if replica.state == ReplicaState.FAILED and replica.message:
                 self._last_failure[replica.deployment] = replica.message
+            failing = replica.state in (ReplicaState.FAILED, ReplicaState.UNHEALTHY)
+            if failing and replica.id not in self._counted:
+                self._counted.add(replica.id)
+                self._failures[replica.deployment].append(self._clock())
         return [
             replace(r, state=ReplicaState.DRAINING)
             if r.id in self._draining and r.state != ReplicaState.FAILED
@@ -265,7 +273,7 @@ class Controller:
         self._pending = dict(pending)
 
     def _forget(self, by_name: dict[str, DeploymentRecord]) -> None:
-        for table in (self._scale, self._load_seen, self._starts):
+        for table in (self._scale, self._load_seen, self._failures):
             for name in [n for n in table if n not in by_name]:
                 del table[name]
 
@@ -273,7 +281,7 @@ class Controller:
         now = self._clock()
         budget = {}
         for d in desired:
-            history = self._starts[d.name]
+            history = self._failures[d.name]
             while history and now - history[0] > 60.0:
                 history.popleft()
             budget[d.name] = max(0, self._max_starts - len(history))
@@ -293,7 +301,6 @@ class Controller:
             node=action.node,
             resources=d.resources,
         )
-        self._starts[spec.deployment].append(self._clock())
         self._placements[spec.replica_id] = action.reason
         self._event(spec.deployment, "start", spec.replica_id, f"{version.ref} on {action.reason}")
         log.info("starting replica %s of %s (%s) on %s", spec.replica_id, spec.deployment,
