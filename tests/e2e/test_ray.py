@@ -48,6 +48,16 @@ def test_two_node_ray_cluster(ray_cluster: RayCluster, server_factory, iris_file
     assert len({r["node"] for r in replicas}) == 2  # one per node: losing one never stops it
     assert all(by_node[r["node"]]["allocated"]["cpu"] == 1 for r in replicas)
     assert _infer(server)
+    # replica logs are collected from the nodes: the request id in the response finds its line
+    sent = httpx.post(f"{server.url}/v2/models/iris/infer", json=GOOD, timeout=30,
+                      headers={**server.auth, "X-Request-Id": "ray-request-1"})  # fmt: skip
+    assert sent.headers["x-request-id"] == "ray-request-1"
+
+    def logged() -> bool:
+        found = server.cli("deployments", "logs", "iris", "--json").stdout
+        return '"request_id": "ray-request-1"' in found
+
+    wait_for(logged, timeout=30)
     # replicas on Ray report their own usage, and that of their node
     metrics = httpx.get(f"{server.url}/metrics", headers=server.auth, timeout=30).text
     for r in replicas:

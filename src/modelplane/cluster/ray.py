@@ -29,6 +29,7 @@ from modelplane.cluster.local import replica_arguments
 from modelplane.domain import Node, NodeState, Replica, ReplicaState, Resources
 from modelplane.serving.replica_client import probe
 from modelplane.settings import Settings
+from modelplane.telemetry.logs import LogWriter
 
 log = logging.getLogger("modelplane.ray")
 
@@ -42,6 +43,7 @@ class _Actor:
     handle: Any
     address: Any = None  # ObjectRef of the actor's address() call while starting
     failures: int = 0
+    log: LogWriter | None = None  # the control plane's copy of the replica's log
 
 
 def _node_ip(address: str) -> str | None:
@@ -236,6 +238,9 @@ class RayExecutor:
         entry = self._actors.pop(replica_id, None)
         if entry is None:
             return
+        await self._collect_log(entry)  # its last lines
+        if entry.log is not None:
+            entry.log.close()
         if entry.replica.node not in self._lost:  # a lost node's actor cannot answer
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(entry.handle.stop.remote(), 10.0)
@@ -248,7 +253,27 @@ class RayExecutor:
         checked = await asyncio.gather(*(self._check(e) for e in entries))
         for entry, replica in zip(entries, checked, strict=True):
             entry.replica = replica
+        await asyncio.gather(*(self._collect_log(e) for e in entries))
         return list(checked)
+
+    async def _collect_log(self, entry: _Actor) -> None:
+        """Copy the replica's new log lines from its node into ``$MODELPLANE_HOME/logs``, where
+        ``deployments logs`` and the dashboard read them."""
+        replica = entry.replica
+        if not replica.url or replica.node in self._lost:
+            return
+        try:
+            data = await asyncio.wait_for(
+                entry.handle.read_log.remote(), self._settings.scheduler.health_timeout_s
+            )
+        except Exception:  # an actor that does not answer is judged by its health checks
+            return
+        if not data:
+            return
+        if entry.log is None:
+            entry.log = LogWriter(self.log_path(replica.deployment, replica.id))
+        entry.log.write_line(data)
+        entry.log.flush()
 
     async def _check(self, entry: _Actor) -> Replica:
         replica = entry.replica

@@ -41,9 +41,12 @@ class ReplicaActor:
             arguments[arguments.index("--artifact") + 1] = str(path)
         run_dir = Path(tempfile.mkdtemp(prefix="mp-replica-"))
         self.port_file = run_dir / "port"
-        log_file = Path(arguments[arguments.index("--log-file") + 1])
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        self.output = log_file.with_suffix(".out").open("ab")
+        # logs stay on this node, in the actor's own folder; the control plane collects them
+        # (read_log) whether or not it shares a filesystem with this node
+        self.log_file = run_dir / "replica.log"
+        arguments[arguments.index("--log-file") + 1] = str(self.log_file)
+        self._log_reader = LogReader(self.log_file)
+        self.output = (run_dir / "replica.out").open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "modelplane.serving.replica", "--host", self.host,
              "--port", "0", "--port-file", str(self.port_file), *arguments],
@@ -89,6 +92,10 @@ class ReplicaActor:
             return lines[-1] if lines else ""
         return ""
 
+    def read_log(self, limit: int = 4 << 20) -> bytes:
+        """Complete log lines written since the last call (at most ``limit`` bytes)."""
+        return self._log_reader.read(limit)
+
     def poll(self) -> int | None:
         return self.proc.poll()
 
@@ -104,3 +111,38 @@ class ReplicaActor:
                 self.proc.kill()
                 self.proc.wait()
         self.output.close()
+
+
+class LogReader:
+    """Follows a rotated log file (``replica.log`` -> ``replica.log.1``), returning whole lines."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._inode: int | None = None
+        self._offset = 0
+
+    def read(self, limit: int) -> bytes:
+        try:
+            inode = self._path.stat().st_ino
+        except FileNotFoundError:
+            return b""
+        data = b""
+        if self._inode is not None and inode != self._inode:
+            # rotated: finish the old file (now .1) first, then start the new one
+            data = self._chunk(self._path.with_name(self._path.name + ".1"), limit)
+            self._offset = 0
+        self._inode = inode
+        return data + self._chunk(self._path, limit - len(data))
+
+    def _chunk(self, path: Path, limit: int) -> bytes:
+        if limit <= 0:
+            return b""
+        try:
+            with path.open("rb") as f:
+                f.seek(self._offset)
+                data = f.read(limit)
+        except FileNotFoundError:
+            return b""
+        end = data.rfind(b"\n") + 1  # whole lines only; the rest comes next time
+        self._offset += end
+        return data[:end]
