@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from modelplane.telemetry.histogram import Histogram as PlainHistogram
+from modelplane.telemetry.usage import node_usage
 
 LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -270,16 +271,7 @@ NODE_SERIES = (
 
 def _node(remote: dict[str, dict[str, Any]]) -> Iterator[Any]:
     """This machine as ``local``, and each other node as its replicas report it."""
-    memory = psutil.virtual_memory()
-    net = psutil.net_io_counters()
-    here = {
-        "cpu_percent": psutil.cpu_percent(None),
-        "memory_used_bytes": memory.used,
-        "memory_total_bytes": memory.total,
-        "network_received_bytes": net.bytes_recv,
-        "network_sent_bytes": net.bytes_sent,
-        "open_fds": _open_files(),
-    }
+    here: dict[str, float] = {**node_usage(), "open_fds": _open_files()}
     for name, doc, key, kind in NODE_SERIES:
         family: Any = (GaugeMetricFamily if kind == "g" else CounterMetricFamily)(
             name, doc, labels=["node"]

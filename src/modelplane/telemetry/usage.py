@@ -23,13 +23,17 @@ class Usage:
                 "rss_bytes": self._process.memory_info().rss,
                 "open_fds": self._process.num_fds(),
             }
-        memory = psutil.virtual_memory()
-        net = psutil.net_io_counters()
-        node = {
-            "cpu_percent": psutil.cpu_percent(None),
-            "memory_used_bytes": memory.used,
-            "memory_total_bytes": memory.total,
-            "network_received_bytes": net.bytes_recv,
-            "network_sent_bytes": net.bytes_sent,
-        }
-        return {"process": process, "node": node}
+        return {"process": process, "node": node_usage()}
+
+
+def node_usage() -> dict[str, float]:
+    """This machine's CPU (% of all cores since the last call), memory and network counters."""
+    memory = psutil.virtual_memory()
+    net = psutil.net_io_counters()
+    return {
+        "cpu_percent": psutil.cpu_percent(None),
+        "memory_used_bytes": memory.used,
+        "memory_total_bytes": memory.total,
+        "network_received_bytes": net.bytes_recv,
+        "network_sent_bytes": net.bytes_sent,
+    }
