@@ -9,9 +9,7 @@ Writes bench/results/convert-<time>.json and .md and prints the table.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import sys
 import tempfile
 import time
 import warnings
@@ -22,9 +20,7 @@ import numpy as np
 
 from modelplane.convert.runner import ConversionRunner, ConversionSpec
 from modelplane.testing import mlp_onnx
-
-ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results"
+from report import save
 
 
 def build_models(folder: Path) -> dict[str, tuple[Path, str, dict[str, Any]]]:
@@ -127,15 +123,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    RESULTS.mkdir(exist_ok=True)
     result = asyncio.run(run())
-    result["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (RESULTS / f"convert-{stamp}.json").write_text(json.dumps(result, indent=2))
-    table = markdown(result)
-    (RESULTS / f"convert-{stamp}.md").write_text(table)
-    print()
-    print(table)
+    save("convert", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -16,11 +16,9 @@ Writes bench/results/scheduler-<time>.json and .md and prints the table.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,9 +26,8 @@ from scipy.optimize import linprog
 
 from modelplane.domain import Node, PlacementPolicy, Resources
 from modelplane.scheduler.placement import ClusterView, Placed, Request, batch_order, place
+from report import save
 
-ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results"
 ZONES = ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d"]  # one region: one price
 
 
@@ -277,13 +274,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     result = run(args.nodes, args.replicas, args.deployments, args.seed)
-    text = table(result)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (RESULTS / f"scheduler-{stamp}.json").write_text(json.dumps({"args": vars(args), **result},
-                                                                indent=2))  # fmt: skip
-    (RESULTS / f"scheduler-{stamp}.md").write_text(text + "\n")
+    save("scheduler", {"args": vars(args), **result}, table(result))
 
 
 if __name__ == "__main__":

@@ -30,10 +30,10 @@ import onnxruntime as ort
 import psutil
 
 from modelplane.testing import free_port, iris_onnx, mlp_onnx, wait_for
+from report import save
 
 ROOT = Path(__file__).resolve().parent
 WORK = ROOT / ".work"
-RESULTS = ROOT / "results"
 BIN = Path(sys.executable).parent
 CONNECTIONS = (1, 16, 64)
 MLSERVER_VENV = WORK / "mlserver-venv"
@@ -484,8 +484,9 @@ ROUNDS = 8  # paired on/off runs for the telemetry cost
 
 def telemetry_microcost(work: Path, n: int = 200_000) -> dict[str, float]:
     """CPU microseconds the per-request telemetry adds, timed in process on the code the server
-    runs: the replica's JSON log line and the gateway's series (in-flight gauge, status counter,
-    latency histogram). Steady to a few percent, unlike a throughput difference."""
+    runs: the replica's JSON log line and the gateway's series (status counter, latency
+    histogram; in flight is read from the gateway's queue counts at scrape time). Steady to a
+    few percent, unlike a throughput difference."""
     from prometheus_client import CollectorRegistry
 
     from modelplane.telemetry.logs import LogWriter, RequestLog
@@ -505,8 +506,6 @@ def telemetry_microcost(work: Path, n: int = 200_000) -> dict[str, float]:
         log("info", f"req-{i}", "infer", {"status": 200, "ms": 0.123, "bytes_in": 96})
 
     def metrics(i: int) -> None:
-        series.in_flight += 1
-        series.in_flight -= 1
         series.count(200)
         series.latency.observe(0.0004)
 
@@ -645,17 +644,9 @@ def main() -> None:
     parser.add_argument("--skip-mlserver", action="store_true")
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
-    RESULTS.mkdir(exist_ok=True)
     result = run(args.duration, args.skip_mlserver)
     result["targets"] = targets(result)
-    result["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (RESULTS / f"serving-{stamp}.json").write_text(json.dumps(result, indent=2))
-    table = markdown(result)
-    (RESULTS / f"serving-{stamp}.md").write_text(table)
-    print()
-    print(table)
-    print(f"written: bench/results/serving-{stamp}.json and .md")
+    save("serving", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def build(settings: Settings) -> Platform:
     created = ensure_admin_key(keys, settings.admin_key_path)
     executor = make_executor(settings)
     table = RoutingTable()
-    metrics = Metrics(CollectorRegistry())
+    metrics = Metrics(CollectorRegistry(), settings.telemetry.request_metrics)
     controller = Controller(
         deployments,
         executor,
@@ -99,10 +99,7 @@ def build(settings: Settings) -> Platform:
         nodes=nodes,
         on_step=metrics.reconcile.observe,
     )
-    gateway = Gateway(
-        table, executor.token, settings.serving.request_timeout_s, metrics,
-        record_requests=settings.telemetry.request_metrics,
-    )  # fmt: skip
+    gateway = Gateway(table, executor.token, settings.serving.request_timeout_s, metrics)
     controller.load = gateway
     gateway.on_demand = controller.kick
     conversions = ConversionService(sessions, registry, blobs, settings, metrics)

@@ -46,7 +46,9 @@ class ConvertSettings(BaseModel):
 
 class TelemetrySettings(BaseModel):
     request_log: bool = Field(True, description="A JSON log line per inference request")
-    request_metrics: bool = Field(True, description="Per-request Prometheus series")
+    request_metrics: bool = Field(
+        True, description="Per-request series (requests, latency, in flight) in /metrics"
+    )
 
 
 class SchedulerSettings(BaseModel):

@@ -1,4 +1,5 @@
-"""The gateway's per-replica and per-route bookkeeping follows churn instead of growing."""
+"""The gateway's per-replica and per-route bookkeeping: what the autoscaler reads from it, and
+that it follows churn instead of growing."""
 
 from prometheus_client import CollectorRegistry
 
@@ -8,9 +9,21 @@ from modelplane.serving.routing import Endpoint, Route, RoutingTable
 from modelplane.telemetry.metrics import Metrics
 
 
-def route(name: str, *replicas: str) -> Route:
-    return Route(name, name, "1", Signature((), ()), len(replicas),
+def route(name: str, *replicas: str, version: str = "1") -> Route:
+    return Route(name, name, version, Signature((), ()), len(replicas),
                  tuple(Endpoint(r, f"unix:/{r}") for r in replicas))  # fmt: skip
+
+
+def test_load_sums_the_versions_of_a_route() -> None:
+    table = RoutingTable()
+    table.publish([route("a", "r1")])
+    gateway = Gateway(table, "t", 5.0, Metrics(CollectorRegistry()))
+    for version, seconds in (("1", 0.25), ("1", 0.5), ("2", 1.0)):
+        gateway._route_series(route("a", "r1", version=version)).latency.observe(seconds)
+    gateway._queued["a"] = 3
+    assert gateway.load("a") == (3, 1.75, 3)
+    assert gateway.load("b") == (0, 0.0, 0)
+    assert gateway.in_flight() == {"a": 3}
 
 
 def test_prune_forgets_gone_replicas_and_routes_but_keeps_busy_ones() -> None:
@@ -20,7 +33,7 @@ def test_prune_forgets_gone_replicas_and_routes_but_keeps_busy_ones() -> None:
     for rid in ("r1", "r2", "r3"):
         gateway.traffic[rid][0] += 10
     gateway._outstanding["r2"] = 1  # draining, still answering a request
-    gateway._busy["b"][0] += 1.0
+    gateway._route_series(route("b", "r3")).latency.observe(1.0)
     table.publish([route("a", "r1")])  # r2 draining, r3 and route b gone
     gateway.prune({"r1": "unix:/r1", "r2": "unix:/r2"})
     assert set(gateway.traffic) == {"r1", "r2"}

@@ -76,6 +76,7 @@ class RayExecutor:
         self._full_ids: dict[str, str] = {}
         self._raylet_failures: Counter[str] = Counter()
         self._lost: set[str] = set()
+        self._actor_class: Any = None  # ray.remote(ReplicaActor), made once
         self._connected = False
         self._lock = asyncio.Lock()
 
@@ -214,7 +215,9 @@ class RayExecutor:
         if spec.resources.gpus:
             options["num_gpus"] = spec.resources.gpus
         cache = str(self._settings.work_dir / "artifacts")
-        actor = ray.remote(ReplicaActor).options(**options)
+        if self._actor_class is None:
+            self._actor_class = ray.remote(ReplicaActor)
+        actor = self._actor_class.options(**options)
         handle = actor.remote(info, arguments, self._token, [artifact], cache)
         timeout = self._settings.serving.replica_start_timeout_s
         replica = Replica(

@@ -8,6 +8,7 @@ Progress goes to stdout as JSON lines (``{"stage": ...}``); the result to ``repo
 
 from __future__ import annotations
 
+import importlib
 import json
 import resource
 import sys
@@ -20,37 +21,29 @@ import numpy as np
 from modelplane.convert.base import Arrays, Converter, ConvertOptions
 from modelplane.errors import InvalidInput, ModelplaneError, UnsupportedModel
 
+# source format -> (module in modelplane.convert, function); imported only when used, so a
+# worker converting a scikit-learn pipeline never imports torch or TensorFlow
+CONVERTERS = {
+    "sklearn": ("sklearn_source", "convert"),
+    "torchscript": ("torch_source", "convert_torchscript"),
+    "torch-export": ("torch_source", "convert_export"),
+    "keras": ("keras_source", "convert"),
+    "keras-h5": ("keras_source", "convert"),
+    "tensorflow": ("tensorflow_source", "convert"),
+    "onnx-folder": ("onnx_external", "convert"),
+    "transformers": ("transformers_source", "convert"),
+}
+
 
 def _converter(source_format: str) -> Converter:
-    if source_format == "sklearn":
-        from modelplane.convert import sklearn_source
-
-        return sklearn_source.convert
-    if source_format == "torchscript":
-        from modelplane.convert import torch_source
-
-        return torch_source.convert_torchscript
-    if source_format == "torch-export":
-        from modelplane.convert import torch_source
-
-        return torch_source.convert_export
-    if source_format in ("keras", "keras-h5"):
-        from modelplane.convert import keras_source
-
-        return keras_source.convert
-    if source_format == "tensorflow":
-        from modelplane.convert import tensorflow_source
-
-        return tensorflow_source.convert
-    if source_format == "onnx-folder":
-        from modelplane.convert import onnx_external
-
-        return onnx_external.convert
-    if source_format == "transformers":
-        from modelplane.convert import transformers_source
-
-        return transformers_source.convert
-    raise UnsupportedModel(f"converting {source_format} models is not supported yet")
+    found = CONVERTERS.get(source_format)
+    if found is None:
+        raise UnsupportedModel(f"converting {source_format} models is not supported yet")
+    module, function = found
+    converter: Converter = getattr(
+        importlib.import_module(f"modelplane.convert.{module}"), function
+    )
+    return converter
 
 
 EXTRAS = {"sklearn": "sklearn", "torch": "torch", "keras": "keras", "joblib": "sklearn",

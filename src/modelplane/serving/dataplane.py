@@ -84,7 +84,6 @@ class DataPlane:
         self._runtime = runtime
         self._limits = limits
         self.ready = False
-        self.inference_count = 0
         self.failure_count = 0
         self.load_seconds = 0.0
         self._usage = Usage()
@@ -112,7 +111,7 @@ class DataPlane:
         batching = runtime if isinstance(runtime, BatchStats) else None
         sizes = batching.batch_sizes if batching else {}
         doc = {
-            "inference_count": self.inference_count,
+            "inference_count": self.request_seconds.count,
             "failure_count": self.failure_count,
             "execution_count": sum(sizes.values()),
             "batch_sizes": {str(size): count for size, count in sorted(sizes.items())},
@@ -145,7 +144,6 @@ class DataPlane:
         return EncodedResponse(payload, length)
 
     async def _answer_infer(self, frame: frames.RequestFrame) -> frames.ResponseFrame:
-        self.inference_count += 1
         started = time.perf_counter()
         status, error = JSON_OK, None
         try:

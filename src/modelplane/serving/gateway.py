@@ -41,11 +41,9 @@ class Gateway:
         token: str,
         timeout_s: float,
         metrics: Metrics,
-        record_requests: bool = True,
     ) -> None:
         self.table = table
         self._metrics = metrics
-        self._record = record_requests
         self._series: dict[tuple[str, str], RequestSeries] = {}
         self.traffic: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
         self._token = token
@@ -54,16 +52,22 @@ class Gateway:
         self._connecting: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._outstanding: defaultdict[str, int] = defaultdict(int)
         self._queued: defaultdict[str, int] = defaultdict(int)
-        self._busy: defaultdict[str, list[float]] = defaultdict(lambda: [0.0, 0])
         self.on_demand: Callable[[], None] = lambda: None
 
     # ---- what the controller reads (autoscaling and draining) ---------------------------------
     def load(self, name: str) -> tuple[int, float, int]:
-        """Requests in flight now, busy seconds and completed requests so far for ``name``."""
-        busy = self._busy.get(name)
-        if busy is None:
-            return (self._queued.get(name, 0), 0.0, 0)
-        return (self._queued.get(name, 0), busy[0], int(busy[1]))
+        """Requests in flight now, busy seconds and completed requests so far for ``name``
+        (the latency histograms' sums and counts over its versions)."""
+        busy, done = 0.0, 0
+        for (route, _), series in self._series.items():
+            if route == name:
+                busy += series.latency.sum
+                done += series.latency.count
+        return (self._queued.get(name, 0), busy, done)
+
+    def in_flight(self) -> dict[str, int]:
+        """Requests in flight (held, queued or at a replica) per routed name."""
+        return {name: self._queued.get(name, 0) for name in self.table.routes}
 
     def outstanding(self, replica_id: str) -> int:
         return self._outstanding.get(replica_id, 0)
@@ -83,10 +87,8 @@ class Gateway:
         names = set(self.table.routes)
         for key in [k for k in self._series if k[0] not in names]:
             del self._series[key]
-        for name in [n for n in {*self._queued, *self._busy} if n not in names]:
-            if not self._queued.get(name):
-                self._queued.pop(name, None)
-                self._busy.pop(name, None)
+        for name in [n for n, q in self._queued.items() if n not in names and not q]:
+            del self._queued[name]
 
     def route(self, name: str, version: str | None) -> Route:
         route = self.table.get(name)
@@ -127,17 +129,14 @@ class Gateway:
     ) -> Forwarded:
         """Forward an inference to a ready replica. Excess load gets 429 at once; a replica that
         goes away before answering is retried once on another."""
-        series = self._route_series(route) if self._record else None
+        series = self._route_series(route)
         if self._queued[route.name] >= route.max_queued:
-            if series is not None:
-                series.count(429)
+            series.count(429)
             raise Overloaded(
                 f"model {route.name!r} has {route.max_queued} requests in flight, its limit; "
                 "retry after a moment"
             )
         self._queued[route.name] += 1
-        if series is not None:
-            series.in_flight += 1
         started = time.perf_counter()
         status = 500
         try:
@@ -149,14 +148,8 @@ class Gateway:
             raise
         finally:
             self._queued[route.name] -= 1
-            elapsed = time.perf_counter() - started
-            busy = self._busy[route.name]
-            busy[0] += elapsed
-            busy[1] += 1
-            if series is not None:
-                series.in_flight -= 1
-                series.count(status)
-                series.latency.observe(elapsed)
+            series.count(status)
+            series.latency.observe(time.perf_counter() - started)
 
     def _route_series(self, route: Route) -> RequestSeries:
         key = (route.name, route.version)

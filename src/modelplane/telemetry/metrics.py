@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -30,37 +29,39 @@ class ReplicaSample:
     model: str
     version: str
     replica: str
-    pid: int | None
     stats: dict[str, Any] | None
     bytes_in: int = 0
     bytes_out: int = 0
     node: str = ""
+    remote: bool = False  # on another machine: its node's figures come from its report
 
 
 @dataclass
 class Snapshot:
     replicas: list[ReplicaSample] = field(default_factory=list)
     states: dict[str, int] = field(default_factory=dict)
+    in_flight: dict[str, int] = field(default_factory=dict)
 
 
 class RequestSeries:
     """The gateway's counts for one model version. Plain numbers on the hot path (the gateway
     runs on one event loop, so no lock is needed), turned into Prometheus series at scrape time:
-    a request costs well under a microsecond of bookkeeping."""
+    a request costs well under a microsecond of bookkeeping. The autoscaler reads them too."""
 
-    __slots__ = ("codes", "in_flight", "latency")
+    __slots__ = ("codes", "latency")
 
     def __init__(self) -> None:
         self.codes: dict[int, int] = {}
         self.latency = PlainHistogram(LATENCY)
-        self.in_flight = 0
 
     def count(self, status: int) -> None:
         self.codes[status] = self.codes.get(status, 0) + 1
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, export_requests: bool = True) -> None:
+        """``export_requests`` False leaves the per-request series out of ``/metrics`` (the
+        gateway still counts them: the autoscaler reads them)."""
         self.registry = registry
         self._requests: dict[tuple[str, str], RequestSeries] = {}
         self.unrouted = Counter(
@@ -79,9 +80,9 @@ class Metrics:
             buckets=LATENCY, registry=registry,
         )  # fmt: skip
         self.snapshot = Snapshot()
-        self._processes: dict[int, psutil.Process] = {}
         registry.register(_ReplicaCollector(self))
-        registry.register(_RequestCollector(self))
+        if export_requests:
+            registry.register(_RequestCollector(self))
 
     def requests(self, model: str, version: str) -> RequestSeries:
         """The request series of a routed model version (created on first use)."""
@@ -92,22 +93,6 @@ class Metrics:
 
     def request_series(self) -> list[tuple[tuple[str, str], RequestSeries]]:
         return list(self._requests.items())
-
-    def keep_processes(self, pids: set[int]) -> None:
-        """Forget the processes of replicas that are gone."""
-        for pid in [p for p in self._processes if p not in pids]:
-            del self._processes[pid]
-
-    def process(self, pid: int) -> psutil.Process | None:
-        proc = self._processes.get(pid)
-        if proc is None:
-            try:
-                proc = psutil.Process(pid)
-                proc.cpu_percent(None)
-            except psutil.Error:
-                return None
-            self._processes[pid] = proc
-        return proc
 
 
 def _histogram(
@@ -150,19 +135,17 @@ class _RequestCollector(Collector):
             "modelplane_requests", "Inference requests by model, version and status code",
             labels=["model", "version", "code"],
         )  # fmt: skip
-        in_flight: dict[str, int] = {}
         latency = []
         for (model, version), series in self._metrics.request_series():
             for code, count in sorted(series.codes.items()):
                 requests.add_metric([model, version, str(code)], count)
-            in_flight[model] = in_flight.get(model, 0) + series.in_flight
             latency.append(([model, version], series.latency.snapshot()))
         yield requests
         doc = "Gateway time of an inference request"
         yield _histogram("modelplane_request_duration_seconds", doc, ["model", "version"], latency)
         gauge = GaugeMetricFamily("modelplane_requests_in_flight",
                                   "Inference requests being served", labels=["model"])  # fmt: skip
-        for model, count in sorted(in_flight.items()):
+        for model, count in sorted(self._metrics.snapshot.in_flight.items()):
             gauge.add_metric([model], count)
         yield gauge
 
@@ -220,23 +203,11 @@ class _ReplicaCollector(Collector):
             values = [r.model, r.version, r.replica]
             net_in.add_metric(values, r.bytes_in)
             net_out.add_metric(values, r.bytes_out)
-            proc = self._metrics.process(r.pid) if r.pid else None
-            if proc is None:
-                # a replica on another machine: what it reports about itself
-                own = (r.stats or {}).get("process")
-                if own:
-                    cpu.add_metric(values, own["cpu_percent"])
-                    rss.add_metric(values, own["rss_bytes"])
-                    fds.add_metric(values, own["open_fds"])
-                continue
-            try:
-                with proc.oneshot():
-                    cpu.add_metric(values, proc.cpu_percent(None))
-                    rss.add_metric(values, proc.memory_info().rss)
-                    fds.add_metric(values, proc.num_fds())
-            except psutil.Error:
-                continue
-        self._metrics.keep_processes({r.pid for r in snap.replicas if r.pid})
+            own = (r.stats or {}).get("process")  # what the replica reads of itself (psutil)
+            if own:
+                cpu.add_metric(values, own["cpu_percent"])
+                rss.add_metric(values, own["rss_bytes"])
+                fds.add_metric(values, own["open_fds"])
         yield from (cpu, rss, fds, net_in, net_out)
         states = GaugeMetricFamily("modelplane_replicas", "Replicas by state", labels=["state"])
         for state, count in sorted(snap.states.items()):
@@ -245,7 +216,7 @@ class _ReplicaCollector(Collector):
         remote = {
             r.node: r.stats["node"]
             for r in snap.replicas
-            if not r.pid and r.node and r.stats and "node" in r.stats
+            if r.remote and r.node and r.stats and "node" in r.stats
         }
         yield from _node(remote)
 

@@ -29,7 +29,7 @@ def test_ramp_scales_up_after_the_delay_and_never_past_max() -> None:
     assert counts == sorted(counts)  # a ramp only ever adds
     assert counts[-1] == 5
     assert max(counts) == 5
-    assert counts[10] < 5  # the look-back average trails the ramp
+    assert counts[10] < 5  # each step up waits for the upscale delay, so it trails the ramp
 
 
 def test_a_short_spike_does_not_scale() -> None:
@@ -62,7 +62,7 @@ def test_scale_to_zero_and_back_on_the_first_request() -> None:
     counts = run(policy, lambda t: 1.0 if t < 5 or t == 60 else 0.0, 70)
     assert counts[4] == 1
     zero = counts.index(0)
-    assert zero >= 5 + 20  # idle for the downscale delay (plus the look-back)
+    assert zero >= 5 + 20  # idle for the whole downscale delay first
     assert counts[59] == 0
     assert counts[60] == 1  # the held request brings one replica at once, no upscale delay
 

@@ -29,13 +29,13 @@ def create_router(services: Services) -> APIRouter:
                 replica = replicas.get(endpoint.replica_id)
                 bytes_in, bytes_out = gateway.traffic[endpoint.replica_id]
                 samples.append(ReplicaSample(
-                    route.name, route.version, endpoint.replica_id,
-                    replica.pid if replica else None, stats, bytes_in, bytes_out,
-                    replica.node if replica else "",
+                    route.name, route.version, endpoint.replica_id, stats, bytes_in, bytes_out,
+                    node=replica.node if replica else "",
+                    remote=replica is not None and replica.pid is None,
                 ))  # fmt: skip
         states = Counter(r.state.value for r in replicas.values())
         states["pending"] = controller.pending_count()
-        metrics.snapshot = Snapshot(samples, dict(states))
+        metrics.snapshot = Snapshot(samples, dict(states), gateway.in_flight())
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return router
