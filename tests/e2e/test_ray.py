@@ -85,6 +85,10 @@ def test_two_node_ray_cluster(ray_cluster: RayCluster, server_factory, iris_file
     events = [e["reason"] for e in _deployment(server)["events"] if e["action"] == "stop"]
     assert f"node {lost} lost" in events
 
+    # the lost node's replica process goes with its actor's worker: nothing left behind there
+    wait_for(lambda: len(replica_processes()) == 2, timeout=60)
+    print(f"lost node's replica process gone after {time.monotonic() - killed:.1f}s")
+
     # serve dies outright: the next one adopts the running replicas instead of leaking them
     before = sorted(r["id"] for r in _deployment(server)["replicas"])
     server.stop(signal.SIGKILL)
