@@ -129,6 +129,8 @@ RAY = Path(sys.executable).parent / "ray"  # installed with the ray extra
 class RayCluster:
     temp: Path
     port: int = field(default_factory=free_port)
+    # every process seen in it: workers outlive a killed raylet, and are stopped too
+    seen: dict[int, psutil.Process] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
@@ -162,6 +164,7 @@ class RayCluster:
                 found.update({c.pid: c for c in root.children(recursive=True)})
             except psutil.Error:
                 continue
+        self.seen.update(found)
         return list(found.values())
 
     def raylet(self, ip: str) -> psutil.Process:
@@ -175,7 +178,8 @@ class RayCluster:
         raise AssertionError(f"no raylet for {ip}")
 
     def stop(self) -> None:
-        procs = self.processes()
+        self.processes()
+        procs = [p for p in self.seen.values() if p.is_running()]  # is_running checks pid reuse
         for proc in procs:
             try:
                 proc.terminate()

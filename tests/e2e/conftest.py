@@ -42,18 +42,20 @@ class Server:
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
         # the tests check behaviour, not this 2-core machine's capacity: offer replicas 32 CPUs
-        # unless a test says otherwise (the capacity tests do)
+        # unless a test says otherwise (the capacity tests do), and give health probes 5 s, as
+        # load tests saturate both cores (a crash is seen at once either way: the process exits)
         return {**env, "MODELPLANE_HOME": str(self.home), "MODELPLANE_URL": self.url,
-                "MODELPLANE_SCHEDULER__NODE_CPUS": "32", **self.env}  # fmt: skip
+                "MODELPLANE_SCHEDULER__NODE_CPUS": "32",
+                "MODELPLANE_SCHEDULER__HEALTH_TIMEOUT_S": "5", **self.env}  # fmt: skip
 
-    def start(self, *args: str) -> None:
+    def start(self, *args: str, timeout: float = 120) -> None:
         with (self.home.parent / "serve.log").open("ab") as log:
             self.proc = subprocess.Popen(
                 [str(BIN / "modelplane"), "serve", "--port", str(self.port),
                  "--grpc-port", str(self.grpc_port), *args],
                 env=self._env(), stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
-        wait_for(self.ready, timeout=60)
+        wait_for(self.ready, timeout=timeout)
 
     def ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
@@ -67,7 +69,12 @@ class Server:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()  # never left running for the next tests
+                self.proc.wait()
+                raise
         self.proc = None
 
     def cli(
@@ -84,7 +91,7 @@ class Server:
         assert result.returncode == 0, result.stderr
 
     def deployment(self, name: str) -> dict[str, object]:
-        response = httpx.get(f"{self.url}/api/v1/deployments/{name}", headers=self.auth)
+        response = httpx.get(f"{self.url}/api/v1/deployments/{name}", headers=self.auth, timeout=30)
         response.raise_for_status()
         result: dict[str, object] = response.json()
         return result
@@ -109,9 +116,11 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for the read-mostly tests of a module (saves the start-up time)."""
     home = tmp_path_factory.mktemp("shared") / "home"
     server = Server(home, {"MODELPLANE_SERVING__MAX_REQUEST_BYTES": "65536"})
-    server.start()
-    yield server
-    server.stop()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

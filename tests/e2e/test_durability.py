@@ -30,6 +30,14 @@ def replica_pids(server) -> list[int]:
     return [int(r["pid"]) for r in server.deployment("iris")["replicas"]]  # type: ignore[index]
 
 
+def alive(pid: int) -> bool:
+    """Running, not exited-and-waiting-to-be-reaped."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_restart_brings_deployments_back_without_a_push(server_factory, iris_file) -> None:
     server = server_factory()
     server.start()
@@ -39,8 +47,7 @@ def test_restart_brings_deployments_back_without_a_push(server_factory, iris_fil
     old_pids = replica_pids(server)
 
     server.stop()  # a clean stop takes its replicas with it
-    for pid in old_pids:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    assert not any(alive(pid) for pid in old_pids)
 
     server.start()
     wait_for(lambda: server.deployment("iris")["state"] == "ready", timeout=60)
@@ -68,7 +75,7 @@ def test_kill_9_during_a_push_leaves_a_consistent_registry(server_factory, iris_
         server.stop(signal.SIGKILL)
 
     # the orphaned replicas notice and exit by themselves
-    wait_for(lambda: not any(psutil.pid_exists(p) for p in old_pids), timeout=15)
+    wait_for(lambda: not any(alive(p) for p in old_pids), timeout=30)
 
     server.start()
     assert list(staging.iterdir()) == []

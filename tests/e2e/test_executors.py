@@ -109,7 +109,7 @@ async def test_executor_contract(executor: ReplicaExecutor, tmp_path: Path, iris
     await executor.start(second)
     await until(executor, second.replica_id, ReplicaState.READY)
     await executor.stop(second.replica_id)
-    for _ in range(50):
+    for _ in range(150):  # up to 30 s
         if replica_process(second.replica_id) is None:
             break
         await asyncio.sleep(0.2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
@@ -42,20 +43,22 @@ def loaded(tmp_path_factory, iris_bytes) -> Any:
     from tests.e2e.conftest import Server
 
     server = Server(tmp_path_factory.mktemp("metrics") / "home")
-    server.start()
-    path = server.home.parent / "iris.onnx"
-    path.write_bytes(iris_bytes)
-    assert server.cli("push", str(path), "--name", "iris").returncode == 0
-    assert server.cli("deploy", "iris").returncode == 0
-    with httpx.Client(base_url=server.url, headers=server.auth) as client:
-        for _ in range(37):
-            assert client.post("/v2/models/iris/infer", json=GOOD).status_code == 200
-        for _ in range(5):
-            assert client.post("/v2/models/iris/infer", json=BAD).status_code == 400
-        for i in range(3):
-            assert client.post(f"/v2/models/ghost{i}/infer", json=GOOD).status_code == 404
-    yield server
-    server.stop()
+    try:
+        server.start()
+        path = server.home.parent / "iris.onnx"
+        path.write_bytes(iris_bytes)
+        assert server.cli("push", str(path), "--name", "iris").returncode == 0
+        assert server.cli("deploy", "iris").returncode == 0
+        with httpx.Client(base_url=server.url, headers=server.auth, timeout=30) as client:
+            for _ in range(37):
+                assert client.post("/v2/models/iris/infer", json=GOOD).status_code == 200
+            for _ in range(5):
+                assert client.post("/v2/models/iris/infer", json=BAD).status_code == 400
+            for i in range(3):
+                assert client.post(f"/v2/models/ghost{i}/infer", json=GOOD).status_code == 404
+        yield server
+    finally:
+        server.stop()
 
 
 def test_metrics_count_what_was_sent(loaded) -> None:
@@ -129,40 +132,44 @@ scrape_configs:
 
 
 def test_logs_follow_requests_with_their_ids(loaded) -> None:
+    import queue
     import subprocess as sp
     import sys
+    import threading
 
     follower = sp.Popen(
         [str(Path(sys.executable).parent / "modelplane"), "deployments", "logs", "iris",
-         "--follow", "--since", "1s"],
+         "--follow", "--since", "10m"],
         env=loaded._env(), stdout=sp.PIPE, text=True,
     )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    out = follower.stdout
+    assert out is not None
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in out], daemon=True)
+    reader.start()
     try:
-        # the follower subscribes; a fixed pause is enough since it also replays the last
-        # second, and the test then waits for the lines themselves, not for time
-        wait_for(lambda: follower.poll() is None, timeout=5)
+        # the follower replays the last 10 minutes, then follows: whenever it subscribes, it
+        # shows both requests, each with its id
         response = httpx.post(f"{loaded.url}/v2/models/iris/infer", headers=loaded.auth,
-                              json=GOOD)  # fmt: skip
+                              json=GOOD, timeout=30)  # fmt: skip
         generated = response.headers["x-request-id"]
         mine = httpx.post(
             f"{loaded.url}/v2/models/iris/infer",
             headers={**loaded.auth, "X-Request-Id": "trace-me-7"},
             json=BAD,
+            timeout=30,
         )
         assert mine.headers["x-request-id"] == "trace-me-7"
         seen: list[str] = []
-        assert follower.stdout is not None
         while not any("trace-me-7" in line for line in seen):
-            line = follower.stdout.readline()
-            assert line, "the follower stopped"
-            seen.append(line)
+            seen.append(lines.get(timeout=60))  # raises queue.Empty if the line never comes
         assert any(generated in line and "status=200" in line for line in seen)
         assert any("trace-me-7" in line and "status=400" in line for line in seen)
     finally:
         follower.terminate()
         follower.wait(timeout=10)
-        assert follower.stdout is not None
-        follower.stdout.close()
+        reader.join(timeout=10)  # it ends with the output
+        out.close()
     # the same records through the API, filtered
     records = httpx.get(f"{loaded.url}/api/v1/deployments/iris/logs", headers=loaded.auth,
                         params={"level": "warning", "since": "10m"}).json()  # fmt: skip
@@ -181,14 +188,15 @@ def test_replica_cpu_agrees_with_psutil(loaded) -> None:
     stop = threading.Event()
 
     def load() -> None:
-        with httpx.Client(base_url=loaded.url, headers=loaded.auth) as client:
+        with httpx.Client(base_url=loaded.url, headers=loaded.auth, timeout=30) as client:
             while not stop.is_set():
-                client.post("/v2/models/iris/infer", json=GOOD)
+                with contextlib.suppress(httpx.HTTPError):
+                    client.post("/v2/models/iris/infer", json=GOOD)
 
     threads = [threading.Thread(target=load) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(3.0)
+    time.sleep(6.0)  # long enough that the two windows' few ms of offset are noise
     stop.set()
     for t in threads:
         t.join()

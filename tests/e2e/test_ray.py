@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,11 +21,15 @@ pytestmark = pytest.mark.e2e
 GOOD = IRIS_REQUEST
 
 
-def replica_processes() -> list[psutil.Process]:
+def replica_processes(home: Path) -> list[psutil.Process]:
+    """Live replica processes started on Ray for the server at ``home`` (their artifact is
+    under it); exited ones not yet reaped do not count."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.process_iter(["cmdline", "status"]):
         cmdline = proc.info["cmdline"] or []
-        if "modelplane.serving.replica" in cmdline and "--port-file" in cmdline:
+        if ("modelplane.serving.replica" in cmdline and "--port-file" in cmdline
+                and any(str(home) in arg for arg in cmdline)
+                and proc.info["status"] != psutil.STATUS_ZOMBIE):  # fmt: skip
             found.append(proc)
     return found
 
@@ -35,13 +40,15 @@ def test_two_node_ray_cluster(ray_cluster: RayCluster, server_factory, iris_file
     server.start(*args)
     assert server.cli("push", str(iris_file), "--name", "iris").returncode == 0
 
+    wait_for(lambda: len(_nodes(server)) == 2, timeout=60)  # once serve has joined the cluster
     nodes = _nodes(server)
     assert sorted(n["address"] for n in nodes) == ["127.0.0.2", "127.0.0.3"]
     assert {n["zone"] for n in nodes} == {"zone-a", "zone-b"}
     assert sorted(n["cost_per_hour"] for n in nodes) == [0.1, 0.2]
     assert all(n["capacity"]["cpu"] == 2 and n["state"] == "healthy" for n in nodes)
 
-    deployed = server.cli("deploy", "iris", "--replicas", "2", "--cpu", "1", "--timeout", "120")
+    deployed = server.cli("deploy", "iris", "--replicas", "2", "--cpu", "1", "--timeout", "120",
+                          "--payload-log-rate", "1")  # fmt: skip
     assert deployed.returncode == 0, deployed.stderr
     replicas = _deployment(server)["replicas"]
     by_node = {n["id"]: n for n in _nodes(server)}
@@ -58,6 +65,10 @@ def test_two_node_ray_cluster(ray_cluster: RayCluster, server_factory, iris_file
         return '"request_id": "ray-request-1"' in found
 
     wait_for(logged, timeout=30)
+    # so are their sampled payloads, beside the logs as on one machine
+    folder = server.home / "logs" / "iris"
+    wait_for(lambda: any(b"ray-request-1" in p.read_bytes()
+                         for p in folder.glob("*.payloads.jsonl")), timeout=30)  # fmt: skip
     # replicas on Ray report their own usage, and that of their node
     metrics = httpx.get(f"{server.url}/metrics", headers=server.auth, timeout=30).text
     for r in replicas:
@@ -86,13 +97,13 @@ def test_two_node_ray_cluster(ray_cluster: RayCluster, server_factory, iris_file
     assert f"node {lost} lost" in events
 
     # the lost node's replica process goes with its actor's worker: nothing left behind there
-    wait_for(lambda: len(replica_processes()) == 2, timeout=60)
+    wait_for(lambda: len(replica_processes(server.home)) == 2, timeout=60)
     print(f"lost node's replica process gone after {time.monotonic() - killed:.1f}s")
 
     # serve dies outright: the next one adopts the running replicas instead of leaking them
     before = sorted(r["id"] for r in _deployment(server)["replicas"])
     server.stop(signal.SIGKILL)
-    assert len(replica_processes()) == 2  # still running on Ray
+    assert len(replica_processes(server.home)) == 2  # still running on Ray
     server.start(*args)
     wait_for(lambda: _deployment(server)["ready_replicas"] == 2, timeout=60)
     assert sorted(r["id"] for r in _deployment(server)["replicas"]) == before
@@ -100,8 +111,9 @@ def test_two_node_ray_cluster(ray_cluster: RayCluster, server_factory, iris_file
 
     # undeploy removes the actors and their replica processes
     assert server.cli("undeploy", "iris").returncode == 0
-    wait_for(lambda: not replica_processes(), timeout=60)
-    assert all(n["replicas"] == 0 for n in _nodes(server) if n["state"] == "healthy")
+    wait_for(lambda: not replica_processes(server.home), timeout=60)
+    wait_for(lambda: all(n["replicas"] == 0 for n in _nodes(server) if n["state"] == "healthy"),
+             timeout=30)  # fmt: skip
 
 
 def _nodes(server) -> list[dict[str, Any]]:

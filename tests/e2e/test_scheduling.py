@@ -52,10 +52,15 @@ def test_capacity_pending_reasons_and_lowering_the_request(server_factory, iris_
     assert nodes[0]["replicas"] == 2
 
     lowered = server.cli("deploy", "iris", "--replicas", "3", "--cpu", "0.5", "--timeout", "90")
-    assert lowered.returncode == 0, lowered.stderr
+    assert lowered.returncode == 0, lowered.stderr  # three replicas of the new request ready
     d = info(server)
     assert d["pending"] == []
+    assert d["ready_replicas"] == 3
+    # the last old replica drains once it has no request left: then all three are the new ones
+    wait_for(lambda: len(info(server)["replicas"]) == 3, timeout=30)
+    d = info(server)
     assert sorted(r["state"] for r in d["replicas"]) == ["ready"] * 3
+    assert all(r["resources"]["cpu"] == 0.5 for r in d["replicas"])
     assert all(r["placement"].startswith(r["node"]) for r in d["replicas"])
     table = server.cli("nodes", "list").stdout
     assert "1.5/2" in table, table
@@ -123,10 +128,11 @@ def test_rolling_update_fails_no_request_and_a_broken_version_leaves_the_old_ser
     path.write_bytes(b"not the pushed bytes")
     failed = server.cli("deploy", "iris:3", "--replicas", "2", "--timeout", "15")
     assert failed.returncode != 0
-    response = httpx.post(f"{server.url}/v2/models/iris/infer", headers=server.auth, json=GOOD)
+    response = httpx.post(f"{server.url}/v2/models/iris/infer", headers=server.auth, json=GOOD,
+                          timeout=30)  # fmt: skip
     assert response.status_code == 200
     assert response.json()["model_version"] == "2"
-    assert "digest" in (info(server)["last_failure"] or ""), info(server)["last_failure"]
+    wait_for(lambda: "digest" in (info(server)["last_failure"] or ""), timeout=60)
 
 
 def test_scale_to_zero_and_back_on_the_first_request(server_factory, iris_file) -> None:

@@ -155,7 +155,10 @@ async def test_pending_replicas_carry_the_reason(platform, iris_bytes) -> None:
     assert executor.started == []
     assert (
         controller.pending("iris")
-        == ["needs 4 CPU per replica; the largest free is 2 CPU on n1"] * 3
+        == [
+            "needs 4 CPU per replica; the largest free is 2 CPU on n1 (no node has more than 2 CPU)"
+        ]
+        * 3
     )
     services.deployments.apply(
         ModelRef("iris"), replicas=3, scheduling=Scheduling(resources=Resources(0.5, 512))

@@ -73,3 +73,23 @@ def test_request_log_lines_follow_the_schema(tmp_path: Path) -> None:
     assert second["request_id"] is None
     assert set(first) == {"time", "level", "component", "deployment", "replica", "request_id",
                           "message", "fields"}  # fmt: skip
+
+
+def test_follow_after_backlog_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "r1.log"
+    writer = LogWriter(path)
+    writer.write(record(2, "warning"))
+    writer.flush()
+    with path.open("ab") as f:  # a line half written when the follower starts
+        f.write(b'{"time": "' + datetime.now(UTC).isoformat().encode())
+    follower = Follower(tmp_path, LogFilter())
+    follower.start_at_end()
+    with path.open("ab") as f:
+        f.write(b'", "level": "error", "replica": "r1", "message": "m"}\n')
+    writer.write(record(0, "critical"))  # written between the follower's start and the backlog
+    writer.flush()
+    backlog = read(tmp_path, LogFilter(), upto=follower.offsets)
+    followed = list(follower.poll())
+    assert [r["level"] for r in backlog] == ["warning"]
+    assert [r["level"] for r in followed] == ["error", "critical"]
+    writer.close()

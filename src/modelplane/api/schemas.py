@@ -291,7 +291,8 @@ class DeploymentOut(BaseModel):
         target: int | None = None,
     ) -> DeploymentOut:
         d = record.deployment
-        ready = sum(1 for r in replicas if r.state == "ready" and r.version == d.version)
+        # ready means the deployment as it now stands: its version, config and resources
+        ready = sum(1 for r in replicas if r.state == "ready" and r.revision == d.revision)
         desired = d.replicas if target is None else target
         if desired == 0:
             state = "scaled to zero" if d.autoscaling is not None else "stopped"

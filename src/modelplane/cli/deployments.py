@@ -14,6 +14,10 @@ from modelplane.cli.apps import print_json as _print_json
 from modelplane.cli.output import console, handled, state_style, table
 from modelplane.client import Client
 
+# how long replicas stay pending with none starting or draining before deploy gives up waiting
+# (longer than one reconcile, between an old replica's drain and the new one's start)
+STUCK_S = 3.0
+
 
 @app.command()
 def deploy(
@@ -121,12 +125,19 @@ def deploy(
         if not wait or info["desired_replicas"] == 0:
             return
         deadline = time.monotonic() + timeout
+        stuck_since: float | None = None
         with console.status("waiting for replicas to be ready"):
             while True:
                 info = client.deployment(info["name"])
                 if info["state"] == "ready":
                     break
-                if info.get("pending") and not info["ready_replicas"]:
+                # pending with nothing starting or making room: no wait will change it
+                moving = any(r["state"] in ("starting", "draining") for r in info["replicas"])
+                if info.get("pending") and not info["ready_replicas"] and not moving:
+                    stuck_since = stuck_since or time.monotonic()
+                else:
+                    stuck_since = None
+                if stuck_since is not None and time.monotonic() - stuck_since >= STUCK_S:
                     reasons = "; ".join(sorted(set(info["pending"])))
                     raise errors.Unavailable(
                         f"{info['name']}: {len(info['pending'])} replica(s) pending: {reasons}"

@@ -20,7 +20,7 @@ import os
 import secrets
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ class _Actor:
     handle: Any
     address: Any = None  # ObjectRef of the actor's address() call while starting
     failures: int = 0
-    log: LogWriter | None = None  # the control plane's copy of the replica's log
+    logs: dict[str, LogWriter] = field(default_factory=dict)  # the control plane's copies
 
 
 def _node_ip(address: str) -> str | None:
@@ -241,12 +241,11 @@ class RayExecutor:
         entry = self._actors.pop(replica_id, None)
         if entry is None:
             return
-        await self._collect_log(entry)  # its last lines
-        if entry.log is not None:
-            entry.log.close()
         if entry.replica.node not in self._lost:  # a lost node's actor cannot answer
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(entry.handle.stop.remote(), 10.0)
+                self._keep_logs(entry, await asyncio.wait_for(entry.handle.stop.remote(), 10.0))
+        for log in entry.logs.values():
+            log.close()
         with contextlib.suppress(Exception):
             self._ray.kill(entry.handle, no_restart=True)
 
@@ -261,22 +260,27 @@ class RayExecutor:
 
     async def _collect_log(self, entry: _Actor) -> None:
         """Copy the replica's new log lines from its node into ``$MODELPLANE_HOME/logs``, where
-        ``deployments logs`` and the dashboard read them."""
-        replica = entry.replica
-        if not replica.url or replica.node in self._lost:
+        ``deployments logs`` and the dashboard read them (its sampled payloads and raw output
+        beside them, as the local executor leaves them)."""
+        if not entry.replica.url or entry.replica.node in self._lost:
             return
         try:
             data = await asyncio.wait_for(
-                entry.handle.read_log.remote(), self._settings.scheduler.health_timeout_s
+                entry.handle.read_logs.remote(), self._settings.scheduler.health_timeout_s
             )
         except Exception:  # an actor that does not answer is judged by its health checks
             return
-        if not data:
-            return
-        if entry.log is None:
-            entry.log = LogWriter(self.log_path(replica.deployment, replica.id))
-        entry.log.write_line(data)
-        entry.log.flush()
+        self._keep_logs(entry, data)
+
+    def _keep_logs(self, entry: _Actor, data: dict[str, bytes]) -> None:
+        replica = entry.replica
+        for suffix, lines in data.items():
+            log = entry.logs.get(suffix)
+            if log is None:
+                path = self.log_path(replica.deployment, replica.id).with_suffix(suffix)
+                log = entry.logs[suffix] = LogWriter(path)
+            log.write_line(lines)
+            log.flush()
 
     async def _check(self, entry: _Actor) -> Replica:
         replica = entry.replica

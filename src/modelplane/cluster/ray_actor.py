@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 PORT_WAIT_S = 0.05
+LOG_SUFFIXES = (".log", ".payloads.jsonl", ".out")
 
 
 class ReplicaActor:
@@ -39,13 +41,14 @@ class ReplicaActor:
             # another machine: the bytes come once through Ray's object store
             path = self._fetch(ray.get(artifact[0]), Path(cache_dir), info["digest"])
             arguments[arguments.index("--artifact") + 1] = str(path)
-        run_dir = Path(tempfile.mkdtemp(prefix="mp-replica-"))
+        run_dir = self.run_dir = Path(tempfile.mkdtemp(prefix="mp-replica-"))
         self.port_file = run_dir / "port"
         # logs stay on this node, in the actor's own folder; the control plane collects them
         # (read_log) whether or not it shares a filesystem with this node
-        self.log_file = run_dir / "replica.log"
-        arguments[arguments.index("--log-file") + 1] = str(self.log_file)
-        self._log_reader = LogReader(self.log_file)
+        log_file = run_dir / "replica.log"
+        arguments[arguments.index("--log-file") + 1] = str(log_file)
+        # what the control plane collects, by the suffix its copy gets
+        self._readers = {suffix: LogReader(run_dir / f"replica{suffix}") for suffix in LOG_SUFFIXES}
         self.output = (run_dir / "replica.out").open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "modelplane.serving.replica", "--host", self.host,
@@ -92,9 +95,11 @@ class ReplicaActor:
             return lines[-1] if lines else ""
         return ""
 
-    def read_log(self, limit: int = 4 << 20) -> bytes:
-        """Complete log lines written since the last call (at most ``limit`` bytes)."""
-        return self._log_reader.read(limit)
+    def read_logs(self, limit: int = 4 << 20) -> dict[str, bytes]:
+        """Complete lines written since the last call to each of the replica's logs (its JSON
+        log, sampled payloads, raw output), by suffix; at most ``limit`` bytes each."""
+        found = {suffix: reader.read(limit) for suffix, reader in self._readers.items()}
+        return {suffix: data for suffix, data in found.items() if data}
 
     def poll(self) -> int | None:
         return self.proc.poll()
@@ -102,7 +107,8 @@ class ReplicaActor:
     def exit_message(self) -> str:
         return f"exited with code {self.proc.returncode}: {self._tail()}"
 
-    def stop(self) -> None:
+    def stop(self) -> dict[str, bytes]:
+        """Stops the replica; returns the last of its logs (the folder holding them goes)."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -111,6 +117,9 @@ class ReplicaActor:
                 self.proc.kill()
                 self.proc.wait()
         self.output.close()
+        last = self.read_logs(64 << 20)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        return last
 
 
 class LogReader:

@@ -298,16 +298,18 @@ def _why_not(view: ClusterView, request: Request, eligible: npt.NDArray[np.bool_
             wanted = ", ".join(filter(None, [wanted, f"gpu_type={policy.gpu_type}"]))
         return f"{needs}; no healthy node has the labels {wanted}"
     idx = np.flatnonzero(eligible)
-    for free, asked, unit in (
-        (view.free_cpu, want.cpu, "CPU"),
-        (view.free_mem, float(want.memory_mb), "MB of memory"),
-        (view.free_gpu, float(want.gpus), "GPU"),
+    for free, capacity, asked, unit in (
+        (view.free_cpu, view.cap_cpu, want.cpu, "CPU"),
+        (view.free_mem, view.cap_mem, float(want.memory_mb), "MB of memory"),
+        (view.free_gpu, view.cap_gpu, float(want.gpus), "GPU"),
     ):
         best = int(idx[np.argmax(free[idx])])
         if free[best] < asked - 1e-9:
+            largest = float(capacity[idx].max())
+            never = f" (no node has more than {largest:g} {unit})" if largest < asked - 1e-9 else ""
             return (
                 f"needs {asked:g} {unit} per replica; the largest free is "
-                f"{max(free[best], 0):g} {unit} on {view.nodes[best].id}"
+                f"{max(free[best], 0):g} {unit} on {view.nodes[best].id}{never}"
             )
     best = int(idx[np.argmax(view.free_cpu[idx])])
     return (

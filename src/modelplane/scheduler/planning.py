@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from modelplane.domain import DEFAULT_REQUEST, Node, NodeState, PlacementPolicy, Replica, Resources
 from modelplane.domain import ReplicaState as S
-from modelplane.scheduler.placement import ClusterView, Placed, Request, place_all
+from modelplane.scheduler.placement import ClusterView, Placed, Request, place, place_all
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,18 +107,37 @@ def plan(
         old_ready = [r for r in old if r.state == S.READY]
         # giving back room helps a new revision only where it could go: not off a drained node
         outdated = [r for r in old_ready if r.revision != d.revision and r.node not in moving]
+        room = (
+            _making_room(view, d, outdated)
+            if d.name in short_of_room and ready + len(old_ready) > 1
+            else None
+        )
         if old and ready >= d.replicas:
             actions.extend(_retire(r, _why_replaced(r, d, moving)) for r in old)
-        elif d.name in short_of_room and outdated and ready + len(old_ready) > 1:
+        elif room is not None:
             # no room to start the new revision beside the old: give back one old replica
             # at a time, keeping at least one replica serving throughout
-            oldest = min(outdated, key=lambda r: r.started_at)
-            actions.append(Drain(oldest.id, "making room for the new revision"))
+            actions.append(Drain(room.id, "making room for the new revision"))
         else:
             actions.extend(
                 Stop(r.id, _why_replaced(r, d, moving)) for r in old if r.state != S.READY
             )
     return actions
+
+
+def _making_room(view: ClusterView, d: Desired, outdated: list[Replica]) -> Replica | None:
+    """The oldest replica of an old revision whose room would take one of the new revision;
+    none when giving any back would not help (the new request can never fit: the old keep
+    serving, and the new stay pending with the reason)."""
+    request = Request(d.name, d.resources, d.policy)
+    for replica in sorted(outdated, key=lambda r: r.started_at):
+        if replica.node not in view.index:
+            continue
+        trial = view.copy()
+        trial.release(replica.node, d.name, replica.resources)
+        if isinstance(place(trial, request), Placed):
+            return replica
+    return None
 
 
 def _why_replaced(replica: Replica, d: Desired, moving: set[str]) -> str:

@@ -15,6 +15,7 @@ from modelplane.errors import InvalidInput
 from modelplane.telemetry.logs import LEVELS
 
 DURATION = re.compile(r"^(\d+)([smhd])$")
+TAIL_BYTES = 1 << 16  # longer than any one log line
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
@@ -70,14 +71,23 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def read(folder: Path, where: LogFilter, limit: int = 200) -> list[dict[str, Any]]:
+def read(
+    folder: Path, where: LogFilter, limit: int = 200, upto: dict[Path, int] | None = None
+) -> list[dict[str, Any]]:
+    """The newest ``limit`` records that ``where`` keeps. With ``upto`` (a follower's starting
+    offsets), current files are read only up to them, so that what follows is neither lost
+    between the two nor given twice."""
     records = []
     for path in _files(folder) if folder.is_dir() else []:
         with path.open("rb") as f:
-            for line in f:
-                record = _parse(line)
-                if record is not None and where.keep(record):
-                    records.append(record)
+            if upto is not None and path.suffix == ".log":
+                lines = f.read(upto.get(path, 0)).splitlines()
+            else:
+                lines = f.read().splitlines()
+        for line in lines:
+            record = _parse(line)
+            if record is not None and where.keep(record):
+                records.append(record)
     records.sort(key=lambda r: str(r.get("time", "")))
     return records[-limit:]
 
@@ -91,8 +101,13 @@ class Follower:
     offsets: dict[Path, int] = field(default_factory=dict)
 
     def start_at_end(self) -> None:
+        """Start after the last complete line of each file (a line being written is followed)."""
         for path in self.folder.glob("*.log"):
-            self.offsets[path] = path.stat().st_size
+            with path.open("rb") as f:
+                size = f.seek(0, 2)
+                f.seek(max(0, size - TAIL_BYTES))
+                tail = f.read()
+            self.offsets[path] = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else size
 
     def poll(self) -> Iterator[dict[str, Any]]:
         for path in sorted(self.folder.glob("*.log")):

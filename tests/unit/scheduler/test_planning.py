@@ -83,7 +83,15 @@ def test_a_replica_that_fits_nowhere_is_pending_with_a_reason() -> None:
     small = [Node("n1", Resources(2, 8192))]
     actions = plan([Desired("iris", "r1", 3, Resources(4, 512))], [], small)
     assert (
-        actions == [Pending("iris", "needs 4 CPU per replica; the largest free is 2 CPU on n1")] * 3
+        actions
+        == [
+            Pending(
+                "iris",
+                "needs 4 CPU per replica; the largest free is 2 CPU on n1 "
+                "(no node has more than 2 CPU)",
+            )
+        ]
+        * 3
     )
     fitting = plan([Desired("iris", "r1", 3, Resources(0.5, 512))], [], small)
     assert kinds(fitting) == ["Start"] * 3
@@ -98,6 +106,13 @@ def test_rolling_update_without_room_gives_back_one_old_replica_at_a_time() -> N
     actions = plan([want], old, small)
     assert kinds(actions) == ["Pending", "Pending", "Drain"]
     assert actions[2] == Drain("a", "making room for the new revision")
+    # a new request that could never fit gives nothing back: the old replicas keep serving
+    huge = plan([Desired("iris", "r2", 2, Resources(4, 512))], old, small)
+    assert kinds(huge) == ["Pending", "Pending"]
+    assert huge[0] == Pending(
+        "iris",
+        "needs 4 CPU per replica; the largest free is 0 CPU on n1 (no node has more than 2 CPU)",
+    )
 
 
 def test_a_draining_node_is_emptied_without_downtime() -> None:

@@ -44,13 +44,13 @@ def create_router(services: Services) -> APIRouter:
         await run_in_threadpool(services.deployments.get, name)  # 404 for unknown deployments
         where = LogFilter(replica, parse_since(since, datetime.now(UTC)), level)
         folder = services.settings.log_dir / name
-        backlog = await run_in_threadpool(read, folder, where, limit)
         if not follow:
-            return backlog
+            return await run_in_threadpool(read, folder, where, limit)
+        follower = Follower(folder, where)
+        await run_in_threadpool(follower.start_at_end)
+        backlog = await run_in_threadpool(read, folder, where, limit, follower.offsets)
 
         async def stream() -> AsyncIterator[bytes]:
-            follower = Follower(folder, where)
-            await run_in_threadpool(follower.start_at_end)
             for record in backlog:
                 yield orjson.dumps(record) + b"\n"
             waited = 0.0
