@@ -349,22 +349,24 @@ class Client:
         self,
         model: str,
         *,
-        replicas: int = 1,
+        replicas: int | None = None,
         name: str | None = None,
         config: Mapping[str, Any] | None = None,
         resources: Mapping[str, Any] | None = None,
         placement: Mapping[str, Any] | None = None,
         autoscaling: Mapping[str, Any] | None = None,
         autoscaling_off: bool = False,
+        reset: bool = False,
     ) -> DeploymentInfo:
         """Create or update a deployment. ``config`` holds serving settings (max_batch_size,
         max_queue_delay_ms, preferred_batch_sizes, max_queued_requests); ``resources`` what
         each replica reserves (cpu, memory_mb, gpus); ``placement`` where replicas may go
         (node_labels, gpu_type, spread_zones, weights); ``autoscaling`` the replica bounds
-        (min_replicas, max_replicas, target_ongoing_requests, delays). Omitted keeps them."""
+        (min_replicas, max_replicas, target_ongoing_requests, delays). What is omitted, down
+        to single fields, keeps its value (``reset``: goes back to the defaults)."""
         body = {"model": model, "replicas": replicas, "name": name, "config": config,
                 "resources": resources, "placement": placement, "autoscaling": autoscaling,
-                "autoscaling_off": autoscaling_off}  # fmt: skip
+                "autoscaling_off": autoscaling_off, "reset": reset}  # fmt: skip
         result: DeploymentInfo = self._request("POST", "/api/v1/deployments", json=body).json()
         return result
 

@@ -95,7 +95,8 @@ def test_rolling_update_fails_no_request_and_a_broken_version_leaves_the_old_ser
         stop = asyncio.Event()
         load = asyncio.create_task(_steady_load(server, stop))
         await asyncio.sleep(1.0)
-        deployed = await asyncio.to_thread(server.cli, "deploy", "iris:2", "--replicas", "2")
+        # a new version alone: the replica count and everything else is kept
+        deployed = await asyncio.to_thread(server.cli, "deploy", "iris:2")
         assert deployed.returncode == 0, deployed.stderr
 
         def only_v2() -> bool:

@@ -130,6 +130,49 @@ async def test_deploy_records_desired_state_and_blocks_deletion(api, iris_bytes)
     assert (await api.delete("/api/v1/models/iris/versions/1")).status_code == 204
 
 
+async def test_a_redeploy_changes_only_what_it_names(api, iris_bytes) -> None:
+    for _ in range(2):
+        assert (await api.post("/api/v1/models/iris/versions", content=iris_bytes)).is_success
+
+    async def deploy(**body: object) -> dict[str, object]:
+        response = await api.post("/api/v1/deployments", json={"model": "iris:1", **body})
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    first = await deploy(
+        replicas=3,
+        config={"max_batch_size": 8},
+        resources={"cpu": 1, "memory_mb": 2048},
+        placement={"node_labels": {"disk": "ssd"}, "zones": ["a", "b"]},
+    )
+    assert first["desired_replicas"] == 3
+    # a new version with one resource field and one placement field: the rest is kept
+    second = await deploy(model="iris:2", resources={"cpu": 2}, placement={"zones": ["b"]})
+    assert second["version"] == 2
+    assert second["desired_replicas"] == 3
+    assert second["config"]["max_batch_size"] == 8
+    assert second["resources"] == {"cpu": 2, "memory_mb": 2048, "gpus": 0}
+    assert second["placement"]["node_labels"] == {"disk": "ssd"}
+    assert second["placement"]["zones"] == ["b"]
+    # autoscaling: "at least 2" on its own raises the upper bound with it
+    scaled = await deploy(autoscaling={"min_replicas": 2})
+    assert (scaled["autoscaling"]["min_replicas"], scaled["autoscaling"]["max_replicas"]) == (2, 2)
+    scaled = await deploy(autoscaling={"max_replicas": 5})
+    assert (scaled["autoscaling"]["min_replicas"], scaled["autoscaling"]["max_replicas"]) == (2, 5)
+    assert scaled["desired_replicas"] == 2  # the count it had (bounded to 2 just before)
+    bad = await api.post("/api/v1/deployments",
+                         json={"model": "iris:1", "autoscaling": {"max_replicas": 1}})  # fmt: skip
+    assert bad.status_code == 400
+    assert "min <= max" in bad.json()["error"]
+    # reset: what is not given goes back to the defaults
+    reset = await deploy(reset=True, replicas=1)
+    assert reset["resources"] == {"cpu": 0.5, "memory_mb": 512, "gpus": 0}
+    assert reset["placement"]["node_labels"] == {}
+    assert reset["config"]["max_batch_size"] == 32
+    assert reset["autoscaling"] is None
+    assert reset["desired_replicas"] == 1
+
+
 async def test_openapi_documents_the_management_api(api) -> None:
     spec = (await api.get("/openapi.json")).json()
     assert "/api/v1/models/{name}/versions" in spec["paths"]

@@ -8,15 +8,12 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from modelplane.domain import (
-    Autoscaling,
     Conversion,
     Model,
     ModelVersion,
     Node,
-    PlacementPolicy,
     Replica,
     Resources,
-    ServingConfig,
 )
 from modelplane.registry.deployments import DeploymentRecord, Scheduling
 
@@ -111,15 +108,6 @@ class ServingConfigIn(BaseModel):
         0.0, ge=0.0, le=1.0, description="share of request/response bodies logged; 0 = off"
     )
 
-    def to_domain(self) -> ServingConfig:
-        return ServingConfig(
-            max_batch_size=self.max_batch_size,
-            max_queue_delay_ms=self.max_queue_delay_ms,
-            preferred_batch_sizes=tuple(self.preferred_batch_sizes),
-            max_queued_requests=self.max_queued_requests,
-            payload_log_rate=self.payload_log_rate,
-        )
-
 
 class ResourcesIn(BaseModel):
     """What each replica reserves on its node."""
@@ -127,9 +115,6 @@ class ResourcesIn(BaseModel):
     cpu: float = Field(0.5, gt=0, le=1024, description="CPU cores per replica")
     memory_mb: int = Field(512, gt=0, le=16 * 1024 * 1024, description="memory per replica (MB)")
     gpus: int = Field(0, ge=0, le=64, description="GPUs per replica")
-
-    def to_domain(self) -> Resources:
-        return Resources(self.cpu, self.memory_mb, self.gpus)
 
 
 class PlacementIn(BaseModel):
@@ -149,10 +134,6 @@ class PlacementIn(BaseModel):
     spread_weight: float = Field(1.0, ge=0, le=100)
     pack_weight: float = Field(1.0, ge=0, le=100)
 
-    def to_domain(self) -> PlacementPolicy:
-        fields = self.model_dump()
-        return PlacementPolicy(**{**fields, "zones": tuple(fields["zones"])})
-
 
 class AutoscalingIn(BaseModel):
     """Replica bounds and the load per replica to aim for."""
@@ -165,35 +146,46 @@ class AutoscalingIn(BaseModel):
     downscale_delay_s: float = Field(60.0, ge=0, le=86_400)
     cold_start_timeout_s: float = Field(60.0, gt=0, le=3600)
 
-    def to_domain(self) -> Autoscaling:
-        return Autoscaling(**self.model_dump())
-
 
 class CordonIn(BaseModel):
     reason: str = Field("", max_length=256, examples=["kernel upgrade"])
     drain: bool = Field(False, description="also move its replicas elsewhere, without downtime")
 
 
+def _named(given: BaseModel | None) -> dict[str, Any] | None:
+    """Only the fields a client named: the others keep what the deployment has."""
+    return None if given is None else given.model_dump(include=given.model_fields_set)
+
+
 class DeployIn(BaseModel):
+    """Create or update. Everything left out keeps what the deployment has (or the defaults
+    for a new one); within ``config``, ``resources``, ``placement`` and ``autoscaling`` the
+    fields left out keep theirs too. ``reset`` starts from the defaults instead."""
+
     model: str = Field(description="NAME, NAME:VERSION or NAME@ALIAS", examples=["iris@production"])
     name: str | None = Field(None, description="deployment name; default: the model's name")
-    replicas: int = Field(1, ge=0, le=64)
-    config: ServingConfigIn | None = Field(
-        None, description="serving config; omitted keeps an existing deployment's config"
+    replicas: int | None = Field(
+        None, ge=0, le=64, description="omitted keeps the current count (1 for a new deployment)"
     )
-    resources: ResourcesIn | None = Field(None, description="omitted keeps what is set")
-    placement: PlacementIn | None = Field(None, description="omitted keeps what is set")
-    autoscaling: AutoscalingIn | None = Field(
-        None, description="omitted keeps what is set; see `autoscaling_off`"
-    )
+    config: ServingConfigIn | None = Field(None, description="batching and back-pressure")
+    resources: ResourcesIn | None = Field(None, description="what each replica reserves")
+    placement: PlacementIn | None = Field(None, description="where replicas may go, and how")
+    autoscaling: AutoscalingIn | None = Field(None, description="turns autoscaling on or tunes it")
     autoscaling_off: bool = Field(False, description="turn autoscaling off (fixed replicas)")
+    reset: bool = Field(
+        False, description="settings left out go back to their defaults instead of being kept"
+    )
+
+    def config_change(self) -> dict[str, Any] | None:
+        return _named(self.config)
 
     def scheduling(self) -> Scheduling:
         return Scheduling(
-            resources=self.resources.to_domain() if self.resources else None,
-            placement=self.placement.to_domain() if self.placement else None,
-            autoscaling=self.autoscaling.to_domain() if self.autoscaling else None,
+            resources=_named(self.resources),
+            placement=_named(self.placement),
+            autoscaling=_named(self.autoscaling),
             clear_autoscaling=self.autoscaling_off,
+            reset=self.reset,
         )
 
 

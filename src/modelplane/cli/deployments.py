@@ -23,7 +23,8 @@ STUCK_S = 3.0
 def deploy(
     ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS")],
     replicas: Annotated[
-        int | None, typer.Option(min=0, max=64, help="Replica count (autoscaled: to start).")
+        int | None,
+        typer.Option(min=0, max=64, help="Replica count (autoscaled: to start). [kept, or 1]"),
     ] = None,
     name: Annotated[str | None, typer.Option(help="Deployment name (default: model)")] = None,
     wait: Annotated[bool, typer.Option(help="Wait until every replica is ready.")] = True,
@@ -83,8 +84,13 @@ def deploy(
     no_autoscale: Annotated[
         bool, typer.Option("--no-autoscale", help="Turn autoscaling off (fixed --replicas).")
     ] = False,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Settings not given go back to their defaults.")
+    ] = False,
 ) -> None:
-    """Deploy a model version (create or update)."""
+    """Deploy a model version (create or update). On an existing deployment, every setting not
+    given keeps its current value (replicas, serving config, resources, placement, autoscaling);
+    --reset puts those back to their defaults instead."""
     resources = _given({"cpu": cpu, "memory_mb": memory, "gpus": gpus})
     placement = _given({
         "node_labels": _labels(node_label) if node_label else None, "gpu_type": gpu_type,
@@ -96,12 +102,6 @@ def deploy(
         "target_ongoing_requests": target_ongoing, "target_latency_ms": target_latency_ms,
         "upscale_delay_s": upscale_delay, "downscale_delay_s": downscale_delay,
     })  # fmt: skip
-    if autoscaling is not None:
-        low = autoscaling.setdefault("min_replicas", min(1, max_replicas or 1))
-        high = autoscaling.setdefault("max_replicas", max(low, replicas or 1))
-        replicas = low if replicas is None else max(low, min(replicas, high))
-    elif replicas is None:
-        replicas = 1
     given = {
         "max_batch_size": max_batch_size,
         "max_queue_delay_ms": max_queue_delay_ms,
@@ -114,12 +114,14 @@ def deploy(
         info = client.deploy(
             ref, replicas=replicas, name=name, config=config, resources=resources,
             placement=placement, autoscaling=autoscaling, autoscaling_off=no_autoscale,
+            reset=reset,
         )  # fmt: skip
         scaling = info.get("autoscaling")
+        wanted = info["desired_replicas"]
         count = (
             f"{scaling['min_replicas']}-{scaling['max_replicas']} replicas, autoscaled"
             if scaling
-            else f"{replicas} replica{'s' if replicas != 1 else ''}"
+            else f"{wanted} replica{'s' if wanted != 1 else ''}"
         )
         console.print(f"deploying {info['ref']} as [bold]{info['name']}[/bold] ({count})")
         if not wait or info["desired_replicas"] == 0:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -34,12 +35,14 @@ class DeploymentRecord:
 
 @dataclass(frozen=True, slots=True)
 class Scheduling:
-    """What a deploy says about resources, placement and autoscaling; None keeps what is set."""
+    """What a deploy says about resources, placement and autoscaling. None keeps what is set,
+    a whole value replaces it, a mapping changes only the fields it names."""
 
-    resources: Resources | None = None
-    placement: PlacementPolicy | None = None
-    autoscaling: Autoscaling | None = None
+    resources: Resources | Mapping[str, Any] | None = None
+    placement: PlacementPolicy | Mapping[str, Any] | None = None
+    autoscaling: Autoscaling | Mapping[str, Any] | None = None
     clear_autoscaling: bool = False
+    reset: bool = False  # start from the defaults instead of what is set
 
 
 def _record(row: DeploymentRow) -> DeploymentRecord:
@@ -90,17 +93,18 @@ class DeploymentStore:
     def apply(
         self,
         ref: ModelRef,
-        replicas: int,
+        replicas: int | None = None,
         name: str | None = None,
-        config: ServingConfig | None = None,
+        config: ServingConfig | Mapping[str, Any] | None = None,
         scheduling: Scheduling | None = None,
     ) -> DeploymentRecord:
-        """Create or update the deployment ``name`` (default: the model's name). ``config``
-        None keeps an existing deployment's serving configuration."""
+        """Create or update the deployment ``name`` (default: the model's name). What is not
+        given keeps its current value (``replicas`` None: the current count, 1 when new);
+        ``config`` and the scheduling settings change field by field when given as mappings."""
         name = name or ref.name
         if problem := name_problem(name):
             raise InvalidInput(problem.replace("model name", "deployment name"))
-        if not 0 <= replicas <= MAX_REPLICAS:
+        if replicas is not None and not 0 <= replicas <= MAX_REPLICAS:
             raise InvalidInput(f"replicas must be between 0 and {MAX_REPLICAS}, got {replicas}")
         version = self._registry.resolve(ref)
         with self._sessions.begin() as session:
@@ -114,6 +118,7 @@ class DeploymentStore:
             before = _record(row).deployment if row is not None else None
             spec = _merge(before, config, scheduling or Scheduling())
             _check(spec.resources, spec.autoscaling)
+            replicas = _replicas(replicas, before, spec.autoscaling)
             if row is None:
                 row = DeploymentRow(
                     name=name,
@@ -130,6 +135,7 @@ class DeploymentStore:
                 row.updated_at = stamp
                 row.config = spec.to_spec()
             session.flush()
+            session.expire(row, ["version"])  # the new version_id's row, not the one loaded
             return _record(self._load(session, name))
 
     def list(self) -> list[DeploymentRecord]:
@@ -160,17 +166,49 @@ class DeploymentStore:
         return row
 
 
+Setting = TypeVar("Setting", ServingConfig, Resources, PlacementPolicy, Autoscaling)
+
+
+def _changed(current: Setting, change: Setting | Mapping[str, Any] | None) -> Setting:
+    if change is None:
+        return current
+    if isinstance(change, Mapping):
+        return type(current).from_dict({**current.to_dict(), **change})
+    return change
+
+
 def _merge(
-    before: Deployment | None, config: ServingConfig | None, given: Scheduling
+    before: Deployment | None,
+    config: ServingConfig | Mapping[str, Any] | None,
+    given: Scheduling,
 ) -> Deployment:
     """The deployment settings after a deploy: what was given over what was there."""
     stamp = now()
-    base = before or Deployment("", "", 0, 0, stamp, stamp)
-    scaling = given.autoscaling or (None if given.clear_autoscaling else base.autoscaling)
+    base = Deployment("", "", 0, 0, stamp, stamp)
+    if before is not None and not given.reset:
+        base = before
+    scaling = None if given.clear_autoscaling else base.autoscaling
+    if given.autoscaling is not None:
+        scaling = _changed(scaling or Autoscaling(), given.autoscaling)
+        named = given.autoscaling if isinstance(given.autoscaling, Mapping) else {}
+        if "min_replicas" in named and "max_replicas" not in named:
+            # "at least N" on its own raises the bound above it too
+            scaling = replace(scaling, max_replicas=max(scaling.max_replicas, scaling.min_replicas))
     return Deployment(
         "", "", 0, 0, stamp, stamp,
-        config=config or base.config,
-        resources=given.resources or base.resources,
-        placement=given.placement or base.placement,
+        config=_changed(base.config, config),
+        resources=_changed(base.resources, given.resources),
+        placement=_changed(base.placement, given.placement),
         autoscaling=scaling,
     )  # fmt: skip
+
+
+def _replicas(asked: int | None, before: Deployment | None, scaling: Autoscaling | None) -> int:
+    """Replicas not given keep their count (1 for a new deployment); autoscaling bounds them."""
+    if asked is None:
+        asked = before.replicas if before is not None else 1
+        if scaling is not None and before is None:
+            asked = scaling.min_replicas
+    if scaling is not None:
+        asked = max(scaling.min_replicas, min(asked, scaling.max_replicas))
+    return asked

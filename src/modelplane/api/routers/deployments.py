@@ -40,8 +40,7 @@ def create_router(services: Services) -> APIRouter:
             ref = ModelRef.parse(body.model)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
-        config = body.config.to_domain() if body.config is not None else None
-        record = store.apply(ref, body.replicas, body.name, config, body.scheduling())
+        record = store.apply(ref, body.replicas, body.name, body.config_change(), body.scheduling())
         controller.kick()
         return out(record)
 
