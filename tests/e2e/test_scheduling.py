@@ -91,9 +91,18 @@ def test_rolling_update_fails_no_request_and_a_broken_version_leaves_the_old_ser
     server.push(iris_file)  # version 2: the same bytes, a new version
     assert server.cli("deploy", "iris:1", "--replicas", "2").returncode == 0
 
+    states: list[str] = []  # what `deployments status` says throughout
+
+    async def watch(stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(base_url=server.url, headers=server.auth, timeout=30) as c:
+            while not stop.is_set():
+                states.append((await c.get("/api/v1/deployments/iris")).json()["state"])
+                await asyncio.sleep(0.1)
+
     async def update_under_load() -> list[Any]:
         stop = asyncio.Event()
         load = asyncio.create_task(_steady_load(server, stop))
+        watcher = asyncio.create_task(watch(stop))
         await asyncio.sleep(1.0)
         # a new version alone: the replica count and everything else is kept
         deployed = await asyncio.to_thread(server.cli, "deploy", "iris:2")
@@ -106,6 +115,7 @@ def test_rolling_update_fails_no_request_and_a_broken_version_leaves_the_old_ser
         await asyncio.to_thread(wait_for, only_v2, 60)
         await asyncio.sleep(1.0)
         stop.set()
+        await watcher
         return await load
 
     replies = asyncio.run(update_under_load())
@@ -115,6 +125,8 @@ def test_rolling_update_fails_no_request_and_a_broken_version_leaves_the_old_ser
     print(f"\nrolling update under load: {codes}, served by versions {versions}")
     assert codes == {200: len(replies)}, codes
     assert versions.keys() == {"1", "2"}
+    # the old version serves while the new one starts: "updating", never pending or degraded
+    assert set(states) == {"ready", "updating"}, Counter(states)
     events = [e["action"] for e in info(server)["events"]]
     assert "drain" in events
 

@@ -290,6 +290,8 @@ class DeploymentOut(BaseModel):
             state = "scaled to zero" if d.autoscaling is not None else "stopped"
         elif ready >= desired:
             state = "ready"
+        elif any(r.state == "ready" and r.revision != d.revision for r in replicas):
+            state = "updating"  # the previous revision serves until the new one is ready
         elif ready > 0:
             state = "degraded"
         else:
