@@ -154,16 +154,30 @@ async def test_a_redeploy_changes_only_what_it_names(api, iris_bytes) -> None:
     assert second["resources"] == {"cpu": 2, "memory_mb": 2048, "gpus": 0}
     assert second["placement"]["node_labels"] == {"disk": "ssd"}
     assert second["placement"]["zones"] == ["b"]
-    # autoscaling: "at least 2" on its own raises the upper bound with it
+    # autoscaling turned on with a minimum only: the count it has stays within reach
     scaled = await deploy(autoscaling={"min_replicas": 2})
-    assert (scaled["autoscaling"]["min_replicas"], scaled["autoscaling"]["max_replicas"]) == (2, 2)
+    assert (scaled["autoscaling"]["min_replicas"], scaled["autoscaling"]["max_replicas"]) == (2, 3)
+    assert scaled["desired_replicas"] == 3
     scaled = await deploy(autoscaling={"max_replicas": 5})
     assert (scaled["autoscaling"]["min_replicas"], scaled["autoscaling"]["max_replicas"]) == (2, 5)
-    assert scaled["desired_replicas"] == 2  # the count it had (bounded to 2 just before)
-    bad = await api.post("/api/v1/deployments",
-                         json={"model": "iris:1", "autoscaling": {"max_replicas": 1}})  # fmt: skip
-    assert bad.status_code == 400
-    assert "min <= max" in bad.json()["error"]
+    scaled = await deploy(autoscaling={"min_replicas": 6})  # "at least 6" raises the bound
+    assert (scaled["autoscaling"]["min_replicas"], scaled["autoscaling"]["max_replicas"]) == (6, 6)
+    for wrong, message in [
+        ({"autoscaling": {"max_replicas": 1}}, "min <= max"),
+        ({"autoscaling": {"min_replicas": 1}, "autoscaling_off": True}, "contradict"),
+    ]:
+        bad = await api.post("/api/v1/deployments", json={"model": "iris:1", **wrong})
+        assert bad.status_code == 400
+        assert message in bad.json()["error"]
+    # autoscaling off: fixed at the count it had
+    fixed = await deploy(autoscaling_off=True)
+    assert fixed["autoscaling"] is None
+    assert fixed["desired_replicas"] == 6
+    # a new autoscaled deployment starts at --replicas (up to it), or at its minimum
+    started = await deploy(name="auto-a", replicas=3, autoscaling={"min_replicas": 0})
+    assert (started["autoscaling"]["max_replicas"], started["desired_replicas"]) == (3, 3)
+    idle = await deploy(name="auto-b", autoscaling={"min_replicas": 0, "max_replicas": 4})
+    assert (idle["desired_replicas"], idle["state"]) == (0, "scaled to zero")
     # reset: what is not given goes back to the defaults
     reset = await deploy(reset=True, replicas=1)
     assert reset["resources"] == {"cpu": 0.5, "memory_mb": 512, "gpus": 0}

@@ -88,8 +88,28 @@ def test_follow_after_backlog_loses_and_repeats_nothing(tmp_path: Path) -> None:
         f.write(b'", "level": "error", "replica": "r1", "message": "m"}\n')
     writer.write(record(0, "critical"))  # written between the follower's start and the backlog
     writer.flush()
-    backlog = read(tmp_path, LogFilter(), upto=follower.offsets)
+    backlog = read(tmp_path, LogFilter(), upto=follower.positions)
     followed = list(follower.poll())
     assert [r["level"] for r in backlog] == ["warning"]
     assert [r["level"] for r in followed] == ["error", "critical"]
+    writer.close()
+
+
+def test_a_file_rotated_after_the_follower_starts_is_followed_from_its_start(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "r1.log"
+    writer = LogWriter(path, max_bytes=450, backups=1)
+    writer.write(record(3, "warning"))
+    writer.flush()
+    follower = Follower(tmp_path, LogFilter())
+    follower.start_at_end()
+    for level in ("info", "error"):  # the second rotates: r1.log is a new file holding one line
+        writer.write(record(0, level) | {"message": "x" * 150})
+        writer.flush()
+    assert (tmp_path / "r1.log.1").exists()
+    backlog = read(tmp_path, LogFilter(), upto=follower.positions)
+    followed = list(follower.poll())
+    assert [r["level"] for r in backlog] == ["warning", "info"]  # r1.log.1, read whole
+    assert [r["level"] for r in followed] == ["error"]  # the new r1.log, from its start
     writer.close()

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ class ReplicaActor:
         log_file = run_dir / "replica.log"
         arguments[arguments.index("--log-file") + 1] = str(log_file)
         # what the control plane collects, by the suffix its copy gets
+        self._reading = threading.Lock()  # the actor serves a few calls at once
         self._readers = {suffix: LogReader(run_dir / f"replica{suffix}") for suffix in LOG_SUFFIXES}
         self.output = (run_dir / "replica.out").open("ab")
         self.proc = subprocess.Popen(
@@ -98,7 +100,8 @@ class ReplicaActor:
     def read_logs(self, limit: int = 4 << 20) -> dict[str, bytes]:
         """Complete lines written since the last call to each of the replica's logs (its JSON
         log, sampled payloads, raw output), by suffix; at most ``limit`` bytes each."""
-        found = {suffix: reader.read(limit) for suffix, reader in self._readers.items()}
+        with self._reading:
+            found = {suffix: reader.read(limit) for suffix, reader in self._readers.items()}
         return {suffix: data for suffix, data in found.items() if data}
 
     def poll(self) -> int | None:

@@ -116,9 +116,10 @@ class DeploymentStore:
             row = session.scalar(self._query().where(DeploymentRow.name == name))
             stamp = now()
             before = _record(row).deployment if row is not None else None
-            spec = _merge(before, config, scheduling or Scheduling())
+            given = scheduling or Scheduling()
+            spec = _merge(before, config, given, replicas)
             _check(spec.resources, spec.autoscaling)
-            replicas = _replicas(replicas, before, spec.autoscaling)
+            replicas = _replicas(replicas, before, spec, given)
             if row is None:
                 row = DeploymentRow(
                     name=name,
@@ -181,21 +182,29 @@ def _merge(
     before: Deployment | None,
     config: ServingConfig | Mapping[str, Any] | None,
     given: Scheduling,
+    replicas: int | None,
 ) -> Deployment:
     """The deployment settings after a deploy: what was given over what was there."""
+    if given.clear_autoscaling and given.autoscaling is not None:
+        raise InvalidInput("autoscaling_off and autoscaling contradict each other: give one")
     stamp = now()
-    base = Deployment("", "", 0, 0, stamp, stamp)
+    base = Deployment("", "", 1, 0, stamp, stamp)
     if before is not None and not given.reset:
         base = before
     scaling = None if given.clear_autoscaling else base.autoscaling
     if given.autoscaling is not None:
-        scaling = _changed(scaling or Autoscaling(), given.autoscaling)
         named = given.autoscaling if isinstance(given.autoscaling, Mapping) else {}
-        if "min_replicas" in named and "max_replicas" not in named:
-            # "at least N" on its own raises the bound above it too
-            scaling = replace(scaling, max_replicas=max(scaling.max_replicas, scaling.min_replicas))
+        turned_on = scaling is None
+        scaling = _changed(scaling or Autoscaling(), given.autoscaling)
+        if named and "max_replicas" not in named:
+            # "at least N" on its own raises the bound above it too; turned on, it also keeps
+            # the replica count asked for (or had) within reach, as --replicas is the start
+            top = scaling.min_replicas
+            if turned_on:
+                top = max(top, replicas if replicas is not None else base.replicas)
+            scaling = replace(scaling, max_replicas=max(scaling.max_replicas, top, 1))
     return Deployment(
-        "", "", 0, 0, stamp, stamp,
+        "", "", base.replicas, 0, stamp, stamp,
         config=_changed(base.config, config),
         resources=_changed(base.resources, given.resources),
         placement=_changed(base.placement, given.placement),
@@ -203,12 +212,20 @@ def _merge(
     )  # fmt: skip
 
 
-def _replicas(asked: int | None, before: Deployment | None, scaling: Autoscaling | None) -> int:
-    """Replicas not given keep their count (1 for a new deployment); autoscaling bounds them."""
+def _replicas(
+    asked: int | None, before: Deployment | None, spec: Deployment, given: Scheduling
+) -> int:
+    """Replicas not given: a new (or reset) deployment starts with 1, or its autoscaling
+    minimum; an existing one keeps its count (at least 1 when its autoscaling is turned off).
+    Autoscaling bounds the count."""
+    scaling = spec.autoscaling
     if asked is None:
-        asked = before.replicas if before is not None else 1
-        if scaling is not None and before is None:
-            asked = scaling.min_replicas
+        if before is None or given.reset:
+            asked = scaling.min_replicas if scaling is not None else 1
+        elif before.autoscaling is not None and scaling is None:
+            asked = max(1, before.replicas)
+        else:
+            asked = before.replicas
     if scaling is not None:
         asked = max(scaling.min_replicas, min(asked, scaling.max_replicas))
     return asked

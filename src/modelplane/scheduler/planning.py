@@ -89,9 +89,12 @@ def plan(
             budget = missing if start_budget is None else min(missing, start_budget.get(d.name, 0))
             requests.extend(Request(d.name, d.resources, d.policy) for _ in range(max(budget, 0)))
     short_of_room: set[str] = set()
+    after = view  # the cluster once this round's starts are placed, copied only when needed
     for request, decision in zip(requests, place_all(view, requests), strict=True):
         if isinstance(decision, Placed):
             actions.append(Start(request.deployment, decision.node, decision.reason))
+            after = view.copy() if after is view else after
+            after.assign(decision.node, request.deployment, request.resources)
         else:
             short_of_room.add(request.deployment)
             actions.append(Pending(request.deployment, decision.reason))
@@ -108,7 +111,7 @@ def plan(
         # giving back room helps a new revision only where it could go: not off a drained node
         outdated = [r for r in old_ready if r.revision != d.revision and r.node not in moving]
         room = (
-            _making_room(view, d, outdated)
+            _making_room(after, d, outdated)
             if d.name in short_of_room and ready + len(old_ready) > 1
             else None
         )

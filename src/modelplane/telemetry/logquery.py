@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -72,16 +73,21 @@ def _parse(line: bytes) -> dict[str, Any] | None:
 
 
 def read(
-    folder: Path, where: LogFilter, limit: int = 200, upto: dict[Path, int] | None = None
+    folder: Path,
+    where: LogFilter,
+    limit: int = 200,
+    upto: Mapping[Path, tuple[int, int]] | None = None,
 ) -> list[dict[str, Any]]:
     """The newest ``limit`` records that ``where`` keeps. With ``upto`` (a follower's starting
-    offsets), current files are read only up to them, so that what follows is neither lost
+    positions), current files are read only up to them, so that what follows is neither lost
     between the two nor given twice."""
     records = []
     for path in _files(folder) if folder.is_dir() else []:
         with path.open("rb") as f:
             if upto is not None and path.suffix == ".log":
-                lines = f.read(upto.get(path, 0)).splitlines()
+                inode, offset = upto.get(path, (-1, 0))
+                # a file new since the follower started is all the follower's
+                lines = f.read(offset if os.fstat(f.fileno()).st_ino == inode else 0).splitlines()
             else:
                 lines = f.read().splitlines()
         for line in lines:
@@ -98,7 +104,7 @@ class Follower:
 
     folder: Path
     where: LogFilter
-    offsets: dict[Path, int] = field(default_factory=dict)
+    positions: dict[Path, tuple[int, int]] = field(default_factory=dict)  # inode, offset
 
     def start_at_end(self) -> None:
         """Start after the last complete line of each file (a line being written is followed)."""
@@ -107,21 +113,26 @@ class Follower:
                 size = f.seek(0, 2)
                 f.seek(max(0, size - TAIL_BYTES))
                 tail = f.read()
-            self.offsets[path] = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else size
+                inode = os.fstat(f.fileno()).st_ino
+            offset = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else size
+            self.positions[path] = (inode, offset)
 
     def poll(self) -> Iterator[dict[str, Any]]:
         for path in sorted(self.folder.glob("*.log")):
-            offset = self.offsets.get(path, 0)
-            size = path.stat().st_size
-            if size < offset:  # rotated
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # rotated away just now: its successor comes next poll
+                continue
+            inode, offset = self.positions.get(path, (stat.st_ino, 0))
+            if inode != stat.st_ino or stat.st_size < offset:  # rotated: a new file
                 offset = 0
-            if size == offset:
+            if stat.st_size == offset:
                 continue
             with path.open("rb") as f:
                 f.seek(offset)
-                data = f.read(size - offset)
+                data = f.read(stat.st_size - offset)
             complete = data[: data.rfind(b"\n") + 1]
-            self.offsets[path] = offset + len(complete)
+            self.positions[path] = (stat.st_ino, offset + len(complete))
             for line in complete.splitlines():
                 record = _parse(line)
                 if record is not None and self.where.keep(record):

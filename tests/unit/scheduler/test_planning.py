@@ -115,6 +115,22 @@ def test_rolling_update_without_room_gives_back_one_old_replica_at_a_time() -> N
     )
 
 
+def test_room_is_made_where_this_rounds_starts_leave_it() -> None:
+    nodes = [Node("n1", Resources(1.5, 8192)), Node("n2", Resources(1, 8192))]
+    old = [
+        replica("a", ReplicaState.READY, node="n1"),
+        replica("bb", ReplicaState.READY, node="n2"),
+    ]
+    for r in old:
+        object.__setattr__(r, "resources", Resources(0.5, 512))
+    actions = plan([Desired("iris", "r2", 2, Resources(1, 512))], old, nodes)
+    # the first new replica takes n1's free CPU: only giving back bb (on n2) makes room now
+    assert [a.node for a in actions if isinstance(a, Start)] == ["n1"]
+    assert [a for a in actions if isinstance(a, Drain)] == [
+        Drain("bb", "making room for the new revision")
+    ]
+
+
 def test_a_draining_node_is_emptied_without_downtime() -> None:
     nodes = [Node("n1", Resources(4, 8192), state=NodeState.DRAINING), NODES[1]]
     on_n1 = replica("a", ReplicaState.READY)

@@ -40,7 +40,12 @@ def create_router(services: Services) -> APIRouter:
             ref = ModelRef.parse(body.model)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
-        record = store.apply(ref, body.replicas, body.name, body.config_change(), body.scheduling())
+        replicas = body.replicas
+        if replicas is None and body.autoscaling_off:
+            # fixed from now on at the count autoscaling had reached (at least 1)
+            target = controller.scale_target(body.name or ref.name)
+            replicas = max(1, target) if target is not None else None
+        record = store.apply(ref, replicas, body.name, body.config_change(), body.scheduling())
         controller.kick()
         return out(record)
 

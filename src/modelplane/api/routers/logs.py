@@ -48,7 +48,7 @@ def create_router(services: Services) -> APIRouter:
             return await run_in_threadpool(read, folder, where, limit)
         follower = Follower(folder, where)
         await run_in_threadpool(follower.start_at_end)
-        backlog = await run_in_threadpool(read, folder, where, limit, follower.offsets)
+        backlog = await run_in_threadpool(read, folder, where, limit, follower.positions)
 
         async def stream() -> AsyncIterator[bytes]:
             for record in backlog:
