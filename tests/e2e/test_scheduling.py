@@ -35,8 +35,10 @@ def test_capacity_pending_reasons_and_lowering_the_request(server_factory, iris_
     status = server.cli("deployments", "status", "iris")
     assert "pending (3): needs 4 CPU per replica" in status.stdout, status.stdout
 
-    some = server.cli("deploy", "iris", "--replicas", "3", "--cpu", "1", "--no-wait")
-    assert some.returncode == 0, some.stderr
+    # deploy waits while replicas start, then says what could not be placed, and why
+    some = server.cli("deploy", "iris", "--replicas", "3", "--cpu", "1", "--timeout", "90")
+    assert some.returncode == 6, some.stdout + some.stderr
+    assert "iris: 2/3 ready, 1 replica(s) pending: needs 1 CPU per replica" in some.stderr
 
     def two_placed_one_pending() -> bool:
         d = info(server)

@@ -135,14 +135,20 @@ def deploy(
                     break
                 # pending with nothing starting or making room: no wait will change it
                 moving = any(r["state"] in ("starting", "draining") for r in info["replicas"])
-                if info.get("pending") and not info["ready_replicas"] and not moving:
+                if info.get("pending") and not moving:
                     stuck_since = stuck_since or time.monotonic()
                 else:
                     stuck_since = None
                 if stuck_since is not None and time.monotonic() - stuck_since >= STUCK_S:
                     reasons = "; ".join(sorted(set(info["pending"])))
+                    serving = (
+                        f"{info['ready_replicas']}/{info['desired_replicas']} ready, "
+                        if info["ready_replicas"]
+                        else ""
+                    )
                     raise errors.Unavailable(
-                        f"{info['name']}: {len(info['pending'])} replica(s) pending: {reasons}"
+                        f"{info['name']}: {serving}{len(info['pending'])} replica(s) pending: "
+                        f"{reasons}"
                     )
                 if time.monotonic() > deadline:
                     why = f" (last failure: {info['last_failure']})" if info["last_failure"] else ""
