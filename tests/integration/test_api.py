@@ -193,6 +193,18 @@ async def test_openapi_documents_the_management_api(api) -> None:
     assert "/api/v1/deployments" in spec["paths"]
 
 
+async def test_status_says_when_the_controller_has_acted_on_a_deploy(
+    api, platform: Platform, iris_bytes
+) -> None:
+    await api.post("/api/v1/models/iris/versions", content=iris_bytes)
+    await api.post("/api/v1/deployments", json={"model": "iris", "replicas": 0})
+    assert (await api.get("/api/v1/deployments/iris")).json()["reconciled"] is False
+    await platform.services.controller.step()
+    assert (await api.get("/api/v1/deployments/iris")).json()["reconciled"] is True
+    await api.post("/api/v1/deployments", json={"model": "iris", "config": {"max_batch_size": 4}})
+    assert (await api.get("/api/v1/deployments/iris")).json()["reconciled"] is False
+
+
 async def test_nodes_cordon_and_uncordon(api, platform: Platform) -> None:
     await platform.services.controller.step()  # observe this machine as the one node
     [node] = (await api.get("/api/v1/nodes")).json()

@@ -273,6 +273,9 @@ class DeploymentOut(BaseModel):
         default_factory=list, description="why each wanted replica is not placed yet"
     )
     events: list[dict[str, Any]] = Field(default_factory=list)
+    reconciled: bool = Field(
+        True, description="the controller has acted on the deployment as it now stands"
+    )
 
     @classmethod
     def of(

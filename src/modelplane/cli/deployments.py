@@ -133,9 +133,10 @@ def deploy(
                 info = client.deployment(info["name"])
                 if info["state"] == "ready":
                     break
-                # pending with nothing starting or making room: no wait will change it
+                # pending with nothing starting or making room, once the controller has acted
+                # on this deploy: no wait will change it
                 moving = any(r["state"] in ("starting", "draining") for r in info["replicas"])
-                if info.get("pending") and not moving:
+                if info.get("pending") and info.get("reconciled", True) and not moving:
                     stuck_since = stuck_since or time.monotonic()
                 else:
                     stuck_since = None

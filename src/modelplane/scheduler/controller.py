@@ -12,6 +12,7 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -99,6 +100,7 @@ class Controller:
         self._nodes: list[Node] = []
         self._draining: dict[str, _Draining] = {}
         self._pending: dict[str, list[str]] = {}
+        self._acted_on: dict[str, datetime] = {}  # each deployment's updated_at at the last plan
         self._placements: dict[str, str] = {}
         self._scale: dict[str, autoscaling.ScaleState] = {}
         self._load_seen: dict[str, tuple[float, float, int]] = {}
@@ -119,6 +121,11 @@ class Controller:
     def pending(self, deployment: str) -> list[str]:
         """Why each replica that is wanted but not placed is waiting."""
         return list(self._pending.get(deployment, []))
+
+    def acted_on(self, deployment: str) -> datetime | None:
+        """The deployment's ``updated_at`` as the last reconcile saw it: equal to the stored one
+        once the controller has acted on the latest change (like Kubernetes' observedGeneration)."""
+        return self._acted_on.get(deployment)
 
     def pending_count(self) -> int:
         """Replicas wanted but not placed, over all deployments."""
@@ -177,6 +184,7 @@ class Controller:
             elif isinstance(action, Pending):
                 pending[action.deployment].append(action.reason)
         self._note_pending(pending)
+        self._acted_on = {r.deployment.name: r.deployment.updated_at for r in records}
         if any(not isinstance(a, Pending) for a in actions):
             observed = await self._observe()
         self._observed = observed

@@ -29,6 +29,7 @@ def create_router(services: Services) -> APIRouter:
         out.replicas = [ReplicaOut.of(r, controller.placement(r.id)) for r in replicas]
         out.pending = controller.pending(name)
         out.events = controller.events(name)
+        out.reconciled = controller.acted_on(name) == record.deployment.updated_at
         return out
 
     @router.post("", response_model=DeploymentOut)
