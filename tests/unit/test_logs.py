@@ -95,7 +95,7 @@ def test_follow_after_backlog_loses_and_repeats_nothing(tmp_path: Path) -> None:
     writer.close()
 
 
-def test_a_file_rotated_after_the_follower_starts_is_followed_from_its_start(
+def test_a_file_rotated_after_the_follower_starts_loses_and_repeats_nothing(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "r1.log"
@@ -110,6 +110,20 @@ def test_a_file_rotated_after_the_follower_starts_is_followed_from_its_start(
     assert (tmp_path / "r1.log.1").exists()
     backlog = read(tmp_path, LogFilter(), upto=follower.positions)
     followed = list(follower.poll())
-    assert [r["level"] for r in backlog] == ["warning", "info"]  # r1.log.1, read whole
-    assert [r["level"] for r in followed] == ["error"]  # the new r1.log, from its start
+    assert [r["level"] for r in backlog] == ["warning"]  # up to where following starts
+    assert [r["level"] for r in followed] == ["info", "error"]  # r1.log.1's rest, then r1.log
+    writer.close()
+
+
+def test_following_goes_on_across_a_rotation(tmp_path: Path) -> None:
+    writer = LogWriter(tmp_path / "r1.log", max_bytes=450, backups=1)
+    follower = Follower(tmp_path, LogFilter())
+    follower.start_at_end()
+    writer.write(record(0, "warning"))
+    writer.flush()
+    assert [r["level"] for r in follower.poll()] == ["warning"]
+    for level in ("info", "error"):  # the second rotates
+        writer.write(record(0, level) | {"message": "x" * 150})
+        writer.flush()
+    assert [r["level"] for r in follower.poll()] == ["info", "error"]
     writer.close()

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from modelplane.telemetry.logquery import LogReader
+
 PORT_WAIT_S = 0.05
 LOG_SUFFIXES = (".log", ".payloads.jsonl", ".out")
 
@@ -123,38 +125,3 @@ class ReplicaActor:
         last = self.read_logs(64 << 20)
         shutil.rmtree(self.run_dir, ignore_errors=True)
         return last
-
-
-class LogReader:
-    """Follows a rotated log file (``replica.log`` -> ``replica.log.1``), returning whole lines."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._inode: int | None = None
-        self._offset = 0
-
-    def read(self, limit: int) -> bytes:
-        try:
-            inode = self._path.stat().st_ino
-        except FileNotFoundError:
-            return b""
-        data = b""
-        if self._inode is not None and inode != self._inode:
-            # rotated: finish the old file (now .1) first, then start the new one
-            data = self._chunk(self._path.with_name(self._path.name + ".1"), limit)
-            self._offset = 0
-        self._inode = inode
-        return data + self._chunk(self._path, limit - len(data))
-
-    def _chunk(self, path: Path, limit: int) -> bytes:
-        if limit <= 0:
-            return b""
-        try:
-            with path.open("rb") as f:
-                f.seek(self._offset)
-                data = f.read(limit)
-        except FileNotFoundError:
-            return b""
-        end = data.rfind(b"\n") + 1  # whole lines only; the rest comes next time
-        self._offset += end
-        return data[:end]

@@ -165,17 +165,19 @@ class Controller:
         if self._node_store is not None:
             self._cordons = await asyncio.to_thread(self._node_store.all)
         by_name = {r.deployment.name: r for r in records}
-        observed = await self._observe()
-        await self._finish_draining(observed)
+        observed = await self._observe(with_nodes=True)
+        await self._finish_draining({r.id: r.state for r in observed})
         observed = [r for r in observed if r.id in self._live_ids]
+        owners = {r.id: r.deployment for r in observed}
         desired = [self._desired(r.deployment) for r in records]
         actions = plan(desired, observed, self._nodes, self._start_budget(desired))
         pending: defaultdict[str, list[str]] = defaultdict(list)
         for action in actions:
             if isinstance(action, Stop):
-                await self._stop(action.replica_id, action.reason, observed)
+                owner = owners.get(action.replica_id, "")
+                await self._stop(action.replica_id, action.reason, owner)
             elif isinstance(action, Drain):
-                owner = next((r.deployment for r in observed if r.id == action.replica_id), "")
+                owner = owners.get(action.replica_id, "")
                 self._draining[action.replica_id] = _Draining(self._clock(), action.reason, owner)
                 self._event(owner, "drain", action.replica_id, action.reason)
                 log.info("draining replica %s: %s", action.replica_id, action.reason)
@@ -186,17 +188,21 @@ class Controller:
         self._note_pending(pending)
         self._acted_on = {r.deployment.name: r.deployment.updated_at for r in records}
         if any(not isinstance(a, Pending) for a in actions):
-            observed = await self._observe()
+            observed = await self._observe(with_nodes=False)  # nodes were probed this step
         self._observed = observed
         self._forget(by_name)
         self._publish(records, observed)
         self.load.prune({r.id: r.url for r in observed})
 
-    async def _observe(self) -> list[Replica]:
-        observed, nodes = await asyncio.gather(self._executor.observe(), self._executor.nodes())
-        self._nodes = [self._maintenance(n) for n in nodes]
+    async def _observe(self, with_nodes: bool) -> list[Replica]:
+        if with_nodes:
+            observed, nodes = await asyncio.gather(self._executor.observe(), self._executor.nodes())
+            self._nodes = [self._maintenance(n) for n in nodes]
+        else:
+            observed = await self._executor.observe()
         self._live_ids = {r.id for r in observed}
         self._counted &= self._live_ids
+        self._placements = {k: v for k, v in self._placements.items() if k in self._live_ids}
         for replica in observed:
             if replica.state == ReplicaState.FAILED and replica.message:
                 self._last_failure[replica.deployment] = replica.message
@@ -218,21 +224,19 @@ class Controller:
             return node
         return replace(node, state=NodeState.DRAINING if cordon.drain else NodeState.CORDONED)
 
-    async def _finish_draining(self, observed: list[Replica]) -> None:
+    async def _finish_draining(self, states: dict[str, ReplicaState]) -> None:
         """Stop draining replicas once their in-flight requests are done (or time is up)."""
         now = self._clock()
-        states = {r.id: r.state for r in observed}
         for replica_id, drain in list(self._draining.items()):
             state = states.get(replica_id)
             idle = self.load.outstanding(replica_id) == 0
             done = now - drain.since >= DRAIN_GRACE_S and idle
             if state is None or state == ReplicaState.FAILED or done:
-                await self._stop(replica_id, drain.reason, observed)
+                await self._stop(replica_id, drain.reason, drain.deployment)
             elif now - drain.since > self._drain_timeout:
-                await self._stop(replica_id, f"{drain.reason}; drain timed out", observed)
+                await self._stop(replica_id, f"{drain.reason}; drain timed out", drain.deployment)
 
-    async def _stop(self, replica_id: str, reason: str, observed: list[Replica]) -> None:
-        owner = next((r.deployment for r in observed if r.id == replica_id), "")
+    async def _stop(self, replica_id: str, reason: str, owner: str) -> None:
         log.info("stopping replica %s: %s", replica_id, reason)
         self._event(owner, "stop", replica_id, reason)
         self._draining.pop(replica_id, None)

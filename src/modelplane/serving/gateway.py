@@ -22,7 +22,7 @@ from modelplane.errors import (
 from modelplane.protocol import frames
 from modelplane.serving.replica_client import ReplicaConnection, ReplicaGone
 from modelplane.serving.routing import Endpoint, Route, RoutingTable
-from modelplane.telemetry.metrics import Metrics, RequestSeries
+from modelplane.telemetry.metrics import Metrics
 
 COLD_START_POLL_S = 0.02
 
@@ -44,7 +44,6 @@ class Gateway:
     ) -> None:
         self.table = table
         self._metrics = metrics
-        self._series: dict[tuple[str, str], RequestSeries] = {}
         self.traffic: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
         self._token = token
         self._timeout = timeout_s
@@ -58,11 +57,9 @@ class Gateway:
     def load(self, name: str) -> tuple[int, float, int]:
         """Requests in flight now, busy seconds and completed requests so far for ``name``
         (the latency histograms' sums and counts over its versions)."""
-        busy, done = 0.0, 0
-        for (route, _), series in self._series.items():
-            if route == name:
-                busy += series.latency.sum
-                done += series.latency.count
+        served = self._metrics.model_requests(name)
+        busy = sum(series.latency.sum for series in served)
+        done = sum(series.latency.count for series in served)
         return (self._queued.get(name, 0), busy, done)
 
     def in_flight(self) -> dict[str, int]:
@@ -85,8 +82,7 @@ class Gateway:
             self._connections.pop(url).close()
             self._connecting.pop(url, None)
         names = set(self.table.routes)
-        for key in [k for k in self._series if k[0] not in names]:
-            del self._series[key]
+        self._metrics.forget_requests(names)
         for name in [n for n, q in self._queued.items() if n not in names and not q]:
             del self._queued[name]
 
@@ -129,7 +125,7 @@ class Gateway:
     ) -> Forwarded:
         """Forward an inference to a ready replica. Excess load gets 429 at once; a replica that
         goes away before answering is retried once on another."""
-        series = self._route_series(route)
+        series = self._metrics.requests(route.name, route.version)
         if self._queued[route.name] >= route.max_queued:
             series.count(429)
             raise Overloaded(
@@ -150,13 +146,6 @@ class Gateway:
             self._queued[route.name] -= 1
             series.count(status)
             series.latency.observe(time.perf_counter() - started)
-
-    def _route_series(self, route: Route) -> RequestSeries:
-        key = (route.name, route.version)
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = self._metrics.requests(*key)
-        return series
 
     async def _forward(
         self, route: Route, body: bytes, header_length: int | None, request_id: str

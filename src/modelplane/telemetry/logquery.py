@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +17,7 @@ from modelplane.telemetry.logs import LEVELS
 
 DURATION = re.compile(r"^(\d+)([smhd])$")
 TAIL_BYTES = 1 << 16  # longer than any one log line
+POLL_BYTES = 16 << 20  # the most read from one file per poll
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
@@ -82,58 +83,99 @@ def read(
     positions), current files are read only up to them, so that what follows is neither lost
     between the two nor given twice."""
     records = []
+    followed = dict((upto or {}).values())  # inode -> offset
     for path in _files(folder) if folder.is_dir() else []:
         with path.open("rb") as f:
-            if upto is not None and path.suffix == ".log":
-                inode, offset = upto.get(path, (-1, 0))
-                # a file new since the follower started is all the follower's
-                lines = f.read(offset if os.fstat(f.fileno()).st_ino == inode else 0).splitlines()
-            else:
-                lines = f.read().splitlines()
-        for line in lines:
-            record = _parse(line)
-            if record is not None and where.keep(record):
-                records.append(record)
+            lines: Iterable[bytes] = f
+            if upto is not None:
+                offset = followed.get(os.fstat(f.fileno()).st_ino)
+                if offset is not None:  # followed from there on (rotated since, or not)
+                    lines = f.read(offset).splitlines()
+                elif path.suffix == ".log":  # new since the follower started: all its own
+                    continue
+            for line in lines:
+                record = _parse(line)
+                if record is not None and where.keep(record):
+                    records.append(record)
     records.sort(key=lambda r: str(r.get("time", "")))
     return records[-limit:]
 
 
-@dataclass
-class Follower:
-    """Yields lines appended to a deployment's current log files since the last call."""
+class LogReader:
+    """Follows one log file through rotation (``r.log`` -> ``r.log.1``), returning whole lines
+    written since the last call."""
 
-    folder: Path
-    where: LogFilter
-    positions: dict[Path, tuple[int, int]] = field(default_factory=dict)  # inode, offset
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._inode: int | None = None
+        self._offset = 0
+
+    @property
+    def position(self) -> tuple[int, int] | None:
+        """(inode, offset) read up to, once known."""
+        return None if self._inode is None else (self._inode, self._offset)
 
     def start_at_end(self) -> None:
-        """Start after the last complete line of each file (a line being written is followed)."""
-        for path in self.folder.glob("*.log"):
-            with path.open("rb") as f:
+        """Skip what is there: start after the last complete line (one being written is read)."""
+        try:
+            with self.path.open("rb") as f:
                 size = f.seek(0, 2)
                 f.seek(max(0, size - TAIL_BYTES))
                 tail = f.read()
-                inode = os.fstat(f.fileno()).st_ino
-            offset = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else size
-            self.positions[path] = (inode, offset)
+                self._inode = os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            return
+        self._offset = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else size
+
+    def read(self, limit: int) -> bytes:
+        try:
+            inode = self.path.stat().st_ino
+        except FileNotFoundError:
+            return b""
+        data = b""
+        if self._inode is not None and inode != self._inode:
+            # rotated: finish the old file (now .1) first, then start the new one
+            data = self._chunk(self.path.with_name(self.path.name + ".1"), limit)
+            self._offset = 0
+        self._inode = inode
+        return data + self._chunk(self.path, limit - len(data))
+
+    def _chunk(self, path: Path, limit: int) -> bytes:
+        if limit <= 0:
+            return b""
+        try:
+            with path.open("rb") as f:
+                f.seek(self._offset)
+                data = f.read(limit)
+        except FileNotFoundError:
+            return b""
+        end = data.rfind(b"\n") + 1  # whole lines only; the rest comes next time
+        self._offset += end
+        return data[:end]
+
+
+@dataclass
+class Follower:
+    """Yields records appended to a deployment's current log files since the last call."""
+
+    folder: Path
+    where: LogFilter
+    readers: dict[Path, LogReader] = field(default_factory=dict)
+
+    def start_at_end(self) -> None:
+        for path in self.folder.glob("*.log"):
+            self.readers[path] = reader = LogReader(path)
+            reader.start_at_end()
+
+    @property
+    def positions(self) -> dict[Path, tuple[int, int]]:
+        """Where each file's following starts (for ``read``'s ``upto``)."""
+        return {p: pos for p, r in self.readers.items() if (pos := r.position) is not None}
 
     def poll(self) -> Iterator[dict[str, Any]]:
         for path in sorted(self.folder.glob("*.log")):
-            try:
-                stat = path.stat()
-            except FileNotFoundError:  # rotated away just now: its successor comes next poll
-                continue
-            inode, offset = self.positions.get(path, (stat.st_ino, 0))
-            if inode != stat.st_ino or stat.st_size < offset:  # rotated: a new file
-                offset = 0
-            if stat.st_size == offset:
-                continue
-            with path.open("rb") as f:
-                f.seek(offset)
-                data = f.read(stat.st_size - offset)
-            complete = data[: data.rfind(b"\n") + 1]
-            self.positions[path] = (stat.st_ino, offset + len(complete))
-            for line in complete.splitlines():
+            reader = self.readers.get(path) or self.readers.setdefault(path, LogReader(path))
+            for line in reader.read(POLL_BYTES).splitlines():
                 record = _parse(line)
                 if record is not None and self.where.keep(record):
                     yield record

@@ -63,7 +63,7 @@ class Metrics:
         """``export_requests`` False leaves the per-request series out of ``/metrics`` (the
         gateway still counts them: the autoscaler reads them)."""
         self.registry = registry
-        self._requests: dict[tuple[str, str], RequestSeries] = {}
+        self._requests: dict[str, dict[str, RequestSeries]] = {}  # model -> version -> series
         self.unrouted = Counter(
             "modelplane_requests_unrouted", "Requests for models that are not deployed",
             ["code"], registry=registry,
@@ -85,14 +85,26 @@ class Metrics:
             registry.register(_RequestCollector(self))
 
     def requests(self, model: str, version: str) -> RequestSeries:
-        """The request series of a routed model version (created on first use)."""
-        series = self._requests.get((model, version))
+        """The request series of a routed model version (created on first use; the hot path)."""
+        versions = self._requests.get(model)
+        if versions is None:
+            versions = self._requests[model] = {}
+        series = versions.get(version)
         if series is None:
-            series = self._requests[(model, version)] = RequestSeries()
+            series = versions[version] = RequestSeries()
         return series
 
+    def model_requests(self, model: str) -> list[RequestSeries]:
+        """The series of every version of ``model`` served so far."""
+        return list(self._requests.get(model, {}).values())
+
     def request_series(self) -> list[tuple[tuple[str, str], RequestSeries]]:
-        return list(self._requests.items())
+        return [((m, v), s) for m, versions in self._requests.items() for v, s in versions.items()]
+
+    def forget_requests(self, keep: set[str]) -> None:
+        """Drop the series of models no longer routed (they leave ``/metrics`` too)."""
+        for model in [m for m in self._requests if m not in keep]:
+            del self._requests[model]
 
 
 def _histogram(
