@@ -198,14 +198,20 @@ async def test_autoscaling_follows_the_gateway_load(platform, iris_bytes) -> Non
     assert len(executor.replicas) == 3
     assert controller.scale_target("iris") == 3
     executor.set_all(ReplicaState.READY)
-    for _ in range(8):  # idle
+    idle = 0
+    while controller.scale_target("iris") != 0:
+        idle += 1
+        assert idle <= 8, "no scale down after 8 idle seconds"
         clock[0] += 1
         await controller.step()
-    assert controller.scale_target("iris") == 0
-    assert all(r.state == ReplicaState.DRAINING for r in controller.replicas("iris"))
+    assert idle >= 5  # not before the downscale delay
+    # scaled to zero: the three leave the routes and drain, then stop
+    assert [r.state for r in controller.replicas("iris")] == [ReplicaState.DRAINING] * 3
+    assert table.routes["iris"].endpoints == ()
     clock[0] += 1
     await controller.step()
     assert executor.replicas == {}
+    assert load.pruned == {}  # the gateway is told to forget them
     assert any(e["action"] == "scale" for e in controller.events("iris"))
 
 

@@ -29,28 +29,6 @@ class ReplicaState(enum.StrEnum):
     FAILED = "failed"
 
 
-# Which transitions a replica may make; anything else is a bug in the caller.
-TRANSITIONS: dict[ReplicaState, frozenset[ReplicaState]] = {
-    ReplicaState.PENDING: frozenset({ReplicaState.STARTING, ReplicaState.STOPPED}),
-    ReplicaState.STARTING: frozenset(
-        {ReplicaState.READY, ReplicaState.FAILED, ReplicaState.STOPPED}
-    ),
-    ReplicaState.READY: frozenset(
-        {ReplicaState.UNHEALTHY, ReplicaState.FAILED, ReplicaState.DRAINING}
-    ),
-    ReplicaState.UNHEALTHY: frozenset(
-        {ReplicaState.READY, ReplicaState.FAILED, ReplicaState.STOPPED}
-    ),
-    ReplicaState.DRAINING: frozenset({ReplicaState.STOPPED, ReplicaState.FAILED}),
-    ReplicaState.STOPPED: frozenset(),
-    ReplicaState.FAILED: frozenset(),
-}
-
-
-def can_transition(old: ReplicaState, new: ReplicaState) -> bool:
-    return old == new or new in TRANSITIONS[old]
-
-
 @dataclass(frozen=True, slots=True)
 class ServingConfig:
     """How a deployment serves: batching and back-pressure. Validated where it enters (API)."""

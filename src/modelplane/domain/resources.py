@@ -20,18 +20,6 @@ class Resources:
         return Resources(self.cpu + other.cpu, self.memory_mb + other.memory_mb,
                          self.gpus + other.gpus)  # fmt: skip
 
-    def __sub__(self, other: Resources) -> Resources:
-        return Resources(self.cpu - other.cpu, self.memory_mb - other.memory_mb,
-                         self.gpus - other.gpus)  # fmt: skip
-
-    def fits_in(self, free: Resources) -> bool:
-        eps = 1e-9
-        return (
-            self.cpu <= free.cpu + eps
-            and self.memory_mb <= free.memory_mb
-            and self.gpus <= free.gpus
-        )
-
     def describe(self) -> str:
         parts = [f"{self.cpu:g} CPU", f"{self.memory_mb} MB"]
         if self.gpus:

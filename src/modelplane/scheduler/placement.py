@@ -141,9 +141,6 @@ class ClusterView:
         self.spare_cpu[i] = self.free_cpu[i] - held * self.cap_cpu[i]
         self.spare_mem[i] = self.free_mem[i] - held * self.cap_mem[i]
 
-    def mark_lost(self, node: str) -> None:
-        self.usable[self.index[node]] = False
-
     # ---- reads ------------------------------------------------------------------------------
     def _labels(self, policy: PlacementPolicy, gpus: bool) -> npt.NDArray[np.bool_]:
         """Nodes with the policy's labels, in its zones, with its GPU type (cached)."""
@@ -249,7 +246,11 @@ def batch_order(requests: Sequence[Request]) -> list[int]:
 def place_all(view: ClusterView, requests: Sequence[Request]) -> list[Decision]:
     """Place a batch (largest first), each seeing the ones before it; decisions come back in
     the order of ``requests``; ``view`` is not changed."""
-    work = view.copy()
+    return place_into(view.copy(), requests)
+
+
+def place_into(work: ClusterView, requests: Sequence[Request]) -> list[Decision]:
+    """``place_all`` on a working copy the caller keeps: it ends holding the placed replicas."""
     decisions: list[Decision] = [Unplaced("")] * len(requests)
     for i in batch_order(requests):
         request = requests[i]
@@ -298,9 +299,12 @@ def _why_not(view: ClusterView, request: Request, eligible: npt.NDArray[np.bool_
             wanted = ", ".join(filter(None, [wanted, f"gpu_type={policy.gpu_type}"]))
         return f"{needs}; no healthy node has the labels {wanted}"
     idx = np.flatnonzero(eligible)
+    # what place() measured against: without GPUs, a GPU node's spare room (see place)
+    free_cpu, free_mem = (view.free_cpu, view.free_mem) if want.gpus else (
+        view.spare_cpu, view.spare_mem)  # fmt: skip
     for free, capacity, asked, unit in (
-        (view.free_cpu, view.cap_cpu, want.cpu, "CPU"),
-        (view.free_mem, view.cap_mem, float(want.memory_mb), "MB of memory"),
+        (free_cpu, view.cap_cpu, want.cpu, "CPU"),
+        (free_mem, view.cap_mem, float(want.memory_mb), "MB of memory"),
         (view.free_gpu, view.cap_gpu, float(want.gpus), "GPU"),
     ):
         best = int(idx[np.argmax(free[idx])])
@@ -311,8 +315,8 @@ def _why_not(view: ClusterView, request: Request, eligible: npt.NDArray[np.bool_
                 f"needs {asked:g} {unit} per replica; the largest free is "
                 f"{max(free[best], 0):g} {unit} on {view.nodes[best].id}{never}"
             )
-    best = int(idx[np.argmax(view.free_cpu[idx])])
+    best = int(idx[np.argmax(free_cpu[idx])])
     return (
         f"{needs}; no node has that much CPU and memory free at once (most CPU free: "
-        f"{view.free_cpu[best]:g} CPU with {view.free_mem[best]:g} MB on {view.nodes[best].id})"
+        f"{free_cpu[best]:g} CPU with {free_mem[best]:g} MB on {view.nodes[best].id})"
     )

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from modelplane.domain import DEFAULT_REQUEST, Node, NodeState, PlacementPolicy, Replica, Resources
 from modelplane.domain import ReplicaState as S
-from modelplane.scheduler.placement import ClusterView, Placed, Request, place, place_all
+from modelplane.scheduler.placement import ClusterView, Placed, Request, place, place_into
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +89,10 @@ def plan(
             budget = missing if start_budget is None else min(missing, start_budget.get(d.name, 0))
             requests.extend(Request(d.name, d.resources, d.policy) for _ in range(max(budget, 0)))
     short_of_room: set[str] = set()
-    after = view  # the cluster once this round's starts are placed, copied only when needed
-    for request, decision in zip(requests, place_all(view, requests), strict=True):
+    after = view.copy()  # the cluster once this round's starts are placed
+    for request, decision in zip(requests, place_into(after, requests), strict=True):
         if isinstance(decision, Placed):
             actions.append(Start(request.deployment, decision.node, decision.reason))
-            after = view.copy() if after is view else after
-            after.assign(decision.node, request.deployment, request.resources)
         else:
             short_of_room.add(request.deployment)
             actions.append(Pending(request.deployment, decision.reason))
@@ -131,14 +129,15 @@ def plan(
 def _making_room(view: ClusterView, d: Desired, outdated: list[Replica]) -> Replica | None:
     """The oldest replica of an old revision whose room would take one of the new revision;
     none when giving any back would not help (the new request can never fit: the old keep
-    serving, and the new stay pending with the reason)."""
+    serving, and the new stay pending with the reason). ``view`` is tried on and put back."""
     request = Request(d.name, d.resources, d.policy)
     for replica in sorted(outdated, key=lambda r: r.started_at):
         if replica.node not in view.index:
             continue
-        trial = view.copy()
-        trial.release(replica.node, d.name, replica.resources)
-        if isinstance(place(trial, request), Placed):
+        view.release(replica.node, d.name, replica.resources)
+        helps = isinstance(place(view, request), Placed)
+        view.assign(replica.node, d.name, replica.resources)
+        if helps:
             return replica
     return None
 

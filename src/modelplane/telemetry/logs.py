@@ -20,6 +20,7 @@ import orjson
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 FLUSH_LINES = 512  # a writer flushes when this many lines wait (and every half second)
+FLUSH_BYTES = 64 << 10  # or this many bytes (payload lines can be large)
 
 
 _SECOND: list[Any] = [-1, ""]  # the formatted current second, reused within that second
@@ -58,6 +59,7 @@ class LogWriter:
         self._file = path.open("ab")
         self._size = self._file.tell()
         self._buffer: list[bytes] = []
+        self._buffered = 0
         self._lock = threading.Lock()
 
     def write(self, record: dict[str, Any]) -> None:
@@ -67,7 +69,8 @@ class LogWriter:
         """Append one ready JSON line (ending in a newline)."""
         with self._lock:
             self._buffer.append(line)
-            if len(self._buffer) >= FLUSH_LINES:
+            self._buffered += len(line)
+            if len(self._buffer) >= FLUSH_LINES or self._buffered >= FLUSH_BYTES:
                 self._flush_locked()
 
     def flush(self) -> None:
@@ -77,7 +80,7 @@ class LogWriter:
     def _flush_locked(self) -> None:
         if not self._buffer:
             return
-        lines, self._buffer = self._buffer, []
+        lines, self._buffer, self._buffered = self._buffer, [], 0
         data = b"".join(lines)
         if self._size + len(data) > self._max:
             self._rotate()

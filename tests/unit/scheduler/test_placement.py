@@ -110,3 +110,14 @@ def test_zones_restrict_and_the_reason_names_them() -> None:
     )
     assert isinstance(nowhere, Unplaced)
     assert "no healthy node has the labels zone in c" in nowhere.reason
+
+
+def test_a_gpu_nodes_held_back_room_is_what_the_reason_names() -> None:
+    gpu = Node("g1", Resources(8, 16384, gpus=1), {"zone": "a"}, cost_per_hour=3.0)
+    view = ClusterView([gpu])
+    # without GPUs a replica may use only the spare room: half the free GPU's share stays free
+    decision = place(view, Request("m", Resources(5, 512)))
+    assert isinstance(decision, Unplaced)
+    assert decision.reason == "needs 5 CPU per replica; the largest free is 4 CPU on g1"
+    assert isinstance(place(view, Request("m", Resources(4, 512))), Placed)
+    assert isinstance(place(view, Request("m", Resources(5, 512, gpus=1))), Placed)

@@ -8,10 +8,16 @@ NODES = [
 
 
 def replica(
-    rid: str, state: ReplicaState, version: int = 1, name: str = "iris", node: str = "n1"
+    rid: str,
+    state: ReplicaState,
+    version: int = 1,
+    name: str = "iris",
+    node: str = "n1",
+    resources: Resources | None = None,
 ) -> Replica:
     return Replica(rid, name, "iris", version, f"unix:/{rid}", state, float(len(rid)),
-                   revision=f"r{version}", node=node)  # fmt: skip
+                   revision=f"r{version}", node=node,
+                   **({"resources": resources} if resources else {}))  # fmt: skip
 
 
 def kinds(actions: list[object]) -> list[str]:
@@ -99,10 +105,10 @@ def test_a_replica_that_fits_nowhere_is_pending_with_a_reason() -> None:
 
 def test_rolling_update_without_room_gives_back_one_old_replica_at_a_time() -> None:
     small = [Node("n1", Resources(2, 8192))]
-    old = [replica("a", ReplicaState.READY), replica("bb", ReplicaState.READY)]
+    one = Resources(1, 512)
+    old = [replica("a", ReplicaState.READY, resources=one),
+           replica("bb", ReplicaState.READY, resources=one)]  # fmt: skip
     want = Desired("iris", "r2", 2, Resources(1, 512))
-    for r in old:
-        object.__setattr__(r, "resources", Resources(1, 512))
     actions = plan([want], old, small)
     assert kinds(actions) == ["Pending", "Pending", "Drain"]
     assert actions[2] == Drain("a", "making room for the new revision")
@@ -117,12 +123,11 @@ def test_rolling_update_without_room_gives_back_one_old_replica_at_a_time() -> N
 
 def test_room_is_made_where_this_rounds_starts_leave_it() -> None:
     nodes = [Node("n1", Resources(1.5, 8192)), Node("n2", Resources(1, 8192))]
+    half = Resources(0.5, 512)
     old = [
-        replica("a", ReplicaState.READY, node="n1"),
-        replica("bb", ReplicaState.READY, node="n2"),
+        replica("a", ReplicaState.READY, node="n1", resources=half),
+        replica("bb", ReplicaState.READY, node="n2", resources=half),
     ]
-    for r in old:
-        object.__setattr__(r, "resources", Resources(0.5, 512))
     actions = plan([Desired("iris", "r2", 2, Resources(1, 512))], old, nodes)
     # the first new replica takes n1's free CPU: only giving back bb (on n2) makes room now
     assert [a.node for a in actions if isinstance(a, Start)] == ["n1"]
