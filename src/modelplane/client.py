@@ -70,6 +70,7 @@ class ReplicaInfo(TypedDict):
     message: str
     node: str
     placement: str
+    resources: dict[str, Any] | None
 
 
 class DeploymentInfo(TypedDict):
@@ -91,6 +92,7 @@ class DeploymentInfo(TypedDict):
     autoscaling: dict[str, Any] | None
     pending: list[str]
     events: list[dict[str, Any]]
+    reconciled: bool
 
 
 def _raise_for(response: httpx.Response) -> None:

@@ -22,11 +22,11 @@ from modelplane.protocol import frames
 from modelplane.server import make_executor
 from modelplane.serving.replica_client import ReplicaConnection, probe
 from modelplane.settings import SchedulerSettings, Settings
+from modelplane.testing import IRIS_REQUEST
 
 pytestmark = pytest.mark.e2e
 
-BODY = orjson.dumps({"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32",
-                                 "data": [5.1, 3.5, 1.4, 0.2]}]})  # fmt: skip
+BODY = orjson.dumps(IRIS_REQUEST)
 
 
 @pytest.fixture(params=["local", "ray"])

@@ -230,10 +230,8 @@ class NodeOut(BaseModel):
     maintenance: str = Field("", description="why an operator cordoned or is draining it")
 
     @classmethod
-    def of(cls, node: Node, replicas: list[Replica], maintenance: str = "") -> NodeOut:
-        mine = [r for r in replicas if r.node == node.id]
-        used = sum((r.resources for r in mine), Resources())
-        capacity = node.capacity
+    def of(cls, node: Node, on_node: list[Replica], maintenance: str = "") -> NodeOut:
+        used = sum((r.resources for r in on_node), Resources())
         return cls(
             id=node.id,
             state=node.state.value,
@@ -243,11 +241,12 @@ class NodeOut(BaseModel):
             instance_type=node.instance_type,
             cost_per_hour=node.cost_per_hour,
             gpu_type=node.gpu_type,
+            # not validated: a lost node may report no capacity at all
             capacity=ResourcesIn.model_construct(
-                cpu=capacity.cpu, memory_mb=capacity.memory_mb, gpus=capacity.gpus
+                cpu=node.capacity.cpu, memory_mb=node.capacity.memory_mb, gpus=node.capacity.gpus
             ),
-            allocated={"cpu": used.cpu, "memory_mb": used.memory_mb, "gpus": used.gpus},
-            replicas=len(mine),
+            allocated=used.to_dict(),
+            replicas=len(on_node),
             maintenance=maintenance,
         )
 

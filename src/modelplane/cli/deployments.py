@@ -136,7 +136,7 @@ def deploy(
                 # pending with nothing starting or making room, once the controller has acted
                 # on this deploy: no wait will change it
                 moving = any(r["state"] in ("starting", "draining") for r in info["replicas"])
-                if info.get("pending") and info.get("reconciled", True) and not moving:
+                if info["pending"] and info["reconciled"] and not moving:
                     stuck_since = stuck_since or time.monotonic()
                 else:
                     stuck_since = None
@@ -211,7 +211,7 @@ def deployments_status(name: str, as_json: Json = False) -> None:
     console.print(f"[bold]{d['name']}[/bold]  {d['ref']}  {state}  {ready}")
     if d["last_failure"]:
         console.print(f"last failure: {d['last_failure']}", highlight=False)
-    for reason in sorted(set(d.get("pending") or [])):
+    for reason in sorted(set(d["pending"])):
         count = d["pending"].count(reason)
         console.print(f"[yellow]pending[/yellow] ({count}): {reason}", highlight=False)
     if d.get("events"):
@@ -225,7 +225,7 @@ def deployments_status(name: str, as_json: Json = False) -> None:
                 r["id"],
                 r["version"],
                 r["state"],
-                r.get("node", ""),
+                r["node"],
                 r["pid"],
                 f"{time.time() - r['started_at']:.0f}s",
                 r["message"],

@@ -67,8 +67,8 @@ def human_size(size: int) -> str:
 
 STATE_COLORS = {
     "ready": "green", "healthy": "green", "degraded": "yellow", "pending": "yellow",
-    "updating": "cyan",
-    "starting": "yellow", "draining": "yellow", "scaled to zero": "cyan", "stopped": "cyan",
+    "starting": "yellow", "draining": "yellow", "cordoned": "yellow", "updating": "cyan",
+    "scaled to zero": "cyan", "stopped": "cyan",
 }  # fmt: skip
 
 

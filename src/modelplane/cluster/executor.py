@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-from modelplane.domain import DEFAULT_REQUEST, Node, Replica, Resources, ServingConfig
+from modelplane.domain import (
+    DEFAULT_REQUEST,
+    Node,
+    Replica,
+    ReplicaState,
+    Resources,
+    ServingConfig,
+)
+from modelplane.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,3 +53,25 @@ class ReplicaExecutor(Protocol):
         ...
 
     async def shutdown(self) -> None: ...
+
+
+def after_probe(
+    replica: Replica, healthy: bool, failures: int, settings: Settings
+) -> tuple[Replica, int]:
+    """What a health probe of a running replica makes of it, with its run of failed probes:
+    ready when it answers; starting until the start timeout, then failed; unhealthy after the
+    failure threshold. The same rule for every executor."""
+    if healthy:
+        return replace(replica, state=ReplicaState.READY, message=""), 0
+    if replica.state == ReplicaState.STARTING:
+        waited = time.time() - replica.started_at
+        if waited > settings.serving.replica_start_timeout_s:
+            message = f"not ready after {waited:.0f}s; killed"
+            return replace(replica, state=ReplicaState.FAILED, message=message), failures
+        return replica, failures
+    failures += 1
+    if failures >= settings.scheduler.health_failure_threshold:
+        return replace(
+            replica, state=ReplicaState.UNHEALTHY, message="health checks failing"
+        ), failures
+    return replica, failures

@@ -16,7 +16,7 @@ from typing import IO
 
 import psutil
 
-from modelplane.cluster.executor import ReplicaSpec
+from modelplane.cluster.executor import ReplicaSpec, after_probe
 from modelplane.domain import Node, Replica, ReplicaState, Resources
 from modelplane.serving.replica_client import probe
 from modelplane.settings import Settings
@@ -151,23 +151,10 @@ class LocalExecutor:
         if code is not None:
             return replace(replica, state=ReplicaState.FAILED, message=self._exit_message(entry))
         healthy = await self._probe(entry)
-        if healthy:
-            entry.failures = 0
-            return replace(replica, state=ReplicaState.READY, message="")
-        if replica.state == ReplicaState.STARTING:
-            waited = time.time() - replica.started_at
-            if waited > self._settings.serving.replica_start_timeout_s:
-                entry.proc.kill()
-                return replace(
-                    replica,
-                    state=ReplicaState.FAILED,
-                    message=f"not ready after {waited:.0f}s; killed",
-                )
-            return replica
-        entry.failures += 1
-        if entry.failures >= self._settings.scheduler.health_failure_threshold:
-            return replace(replica, state=ReplicaState.UNHEALTHY, message="health checks failing")
-        return replica
+        checked, entry.failures = after_probe(replica, healthy, entry.failures, self._settings)
+        if checked.state == ReplicaState.FAILED:
+            entry.proc.kill()  # never became ready
+        return checked
 
     def _exit_message(self, entry: _Process) -> str:
         code = entry.proc.returncode

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from modelplane.cluster.executor import ReplicaSpec
+from modelplane.cluster.executor import ReplicaSpec, after_probe
 from modelplane.cluster.local import replica_arguments
 from modelplane.domain import Node, NodeState, Replica, ReplicaState, Resources
 from modelplane.serving.replica_client import probe
@@ -44,6 +44,7 @@ class _Actor:
     address: Any = None  # ObjectRef of the actor's address() call while starting
     failures: int = 0
     logs: dict[str, LogWriter] = field(default_factory=dict)  # the control plane's copies
+    digest: str = ""  # its artifact, kept in the object store while an actor uses it
 
 
 def _node_ip(address: str) -> str | None:
@@ -138,7 +139,7 @@ class RayExecutor:
                 node=info["node"],
                 resources=Resources.from_dict(info["resources"]),
             )
-            self._actors[replica.id] = _Actor(replica, handle)
+            self._actors[replica.id] = _Actor(replica, handle, digest=info["digest"])
             log.info("adopted replica %s of %s on %s", replica.id, replica.deployment, replica.node)
 
     # ---- nodes --------------------------------------------------------------------------------
@@ -225,7 +226,8 @@ class RayExecutor:
             version=spec.version, url="", state=ReplicaState.STARTING, started_at=now,
             revision=spec.revision, node=spec.node, resources=spec.resources,
         )  # fmt: skip
-        self._actors[spec.replica_id] = _Actor(replica, handle, handle.address.remote(timeout))
+        address = handle.address.remote(timeout)
+        self._actors[spec.replica_id] = _Actor(replica, handle, address, digest=spec.digest)
         return replica
 
     async def _artifact(self, spec: ReplicaSpec) -> Any:
@@ -241,6 +243,8 @@ class RayExecutor:
         entry = self._actors.pop(replica_id, None)
         if entry is None:
             return
+        if all(other.digest != entry.digest for other in self._actors.values()):
+            self._artifacts.pop(entry.digest, None)  # Ray frees the bytes once no one holds them
         if entry.replica.node not in self._lost:  # a lost node's actor cannot answer
             with contextlib.suppress(Exception):
                 self._keep_logs(entry, await asyncio.wait_for(entry.handle.stop.remote(), 10.0))
@@ -305,17 +309,14 @@ class RayExecutor:
         except Exception as exc:
             return replace(replica, state=ReplicaState.FAILED, message=_reason(exc))
         if code is not None:
-            message = await asyncio.wait_for(entry.handle.exit_message.remote(), timeout)
+            try:
+                message = await asyncio.wait_for(entry.handle.exit_message.remote(), timeout)
+            except Exception as exc:  # the actor went too: say so, do not fail every check
+                message = f"exited with code {code} ({_reason(exc)})"
             return replace(replica, state=ReplicaState.FAILED, message=message)
-        if await probe(replica.url, self._token, timeout):
-            entry.failures = 0
-            return replace(replica, state=ReplicaState.READY, message="")
-        if replica.state == ReplicaState.STARTING:
-            return replica
-        entry.failures += 1
-        if entry.failures >= self._settings.scheduler.health_failure_threshold:
-            return replace(replica, state=ReplicaState.UNHEALTHY, message="health checks failing")
-        return replica
+        healthy = await probe(replica.url, self._token, timeout)
+        checked, entry.failures = after_probe(replica, healthy, entry.failures, self._settings)
+        return checked  # one that never became ready is stopped (its actor killed) as failed
 
     async def shutdown(self) -> None:
         await asyncio.gather(*(self.stop(rid) for rid in list(self._actors)))

@@ -72,7 +72,7 @@ class ReplicaActor:
         return target
 
     def describe(self) -> dict[str, Any]:
-        return {**self.info, "pid": self.proc.pid, "url": self._url(), "node_ip": self.host}
+        return {**self.info, "url": self._url()}
 
     def _url(self) -> str:
         with contextlib.suppress(OSError, ValueError):

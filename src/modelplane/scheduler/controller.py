@@ -55,6 +55,19 @@ class NoLoad:
         pass
 
 
+UP = (NodeState.HEALTHY, NodeState.CORDONED, NodeState.DRAINING)
+
+
+def under_maintenance(node: Node, cordon: Cordon | None) -> Node:
+    """A node that is up, in the state an operator's cordon (or none) leaves it."""
+    if node.state not in UP:
+        return node
+    state = NodeState.HEALTHY
+    if cordon is not None:
+        state = NodeState.DRAINING if cordon.drain else NodeState.CORDONED
+    return node if state == node.state else replace(node, state=state)
+
+
 @dataclass(slots=True)
 class _Draining:
     since: float
@@ -197,7 +210,7 @@ class Controller:
     async def _observe(self, with_nodes: bool) -> list[Replica]:
         if with_nodes:
             observed, nodes = await asyncio.gather(self._executor.observe(), self._executor.nodes())
-            self._nodes = [self._maintenance(n) for n in nodes]
+            self._nodes = [under_maintenance(n, self._cordons.get(n.id)) for n in nodes]
         else:
             observed = await self._executor.observe()
         self._live_ids = {r.id for r in observed}
@@ -216,13 +229,6 @@ class Controller:
             else r
             for r in observed
         ]
-
-    def _maintenance(self, node: Node) -> Node:
-        """A healthy node an operator cordoned or is draining says so."""
-        cordon = self._cordons.get(node.id)
-        if cordon is None or node.state != NodeState.HEALTHY:
-            return node
-        return replace(node, state=NodeState.DRAINING if cordon.drain else NodeState.CORDONED)
 
     async def _finish_draining(self, states: dict[str, ReplicaState]) -> None:
         """Stop draining replicas once their in-flight requests are done (or time is up)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
@@ -9,9 +10,11 @@ from fastapi import APIRouter, Depends, Response
 from modelplane.api.deps import allow
 from modelplane.api.schemas import CordonIn, DeployIn, DeploymentOut, NodeOut, ReplicaOut
 from modelplane.api.services import Services
-from modelplane.domain import ModelRef, Principal
+from modelplane.domain import ModelRef, Node, Principal, Replica
 from modelplane.errors import InvalidInput, NotFound
 from modelplane.registry.deployments import DeploymentRecord
+from modelplane.registry.nodes import Cordon
+from modelplane.scheduler.controller import under_maintenance
 from modelplane.security.policy import Action
 
 
@@ -73,18 +76,23 @@ def create_nodes_router(services: Services) -> APIRouter:
     router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"])
     controller = services.controller
 
-    def out(node_id: str) -> NodeOut:
+    def find(node_id: str) -> Node:
         for node in controller.nodes():
             if node.id == node_id:
-                cordon = controller.cordon(node_id)
-                return NodeOut.of(node, controller.all_replicas(), cordon.reason if cordon else "")
+                return node
         known = ", ".join(n.id for n in controller.nodes()) or "none yet"
         raise NotFound(f"no node {node_id!r}; nodes: {known}")
+
+    def out(node: Node, on_node: list[Replica], cordon: Cordon | None) -> NodeOut:
+        return NodeOut.of(under_maintenance(node, cordon), on_node, cordon.reason if cordon else "")
 
     @router.get("", response_model=list[NodeOut])
     def list_nodes(_: Annotated[Principal, Depends(allow(Action.READ))]) -> list[NodeOut]:
         """Nodes with capacity, what is allocated, replicas, cost and state."""
-        return [out(n.id) for n in controller.nodes()]
+        by_node: defaultdict[str, list[Replica]] = defaultdict(list)
+        for replica in controller.all_replicas():
+            by_node[replica.node].append(replica)
+        return [out(n, by_node[n.id], controller.cordon(n.id)) for n in controller.nodes()]
 
     @router.post("/{node}/cordon", response_model=NodeOut)
     def cordon(
@@ -92,14 +100,11 @@ def create_nodes_router(services: Services) -> APIRouter:
     ) -> NodeOut:
         """Take a node out of placement; with ``drain``, move its replicas elsewhere (new ones
         start first, the old ones drain when they are ready)."""
-        current = out(node)  # 404 for a node that does not exist
+        found = find(node)  # 404 for a node that does not exist
         reason = body.reason or ("drained" if body.drain else "cordoned") + f" by {who.name}"
-        services.nodes.cordon(node, drain=body.drain, reason=reason, by=who.name)
+        cordon = services.nodes.cordon(node, drain=body.drain, reason=reason, by=who.name)
         controller.kick()  # the next reconcile (now) acts on it
-        if current.state in ("healthy", "cordoned", "draining"):
-            current.state = "draining" if body.drain else "cordoned"
-        current.maintenance = reason
-        return current
+        return out(found, [r for r in controller.all_replicas() if r.node == node], cordon)
 
     @router.delete("/{node}/cordon", status_code=204)
     def uncordon(node: str, _: Annotated[Principal, Depends(allow(Action.DEPLOY))]) -> Response:
