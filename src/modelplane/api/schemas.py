@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -281,8 +282,13 @@ class DeploymentOut(BaseModel):
         cls,
         record: DeploymentRecord,
         replicas: list[Replica],
-        last_failure: str | None,
+        *,
+        last_failure: str | None = None,
         target: int | None = None,
+        placement: Callable[[str], str] = lambda replica_id: "",
+        pending: list[str] | None = None,
+        events: list[dict[str, Any]] | None = None,
+        reconciled: bool = True,
     ) -> DeploymentOut:
         d = record.deployment
         # ready means the deployment as it now stands: its version, config and resources
@@ -308,8 +314,11 @@ class DeploymentOut(BaseModel):
             state=state,
             created_at=d.created_at,
             updated_at=d.updated_at,
-            replicas=[ReplicaOut.of(r) for r in replicas],
+            replicas=[ReplicaOut.of(r, placement(r.id)) for r in replicas],
             last_failure=last_failure,
+            pending=pending or [],
+            events=events or [],
+            reconciled=reconciled,
             endpoint=f"/v2/models/{d.name}/infer",
             config=ServingConfigIn.model_validate(d.config.to_dict()),
             resources=ResourcesIn.model_validate(d.resources.to_dict()),

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 
 from modelplane.api.deps import allow
-from modelplane.api.schemas import CordonIn, DeployIn, DeploymentOut, NodeOut, ReplicaOut
+from modelplane.api.schemas import CordonIn, DeployIn, DeploymentOut, NodeOut
 from modelplane.api.services import Services
 from modelplane.domain import ModelRef, Node, Principal, Replica
 from modelplane.errors import InvalidInput, NotFound
@@ -26,14 +26,16 @@ def create_router(services: Services) -> APIRouter:
     def out(record: DeploymentRecord) -> DeploymentOut:
         name = record.deployment.name
         replicas = controller.replicas(name)
-        out = DeploymentOut.of(
-            record, replicas, controller.last_failure(name), controller.scale_target(name)
+        return DeploymentOut.of(
+            record,
+            replicas,
+            last_failure=controller.last_failure(name),
+            target=controller.scale_target(name),
+            placement=controller.placement,
+            pending=controller.pending(name),
+            events=controller.events(name),
+            reconciled=controller.acted_on(name) == record.deployment.updated_at,
         )
-        out.replicas = [ReplicaOut.of(r, controller.placement(r.id)) for r in replicas]
-        out.pending = controller.pending(name)
-        out.events = controller.events(name)
-        out.reconciled = controller.acted_on(name) == record.deployment.updated_at
-        return out
 
     @router.post("", response_model=DeploymentOut)
     def deploy(
