@@ -2,20 +2,33 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Two installs, each with its stamp: what serving and the demo need (`make run`), and everything
+# (`make test`). The full one marks the small one done too, so neither reinstalls the other.
+RUN_STAMP := $(VENV)/.run-stamp
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install system-deps run test lint typecheck unit integration e2e bench proto clean
+.PHONY: install install-run system-deps run test lint typecheck unit integration e2e bench proto clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[sklearn,torch,keras,transformers,tensorflow,ray,dev]'
-	touch $(STAMP)
 
+## The core and the sklearn extra (the iris demo): no converter frameworks, no dev tools.
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[sklearn]'
+	touch $(RUN_STAMP)
+
+## Every converter's extra, Ray and the dev tools (about 3 GB).
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[sklearn,torch,keras,transformers,tensorflow,ray,dev]'
+	touch $(RUN_STAMP) $(STAMP)
+
+install-run: $(RUN_STAMP)
 install: $(STAMP)
 
-## Debian packages the tests drive for real (Prometheus, Chromium); installed when missing and root.
-SYSTEM_PACKAGES := prometheus chromium
+## Debian packages the tests drive for real (Prometheus, Chromium, and wrk for the benchmarks'
+## smoke runs); installed when missing and root.
+SYSTEM_PACKAGES := prometheus chromium wrk
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -24,7 +37,7 @@ system-deps:
 	fi
 
 ## Start modelplane on 127.0.0.1:8000 with the iris demo deployed.
-run: install
+run: install-run
 	$(BIN)/modelplane serve --demo
 
 ## Lint, types, import rules, then every test tier.
@@ -36,6 +49,8 @@ lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/lint-imports
 
+## mypy over src/ and bench/ (strict) and tests/ (bodies checked, annotations optional): see
+## [tool.mypy] in pyproject.toml.
 typecheck: install
 	$(BIN)/mypy
 

@@ -1,13 +1,15 @@
 """Conversion benchmark: time to convert and verify each source format (in the isolated worker,
 as a push does), and the speed and accuracy of each optimization of the MLP.
 
-    .venv/bin/python bench/convert.py
+    .venv/bin/python bench/convert.py [--smoke] [--results DIR]
 
-Writes bench/results/convert-<time>.json and .md and prints the table.
+Writes bench/results/convert-<time>.json and .md and prints the table. ``--smoke`` runs the same
+path on two tiny models and one optimization: it checks the benchmark works, measures nothing.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import tempfile
@@ -20,11 +22,16 @@ import numpy as np
 
 from modelplane.convert.runner import ConversionRunner, ConversionSpec
 from modelplane.testing import mlp_onnx
-from report import save
+from report import add_results_option, save
+
+FULL_MLP = (256, 1024, 1024, 1024, 10)
+SMOKE_MLP = (16, 32, 4)
+OPTIMIZATIONS = ((None, "all"), ("int8", None), ("int8", "all"), ("fp16", None))
 
 
-def build_models(folder: Path) -> dict[str, tuple[Path, str, dict[str, Any]]]:
-    """One model per format, made in code: name -> (file, worker format, spec extras)."""
+def build_models(folder: Path, smoke: bool) -> dict[str, tuple[Path, str, dict[str, Any]]]:
+    """One model per format, made in code: name -> (file, worker format, spec extras); tiny
+    ones for a smoke run."""
     import joblib
     import torch
     from sklearn.datasets import load_iris
@@ -32,26 +39,27 @@ def build_models(folder: Path) -> dict[str, tuple[Path, str, dict[str, Any]]]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    import keras
-
     models: dict[str, tuple[Path, str, dict[str, Any]]] = {}
     x, y = load_iris(return_X_y=True)
-    pipe = make_pipeline(StandardScaler(), RandomForestClassifier(n_estimators=50, random_state=0))
+    trees = 3 if smoke else 50
+    pipe = make_pipeline(StandardScaler(), RandomForestClassifier(trees, random_state=0))
     joblib.dump(pipe.fit(x, y), folder / "pipe.joblib")
     models["scikit-learn pipeline (scaler + RF)"] = (
         folder / "pipe.joblib", "sklearn", {"trust_pickle": True})  # fmt: skip
 
-    mlp = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.ReLU(),
-                              torch.nn.Linear(1024, 10)).eval()  # fmt: skip
+    features, hidden = (16, 32) if smoke else (256, 1024)
+    mlp = torch.nn.Sequential(torch.nn.Linear(features, hidden), torch.nn.ReLU(),
+                              torch.nn.Linear(hidden, 10)).eval()  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.save(torch.jit.script(mlp), folder / "mlp.pt")
     models["torch MLP (TorchScript)"] = (
         folder / "mlp.pt",
         "torchscript",
-        {"input_shape": (1, 256)},
+        {"input_shape": (1, features)},
     )
+    if smoke:  # the other two only add imports and exports: the path is the same
+        return models
 
     cnn = torch.nn.Sequential(
         torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
@@ -62,6 +70,9 @@ def build_models(folder: Path) -> dict[str, tuple[Path, str, dict[str, Any]]]:
     torch.export.save(program, folder / "cnn.pt2")
     models["torch CNN (torch.export)"] = (folder / "cnn.pt2", "torch-export", {})
 
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
     km = keras.Sequential([keras.Input((8,)), keras.layers.Dense(10, activation="relu"),
                            keras.layers.Dense(1)])  # fmt: skip
     km.compile(optimizer="adam", loss="mse")
@@ -71,11 +82,15 @@ def build_models(folder: Path) -> dict[str, tuple[Path, str, dict[str, Any]]]:
     return models
 
 
-async def run() -> dict[str, Any]:
+async def run(smoke: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-convert-") as work:
+        return await measure(Path(work), smoke)
+
+
+async def measure(work: Path, smoke: bool) -> dict[str, Any]:
     runner = ConversionRunner(timeout_s=900, memory_limit_bytes=8 << 30)
-    work = Path(tempfile.mkdtemp(prefix="bench-convert-"))
     rows = []
-    for name, (path, fmt, extra) in build_models(work).items():
+    for name, (path, fmt, extra) in build_models(work, smoke).items():
         started = time.perf_counter()
         result = await runner.run(ConversionSpec(path, fmt, work / f"job-{fmt}", **extra))
         wall = time.perf_counter() - started
@@ -87,9 +102,10 @@ async def run() -> dict[str, Any]:
         print(f"  {name:<38} {wall:6.2f}s  parity {rows[-1]['parity']}  max abs {worst:.2e}",
               flush=True)  # fmt: skip
     source = work / "mlp.onnx"
-    source.write_bytes(mlp_onnx())
+    sizes = SMOKE_MLP if smoke else FULL_MLP
+    source.write_bytes(mlp_onnx(sizes))
     optimizations = []
-    for quantize, level in ((None, "all"), ("int8", None), ("int8", "all"), ("fp16", None)):
+    for quantize, level in OPTIMIZATIONS[2:3] if smoke else OPTIMIZATIONS:
         spec = ConversionSpec(source, "optimize", work / f"opt-{quantize}-{level}",
                               quantize=quantize, level=level)  # fmt: skip
         result = await runner.run(spec)
@@ -102,7 +118,7 @@ async def run() -> dict[str, Any]:
             "max_abs_error": result.report["outputs"][0].get("max_abs_error"),
         })  # fmt: skip
         print(f"  optimize quantize={quantize} level={level}: {optimizations[-1]}", flush=True)
-    return {"conversions": rows, "optimizations": optimizations}
+    return {"conversions": rows, "mlp": list(sizes), "optimizations": optimizations}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -113,7 +129,8 @@ def markdown(result: dict[str, Any]) -> str:
     for r in result["conversions"]:
         lines.append(f"| {r['model']} | {r['format']} | {r['total_s']:.2f} | {r['convert_s']:.2f}"
                      f" | {r['parity']} | {r['max_abs_error']:.1e} |")  # fmt: skip
-    lines += ["", "| MLP 256-1024-1024-1024-10 optimization | speedup batch 1 | speedup batch 32 "
+    mlp = "-".join(map(str, result["mlp"]))
+    lines += ["", f"| MLP {mlp} optimization | speedup batch 1 | speedup batch 32 "
               "| size | max abs error vs source |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for o in result["optimizations"]:
         what = ", ".join(p for p in (o["quantize"], o["level"] and f"level {o['level']}") if p)
@@ -123,8 +140,12 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    result = asyncio.run(run())
-    save("convert", result, markdown(result))
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny models: check it runs")
+    add_results_option(parser)
+    args = parser.parse_args()
+    result = asyncio.run(run(args.smoke))
+    save("convert", result, markdown(result), args.results)
 
 
 if __name__ == "__main__":

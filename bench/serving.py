@@ -2,9 +2,12 @@
 same ONNX models, in one run. Load from wrk at 1, 16 and 64 connections.
 
     make bench                      # or: .venv/bin/python bench/serving.py [--duration 5]
+    .venv/bin/python bench/serving.py --smoke --results DIR --work DIR
 
 Writes bench/results/serving-<time>.json and .md and prints the table. Figures are only good as
 ratios within one run: the machine is shared and the load generator runs on the same cores.
+``--smoke`` runs modelplane's own path once, small and short, without MLServer: it checks the
+benchmark works and measures nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +34,29 @@ import onnxruntime as ort
 import psutil
 
 from modelplane.testing import free_port, iris_onnx, mlp_onnx, wait_for
-from report import save
+from report import add_results_option, save
 
 ROOT = Path(__file__).resolve().parent
 WORK = ROOT / ".work"
 BIN = Path(sys.executable).parent
-CONNECTIONS = (1, 16, 64)
 MLSERVER_VENV = WORK / "mlserver-venv"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure: the full run, or a smoke run that only checks the path works."""
+
+    duration: float  # seconds per load point (wrk takes whole seconds)
+    bare_s: float  # seconds per bare ONNX Runtime loop
+    connections: tuple[int, ...] = (1, 16, 64)
+    batch_connections: tuple[int, ...] = (4, 16)
+    mlp: tuple[int, ...] = (256, 1024, 1024, 1024, 10)
+    rounds: int = 8  # paired on/off runs for the telemetry cost
+    micro_calls: int = 200_000  # calls timed in process for the telemetry cost
+
+    @classmethod
+    def smoke(cls) -> Plan:
+        return cls(1.0, 0.2, (4,), (4,), (16, 32, 4), rounds=1, micro_calls=2_000)
 
 
 @dataclass
@@ -116,18 +136,20 @@ UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def _ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * UNITS[unit]
+    found = re.match(r"([\d.]+)(us|ms|s)", text)
+    if found is None:
+        raise ValueError(f"not a wrk latency: {text!r}")
+    return float(found.group(1)) * UNITS[found.group(2)]
 
 
 def wrk(url: str, script: Path, connections: int, duration: float) -> dict[str, Any]:
     threads = min(2, connections)
-    out = subprocess.run(
+    done = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
          "-s", str(script), url],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
-    out = out.stdout + out.stderr
+    out = done.stdout + done.stderr
     found = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if found is None:
         raise RuntimeError(f"wrk gave no result for {url}:\n{out}")
@@ -185,7 +207,7 @@ def bare(model: bytes, feeds: dict[str, np.ndarray], seconds: float, threads: in
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    batch = next(iter(feeds.values())).shape[0]
+    batch = int(next(iter(feeds.values())).shape[0])
     session.run(None, feeds)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -209,7 +231,11 @@ class Modelplane:
              "--grpc-port", str(self.grpc_port)],
             env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        wait_for(self._live, timeout=60)
+        try:
+            wait_for(self._live, timeout=60)
+        except BaseException:
+            self.stop()
+            raise
         self.key = (self.home / "admin.key").read_text().strip()
         self.tree = Tree(self.proc.pid)
 
@@ -235,6 +261,24 @@ class Modelplane:
         self.proc.terminate()
         self.proc.wait(timeout=30)
         self.log.close()
+
+
+def start_servers(
+    work: Path, prefix: str, envs: dict[str, dict[str, str]]
+) -> dict[str, Modelplane]:
+    """Modelplane servers (name -> extra environment) started side by side; none is left
+    running when one fails to start."""
+    with ThreadPoolExecutor(len(envs)) as pool:
+        futures = {name: pool.submit(Modelplane, work, f"{prefix}{name}", **env)
+                   for name, env in envs.items()}  # fmt: skip
+    started = {name: f.result() for name, f in futures.items() if f.exception() is None}
+    for future in futures.values():
+        error = future.exception()
+        if error is not None:
+            for server in started.values():
+                server.stop()
+            raise error
+    return started
 
 
 class MLServer:
@@ -325,7 +369,9 @@ asyncio.run(main())
 """
 
 
-def grpc_load(mp: Modelplane, model: str, inp: str, x: np.ndarray, conns: int, duration: float):
+def grpc_load(
+    mp: Modelplane, model: str, inp: str, x: np.ndarray, conns: int, duration: float
+) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-c", GRPC_LOAD, f"127.0.0.1:{mp.grpc_port}", mp.key, model, inp,
          ",".join(map(str, x.shape)), x.astype("<f4").tobytes().hex(), str(conns),
@@ -353,24 +399,26 @@ def measure(system: str, model: str, protocol: str, conns: int, batch: int, tree
     return row
 
 
-def run(duration: float, skip_mlserver: bool) -> dict[str, Any]:
+def run(plan: Plan, skip_mlserver: bool, work_root: Path) -> dict[str, Any]:
     ensure_wrk()
-    work = Path(tempfile.mkdtemp(prefix="bench-", dir=WORK if WORK.exists() else None))
+    work_root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-", dir=work_root))
+    duration = plan.duration
     iris_path, mlp_path = work / "iris.onnx", work / "mlp.onnx"
     iris_path.write_bytes(iris_onnx())
-    mlp_path.write_bytes(mlp_onnx((256, 1024, 1024, 1024, 10)))
+    mlp_path.write_bytes(mlp_onnx(plan.mlp))
     rng = np.random.default_rng(0)
     x_iris = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
-    x_mlp = rng.random((1, 256), dtype=np.float32)
-    x_mlp32 = rng.random((32, 256), dtype=np.float32)
+    x_mlp = rng.random((1, plan.mlp[0]), dtype=np.float32)
+    x_mlp32 = rng.random((32, plan.mlp[0]), dtype=np.float32)
     rows: list[Row] = []
     limits: dict[str, float] = {}
 
     print("bare ONNX Runtime, in process (1 thread):", flush=True)
-    limits["iris_b1"] = bare(iris_path.read_bytes(), {"float_input": x_iris}, duration)
-    limits["mlp_b1"] = bare(mlp_path.read_bytes(), {"x": x_mlp}, duration)
-    limits["mlp_b32"] = bare(mlp_path.read_bytes(), {"x": x_mlp32}, duration)
-    limits["mlp_b32_2threads"] = bare(mlp_path.read_bytes(), {"x": x_mlp32}, duration, 2)
+    limits["iris_b1"] = bare(iris_path.read_bytes(), {"float_input": x_iris}, plan.bare_s)
+    limits["mlp_b1"] = bare(mlp_path.read_bytes(), {"x": x_mlp}, plan.bare_s)
+    limits["mlp_b32"] = bare(mlp_path.read_bytes(), {"x": x_mlp32}, plan.bare_s)
+    limits["mlp_b32_2threads"] = bare(mlp_path.read_bytes(), {"x": x_mlp32}, plan.bare_s, 2)
     for k, v in limits.items():
         print(f"  {k:<18} {v:>10.0f} samples/s")
 
@@ -378,8 +426,8 @@ def run(duration: float, skip_mlserver: bool) -> dict[str, Any]:
     print("modelplane:", flush=True)
     mp = Modelplane(work)
     try:
-        mp.deploy("iris", iris_path)
-        mp.deploy("mlp", mlp_path)
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(mp.deploy, ("iris", "mlp"), (iris_path, mlp_path)))
         time.sleep(1.0)
         memory["modelplane_iris_replica_idle_mb"] = mp.replica_rss_mb("iris")
         memory["modelplane_tree_idle_mb"] = mp.tree.rss_mb()
@@ -388,7 +436,7 @@ def run(duration: float, skip_mlserver: bool) -> dict[str, Any]:
             js = lua_script(work / f"mp-{model}-json.lua", json_body(inp, x), mp.key, None)
             body, hlen = binary_body(inp, x)
             bn = lua_script(work / f"mp-{model}-bin.lua", body, mp.key, hlen)
-            for c in CONNECTIONS:
+            for c in plan.connections:
                 rows.append(
                     measure(
                         "modelplane",
@@ -400,7 +448,7 @@ def run(duration: float, skip_mlserver: bool) -> dict[str, Any]:
                         lambda js=js, c=c, url=url: wrk(url, js, c, duration),
                     )
                 )
-            for c in CONNECTIONS:
+            for c in plan.connections:
                 rows.append(
                     measure(
                         "modelplane",
@@ -426,16 +474,16 @@ def run(duration: float, skip_mlserver: bool) -> dict[str, Any]:
         body, hlen = binary_body("x", x_mlp32)
         bn32 = lua_script(work / "mp-mlp-bin32.lua", body, mp.key, hlen)
         url = f"{mp.url}/v2/models/mlp/infer"
-        for c in (4, 16):
+        for c in plan.batch_connections:
             rows.append(measure("modelplane", "mlp", "binary", c, 32, mp.tree,
                                 lambda c=c: wrk(url, bn32, c, duration)))  # fmt: skip
     finally:
         mp.stop()
 
     print("telemetry cost (request logs and per-request metrics on vs off, and a control on vs "
-          f"on; iris JSON, 64 conns, {ROUNDS} rounds rotating the order, medians):",
+          f"on; iris JSON, 64 conns, {plan.rounds} rounds rotating the order, medians):",
           flush=True)  # fmt: skip
-    result_overhead = telemetry_overhead(work, iris_path, x_iris, duration)
+    result_overhead = telemetry_overhead(work, iris_path, x_iris, plan)
     o = result_overhead
     print(f"  server CPU per request: on {o['cpu_us_per_request_on']:.0f} us, off "
           f"{o['cpu_us_per_request_off']:.0f} us, cost {o['cost']:.1%}; throughput: on "
@@ -446,7 +494,9 @@ def run(duration: float, skip_mlserver: bool) -> dict[str, Any]:
     print(f"  in process: log line {o['log_us']:.2f} us + metrics {o['metrics_us']:.2f} us per "
           f"request = {o['micro_cost']:.1%} of the server CPU per request", flush=True)  # fmt: skip
 
-    if not skip_mlserver:
+    if skip_mlserver:
+        print("MLServer skipped: the comparisons with it are not measured", flush=True)
+    else:
         print("MLServer 1.7.1 (custom ONNX runtime, adaptive batching on):", flush=True)
         ml = MLServer(work, {
             "iris": (iris_path, {}),
@@ -460,7 +510,7 @@ def run(duration: float, skip_mlserver: bool) -> dict[str, Any]:
                                   ("mlp1t", "x", x_mlp)):  # fmt: skip
                 url = f"{ml.url}/v2/models/{model}/infer"
                 js = lua_script(work / f"ml-{model}-json.lua", json_body(inp, x), "none", None)
-                for c in CONNECTIONS if model != "mlp1t" else (16, 64):
+                for c in plan.connections if model != "mlp1t" else (16, 64):
                     rows.append(
                         measure(
                             "mlserver",
@@ -476,13 +526,11 @@ def run(duration: float, skip_mlserver: bool) -> dict[str, Any]:
             ml.stop()
 
     return {"limits": limits, "memory": memory, "rows": [asdict(r) for r in rows],
-            "duration_s": duration, "telemetry": result_overhead}  # fmt: skip
+            "duration_s": duration, "mlp": list(plan.mlp), "mlserver": not skip_mlserver,
+            "telemetry": result_overhead}  # fmt: skip
 
 
-ROUNDS = 8  # paired on/off runs for the telemetry cost
-
-
-def telemetry_microcost(work: Path, n: int = 200_000) -> dict[str, float]:
+def telemetry_microcost(work: Path, n: int) -> dict[str, float]:
     """CPU microseconds the per-request telemetry adds, timed in process on the code the server
     runs: the replica's JSON log line and the gateway's series (status counter, latency
     histogram; in flight is read from the gateway's queue counts at scrape time). Steady to a
@@ -515,31 +563,29 @@ def telemetry_microcost(work: Path, n: int = 200_000) -> dict[str, float]:
     return result
 
 
-def telemetry_overhead(work: Path, iris_path: Path, x: np.ndarray, duration: float) -> dict:
+def telemetry_overhead(work: Path, iris_path: Path, x: np.ndarray, plan: Plan) -> dict[str, Any]:
     """Logs and per-request metrics on vs off, with a control: a second server with them on.
     Each round runs the three back to back in a rotating order; the medians of the paired
     ratios cancel most of a shared machine's drift, and the control's ratio (on vs on, which
     should be 0) shows how much noise is left in the same run."""
-    servers = {
-        "on": Modelplane(work, "telemetry-on"),
-        "off": Modelplane(work, "telemetry-off", MODELPLANE_TELEMETRY__REQUEST_LOG="false",
-                          MODELPLANE_TELEMETRY__REQUEST_METRICS="false"),
-        "control": Modelplane(work, "telemetry-control"),
-    }  # fmt: skip
+    off = {"MODELPLANE_TELEMETRY__REQUEST_LOG": "false",
+           "MODELPLANE_TELEMETRY__REQUEST_METRICS": "false"}  # fmt: skip
+    servers = start_servers(work, "telemetry-", {"on": {}, "off": off, "control": {}})
     rps: dict[str, list[float]] = {name: [] for name in servers}
     cpu: dict[str, list[float]] = {name: [] for name in servers}  # CPU us per request
     try:
-        for server in servers.values():
-            server.deploy("iris", iris_path)
+        with ThreadPoolExecutor(len(servers)) as pool:
+            list(pool.map(lambda server: server.deploy("iris", iris_path), servers.values()))
         body = json_body("float_input", x)
         scripts = {name: lua_script(work / f"tele-{name}.lua", body, server.key, None)
                    for name, server in servers.items()}  # fmt: skip
         names = list(servers)
-        for round_ in range(ROUNDS):  # rotate which goes first
+        for round_ in range(plan.rounds):  # rotate which goes first
             for name in names[round_ % 3 :] + names[: round_ % 3]:
                 server = servers[name]
                 before = server.tree.cpu_seconds()
-                result = wrk(f"{server.url}/v2/models/iris/infer", scripts[name], 64, duration)
+                url = f"{server.url}/v2/models/iris/infer"
+                result = wrk(url, scripts[name], 64, plan.duration)
                 used = server.tree.cpu_seconds() - before
                 cpu[name].append(used / max(result["requests"], 1) * 1e6)
                 rps[name].append(result["requests_s"])
@@ -554,13 +600,13 @@ def telemetry_overhead(work: Path, iris_path: Path, x: np.ndarray, duration: flo
         return statistics.median(1 - x / y for x, y in zip(rps[a], rps[b], strict=True))
 
     us_off = statistics.median(cpu["off"])
-    micro = telemetry_microcost(work)
+    micro = telemetry_microcost(work, plan.micro_calls)
     added = micro["log_us"] + micro["metrics_us"]
     return {"on": statistics.median(rps["on"]), "off": statistics.median(rps["off"]),
             "cpu_us_per_request_on": statistics.median(cpu["on"]),
             "cpu_us_per_request_off": us_off, "cost": more_cpu("on", "off"),
             "throughput_cost": slower("on", "off"), "control_cost": more_cpu("control", "on"),
-            "control_throughput": slower("control", "on"), "rounds": ROUNDS, **micro,
+            "control_throughput": slower("control", "on"), "rounds": plan.rounds, **micro,
             "micro_cost": added / us_off}  # fmt: skip
 
 
@@ -642,11 +688,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per load point")
     parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="modelplane only, tiny, short")
+    parser.add_argument("--work", type=Path, default=WORK, help="for the servers' homes and logs")
+    add_results_option(parser)
     args = parser.parse_args()
-    WORK.mkdir(exist_ok=True)
-    result = run(args.duration, args.skip_mlserver)
+    plan = Plan.smoke() if args.smoke else Plan(args.duration, args.duration)
+    result = run(plan, args.skip_mlserver or args.smoke, args.work)
     result["targets"] = targets(result)
-    save("serving", result, markdown(result))
+    save("serving", result, markdown(result), args.results)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ from modelplane.protocol.datatypes import V2_TO_NUMPY, v2_datatype
 from modelplane.settings import ClientSettings
 
 CHUNK = 1 << 20
+# how long replicas stay pending with none starting or draining before a deploy stops waiting
+# (longer than one reconcile, between an old replica's drain and the new one's start)
+STUCK_S = 3.0
 
 
 class Tensor(TypedDict):
@@ -106,9 +109,16 @@ def _raise_for(response: httpx.Response) -> None:
 
 
 def _encode_input(name: str, value: Any, datatype: str | None = None) -> dict[str, Any]:
-    array = np.asarray(value)
-    if datatype is not None and datatype != "BYTES" and datatype in V2_TO_NUMPY:
-        array = array.astype(V2_TO_NUMPY[datatype], copy=False)
+    try:
+        array = np.asarray(value)
+        if datatype is not None and datatype != "BYTES" and datatype in V2_TO_NUMPY:
+            array = array.astype(V2_TO_NUMPY[datatype], copy=False)
+    except (ValueError, TypeError) as exc:
+        expected = f" {datatype}" if datatype else ""
+        raise errors.InvalidInput(
+            f"input {name!r}: cannot be read as a{expected} tensor ({exc}); give a nested list "
+            f'of numbers with one shape, e.g. {{"{name}": [[5.1, 3.5, 1.4, 0.2]]}}'
+        ) from None
     if array.dtype.kind in ("U", "S", "O"):
         data = [x.decode() if isinstance(x, bytes) else str(x) for x in array.ravel()]
         return {"name": name, "datatype": "BYTES", "shape": list(array.shape), "data": data}
@@ -215,11 +225,13 @@ class Client:
         input_shape: Sequence[int] | None = None,
         on_stage: Callable[[str], None] | None = None,
         timeout: float = 900.0,
+        allow_duplicate: bool = False,
     ) -> Version:
         """Upload a model file (or directory, packed as .tar.gz), streamed in chunks;
         ``progress`` gets the bytes sent so far. A non-ONNX model is converted and verified on
         the server; this waits for that (``on_stage`` hears convert / verify / store) and
-        returns the new version."""
+        returns the new version. Content already pushed under ``name`` is refused
+        (:class:`Conflict`, naming that version) unless ``allow_duplicate``."""
         file = Path(path)
         if file.is_dir():
             with tempfile.TemporaryDirectory() as scratch:
@@ -228,6 +240,7 @@ class Client:
                     description=description, tags=tags, parent=parent, progress=progress,
                     trust_pickle=trust_pickle, samples=samples, tolerance=tolerance,
                     force=force, input_shape=input_shape, on_stage=on_stage, timeout=timeout,
+                    allow_duplicate=allow_duplicate,
                 )  # fmt: skip
         if not file.is_file():
             raise errors.InvalidInput(f"{file} is not a file or directory")
@@ -256,6 +269,8 @@ class Client:
             params["tag"] = [f"{k}={v}" for k, v in tags.items()]
         if parent:
             params["parent"] = parent
+        if allow_duplicate:
+            params["allow_duplicate"] = "true"
         response = self._request(
             "POST",
             f"/api/v1/models/{name}/versions",
@@ -359,18 +374,60 @@ class Client:
         autoscaling: Mapping[str, Any] | None = None,
         autoscaling_off: bool = False,
         reset: bool = False,
+        wait: bool = True,
+        timeout: float = 120.0,
     ) -> DeploymentInfo:
-        """Create or update a deployment. ``config`` holds serving settings (max_batch_size,
-        max_queue_delay_ms, preferred_batch_sizes, max_queued_requests); ``resources`` what
-        each replica reserves (cpu, memory_mb, gpus); ``placement`` where replicas may go
-        (node_labels, gpu_type, spread_zones, weights); ``autoscaling`` the replica bounds
-        (min_replicas, max_replicas, target_ongoing_requests, delays). What is omitted, down
-        to single fields, keeps its value (``reset``: goes back to the defaults)."""
+        """Create or update a deployment and (``wait``) return once every replica of it is
+        ready, like :meth:`push` returns once the version is stored. ``config`` holds serving
+        settings (max_batch_size, max_queue_delay_ms, preferred_batch_sizes,
+        max_queued_requests); ``resources`` what each replica reserves (cpu, memory_mb, gpus);
+        ``placement`` where replicas may go (node_labels, gpu_type, spread_zones, weights);
+        ``autoscaling`` the replica bounds (min_replicas, max_replicas,
+        target_ongoing_requests, delays). What is omitted, down to single fields, keeps its
+        value (``reset``: goes back to the defaults). Raises :class:`Unavailable` when replicas
+        cannot be placed (with the reason) or are not ready within ``timeout`` seconds."""
         body = {"model": model, "replicas": replicas, "name": name, "config": config,
                 "resources": resources, "placement": placement, "autoscaling": autoscaling,
                 "autoscaling_off": autoscaling_off, "reset": reset}  # fmt: skip
         result: DeploymentInfo = self._request("POST", "/api/v1/deployments", json=body).json()
-        return result
+        if not wait or result["desired_replicas"] == 0:
+            return result
+        return self.wait_ready(result["name"], timeout)
+
+    def wait_ready(self, name: str, timeout: float = 120.0) -> DeploymentInfo:
+        """Wait until deployment ``name`` serves its latest revision on every replica. Gives up
+        early, with the placement reason, once replicas stay pending with nothing starting or
+        making room (no wait would change that)."""
+        deadline = time.monotonic() + timeout
+        stuck_since: float | None = None
+        while True:
+            info = self.deployment(name)
+            if info["state"] == "ready":
+                return info
+            # pending with nothing starting or making room, once the controller has acted on
+            # the latest deploy: no wait will change it
+            moving = any(r["state"] in ("starting", "draining") for r in info["replicas"])
+            if info["pending"] and info["reconciled"] and not moving:
+                stuck_since = stuck_since or time.monotonic()
+            else:
+                stuck_since = None
+            if stuck_since is not None and time.monotonic() - stuck_since >= STUCK_S:
+                reasons = "; ".join(sorted(set(info["pending"])))
+                serving = (
+                    f"{info['ready_replicas']}/{info['desired_replicas']} ready, "
+                    if info["ready_replicas"]
+                    else ""
+                )
+                raise errors.Unavailable(
+                    f"{name}: {serving}{len(info['pending'])} replica(s) pending: {reasons}"
+                )
+            if time.monotonic() > deadline:
+                why = f" (last failure: {info['last_failure']})" if info["last_failure"] else ""
+                raise errors.Unavailable(
+                    f"{name} not ready after {timeout:g}s: {info['ready_replicas']}"
+                    f"/{info['desired_replicas']} replicas ready{why}"
+                )
+            time.sleep(0.5)
 
     def nodes(self) -> list[dict[str, Any]]:
         """The nodes replicas run on: capacity, allocated, replicas, cost, state."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from modelplane.serving.gateway import Gateway
 from modelplane.serving.grpc import create_grpc_server
 from modelplane.serving.routing import RoutingTable
 from modelplane.settings import Settings
-from modelplane.telemetry.logs import LogWriter, configure, flush_every
+from modelplane.telemetry.logs import Flusher, LogWriter, json_logging
 from modelplane.telemetry.metrics import Metrics
 
 log = logging.getLogger("modelplane")
@@ -70,7 +71,23 @@ def make_executor(settings: Settings) -> ReplicaExecutor:
     return LocalExecutor(settings)
 
 
-def build(settings: Settings) -> Platform:
+DEMO_READY_TIMEOUT_S = 120.0
+
+
+async def _wait_until_routed(table: RoutingTable, name: str, timeout_s: float) -> bool:
+    """Whether ``name`` has a ready replica within ``timeout_s``."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        route = table.get(name)
+        if route is not None and route.endpoints:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+def build(settings: Settings, announce: Callable[[], None] | None = None) -> Platform:
+    """Every part of the platform, wired. ``announce`` runs once startup is complete (the
+    demo, when asked for, serving), just before the server takes requests."""
     settings.home.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.home, 0o700)
     engine = make_engine(settings.resolved_database_url)
@@ -135,6 +152,12 @@ def build(settings: Settings) -> Platform:
             except Exception:
                 log.exception("could not set up the iris demo; the server runs without it")
             controller.kick()
+            # "up" means the demo answers: the tour's first command finds it ready
+            if not await _wait_until_routed(table, "iris", DEMO_READY_TIMEOUT_S):
+                log.warning("the iris demo is not serving yet; see `modelplane deployments "
+                            "status iris`")  # fmt: skip
+        if announce is not None:
+            announce()
         try:
             yield
         finally:
@@ -171,22 +194,46 @@ JSON
 
 def serve(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    writer = LogWriter(settings.log_dir / "serve.log")
-    configure(writer, "serve")
-    flush_every(writer)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    platform = build(settings)
-    print(banner(settings, platform.admin_key_created), flush=True)
-    uvicorn.run(
-        platform.app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level="warning",
-        access_log=False,
-        # measured on the hot path (py-spy): no proxy-header rewriting (no proxy by default),
-        # no Server/Date header per response
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,
-    )
+    # the log's last lines are written out however serve ends
+    with (
+        LogWriter(settings.log_dir / "serve.log") as writer,
+        json_logging(writer, "serve"),
+        Flusher(writer),
+    ):
+        # bound first: a port in use is said before anything starts, and the banner (printed
+        # once startup is done) never announces a server that cannot listen
+        sock = _bind(settings.server.host, settings.server.port)
+
+        def announce() -> None:
+            print(banner(settings, platform.admin_key_created), flush=True)
+
+        platform = build(settings, announce)
+        config = uvicorn.Config(
+            platform.app,
+            log_level="warning",
+            access_log=False,
+            # measured on the hot path (py-spy): no proxy-header rewriting (no proxy by default),
+            # no Server/Date header per response
+            proxy_headers=False,
+            server_header=False,
+            date_header=False,
+        )
+        uvicorn.Server(config).run(sockets=[sock])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(
+            f"error: cannot listen on {host}:{port} ({exc.strerror}); is another modelplane "
+            "running? Choose another port with --port"
+        ) from None
+    sock.set_inheritable(True)
+    return sock

@@ -124,6 +124,7 @@ class ClientSettings(BaseSettings):
     url: str = "http://127.0.0.1:8000"
     api_key: str | None = None
     home: Path = DEFAULT_HOME
+    debug: bool = Field(False, description="Show a traceback for unexpected CLI errors")
 
     def key(self) -> str | None:
         """The key to send: ``MODELPLANE_API_KEY``, else ``$MODELPLANE_HOME/admin.key``."""

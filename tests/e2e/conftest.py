@@ -86,8 +86,8 @@ class Server:
             capture_output=True, text=True, timeout=180, check=False,
         )  # fmt: skip
 
-    def push(self, path: Path, name: str = "iris") -> None:
-        result = self.cli("push", str(path), "--name", name)
+    def push(self, path: Path, name: str = "iris", *extra: str) -> None:
+        result = self.cli("push", str(path), "--name", name, *extra)
         assert result.returncode == 0, result.stderr
 
     def deployment(self, name: str) -> dict[str, object]:

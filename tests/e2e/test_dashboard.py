@@ -6,12 +6,17 @@ import contextlib
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
 from modelplane.testing import IRIS_REQUEST
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page, Route
 
 pytestmark = pytest.mark.e2e
 
@@ -20,6 +25,34 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]  # fmt: skip
 GOOD = IRIS_REQUEST
+COOKIE = "modelplane_key"
+
+
+@contextlib.contextmanager
+def offline_page(url: str) -> Iterator[tuple[Page, list[str]]]:
+    """A Chromium page that may reach only the server at ``url``: anything else is aborted and
+    listed, so a page that needs the internet fails here whatever network this machine has."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium package is needed: apt-get install chromium"
+    elsewhere: list[str] = []
+
+    def only_here(route: Route) -> None:
+        if route.request.url.startswith(url + "/"):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            context.route("**/*", only_here)
+            yield context.new_page(), elsewhere
+        finally:
+            browser.close()
 
 
 def traffic(server, seconds: float, stop: threading.Event) -> None:
@@ -83,3 +116,57 @@ def test_sign_in_watch_traffic_and_read_logs(server_factory) -> None:
             loader.join()
         browser.close()
     assert errors == []
+
+
+def test_a_wrong_key_is_refused_on_the_sign_in_form(shared_server) -> None:
+    with offline_page(shared_server.url) as (page, elsewhere):
+        page.goto(shared_server.url + "/")
+        page.fill("#key", "mpk_not_a_real_key")
+        page.click("button[type=submit]")
+        page.wait_for_selector("#error", timeout=10_000)
+        assert "That key is not valid or was revoked" in page.inner_text("#error")
+        assert page.url.endswith("/login")
+        assert page.is_visible("#key")  # still on the form, ready for another try
+        assert '{"error"' not in page.inner_text("body")
+        assert COOKIE not in {c["name"] for c in page.context.cookies()}
+        # a cookie whose key stops working sends the next page load back here, with the message
+        page.context.add_cookies([{"name": COOKIE, "value": "mpk_revoked_x", "url": page.url}])
+        page.goto(shared_server.url + "/")
+        page.wait_for_selector("#error", timeout=10_000)
+        assert page.url.endswith("/login?reason=invalid")
+        assert COOKIE not in {c["name"] for c in page.context.cookies()}
+        assert elsewhere == []
+
+
+def test_sign_out_clears_the_cookie(shared_server) -> None:
+    with offline_page(shared_server.url) as (page, elsewhere):
+        page.goto(shared_server.url + "/")
+        page.fill("#key", shared_server.key)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#sign-out button")
+        assert page.context.request.get(shared_server.url + "/api/v1/models").status == 200
+        cookie = next(c for c in page.context.cookies() if c["name"] == COOKIE)
+        assert cookie["httpOnly"]
+        page.click("#sign-out button")
+        page.wait_for_url("**/login")
+        page.wait_for_selector("#key")
+        assert COOKIE not in {c["name"] for c in page.context.cookies()}
+        assert page.context.request.get(shared_server.url + "/api/v1/models").status == 401
+        page.goto(shared_server.url + "/")
+        assert page.url.endswith("/login")
+        assert elsewhere == []
+
+
+def test_api_docs_render_without_the_internet(shared_server) -> None:
+    with offline_page(shared_server.url) as (page, elsewhere):
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        here = shared_server.url
+        page.context.add_cookies([{"name": COOKIE, "value": shared_server.key, "url": here}])
+        page.goto(here + "/docs")
+        page.wait_for_selector(".swagger-ui .opblock", timeout=20_000)
+        assert page.locator(".swagger-ui .opblock").count() > 10
+        assert "/api/v1/models" in page.inner_text(".swagger-ui")
+        assert elsewhere == []
+        assert errors == []

@@ -27,7 +27,7 @@ def infer_ok(server) -> bool:
 
 
 def replica_pids(server) -> list[int]:
-    return [int(r["pid"]) for r in server.deployment("iris")["replicas"]]  # type: ignore[index]
+    return [int(r["pid"]) for r in server.deployment("iris")["replicas"]]
 
 
 def alive(pid: int) -> bool:
@@ -87,7 +87,7 @@ def test_kill_9_during_a_push_leaves_a_consistent_registry(server_factory, iris_
     wait_for(lambda: server.deployment("iris")["state"] == "ready", timeout=60)
     assert infer_ok(server)
     # and the next push gets the next number
-    server.push(iris_file)
+    server.push(iris_file, "iris", "--allow-duplicate")
     assert server.cli("models", "show", "iris:2").returncode == 0
 
 
@@ -101,7 +101,7 @@ def test_a_replica_that_dies_is_replaced(server_factory, iris_file) -> None:
 
     def replaced() -> bool:
         info = server.deployment("iris")  # one snapshot: state and pids from the same moment
-        pids = [r["pid"] for r in info["replicas"]]  # type: ignore[union-attr]
+        pids = [r["pid"] for r in info["replicas"]]
         return info["state"] == "ready" and pids != [pid]
 
     wait_for(replaced, timeout=60)

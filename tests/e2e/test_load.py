@@ -69,7 +69,7 @@ async def test_batching_is_real_and_answers_each_request(shared_server, iris_fil
 
 
 @pytest.fixture(scope="module")
-def mlp_file(tmp_path_factory) -> Path:
+def mlp_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("mlp") / "mlp.onnx"
     path.write_bytes(mlp_onnx((256, 1024, 1024, 1024, 10)))
     return path
@@ -100,7 +100,7 @@ def test_a_replica_killed_mid_load_costs_few_requests(server_factory, iris_file)
     server.start()
     assert server.cli("push", str(iris_file), "--name", "iris").returncode == 0
     assert server.cli("deploy", "iris", "--replicas", "2").returncode == 0
-    victim = int(server.deployment("iris")["replicas"][0]["pid"])  # type: ignore[index]
+    victim = int(server.deployment("iris")["replicas"][0]["pid"])
     x = load_iris().data.astype(np.float32)
     bodies = [iris_request(x[i % 150], str(i)) for i in range(3000)]
 

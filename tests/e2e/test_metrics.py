@@ -145,7 +145,12 @@ def test_logs_follow_requests_with_their_ids(loaded) -> None:
     lines: queue.Queue[str] = queue.Queue()
     out = follower.stdout
     assert out is not None
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in out], daemon=True)
+
+    def read() -> None:
+        for line in out:
+            lines.put(line)
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
         # the follower replays the last 10 minutes, then follows: whenever it subscribes, it

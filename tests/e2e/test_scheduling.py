@@ -89,7 +89,7 @@ def test_rolling_update_fails_no_request_and_a_broken_version_leaves_the_old_ser
     server = server_factory()
     server.start()
     server.push(iris_file)
-    server.push(iris_file)  # version 2: the same bytes, a new version
+    server.push(iris_file, "iris", "--allow-duplicate")  # version 2: the same bytes
     assert server.cli("deploy", "iris:1", "--replicas", "2").returncode == 0
 
     states: list[str] = []  # what `deployments status` says throughout
@@ -177,6 +177,26 @@ def test_scale_to_zero_and_back_on_the_first_request(server_factory, iris_file) 
     ]
 
 
+def test_a_cold_start_with_no_room_fails_at_once_with_the_reason(server_factory, iris_file) -> None:
+    server = server_factory(MODELPLANE_SCHEDULER__NODE_CPUS="0.25")  # room for one replica
+    server.start()
+    server.push(iris_file)
+    assert server.cli("deploy", "iris").returncode == 0  # takes the node's whole 0.25 CPU
+    lazy = server.cli("deploy", "iris", "--name", "lazy", "--min", "0", "--max", "2")
+    assert lazy.returncode == 0, lazy.stderr
+    assert "scaled to zero" in lazy.stdout
+
+    started = time.monotonic()
+    predicted = server.cli("predict", "lazy", "--input", '{"float_input": [[5.1, 3.5, 1.4, 0.2]]}')
+    waited = time.monotonic() - started
+    assert predicted.returncode == 6, predicted.stdout + predicted.stderr
+    assert "scaled to zero and its replica cannot be placed: needs 0.25 CPU" in predicted.stderr
+    assert waited < 20  # not the cold-start timeout: the reason is known after one reconcile
+    # the deployment that has the room serves on
+    assert server.cli("predict", "iris", "--input", '{"float_input": [[5.1, 3.5, 1.4, 0.2]]}'
+                      ).returncode == 0  # fmt: skip
+
+
 def test_draining_the_only_node_keeps_serving_and_says_why(server_factory, iris_file) -> None:
     server = server_factory()
     server.start()
@@ -188,9 +208,10 @@ def test_draining_the_only_node_keeps_serving_and_says_why(server_factory, iris_
     assert "draining" in drained.stdout
 
     def waiting() -> bool:
-        return info(server)["pending"] == [
-            "needs 0.5 CPU, 512 MB per replica; no node takes replicas (nodes are draining)"
-        ]
+        return bool(
+            info(server)["pending"]
+            == ["needs 0.25 CPU, 512 MB per replica; no node takes replicas (nodes are draining)"]
+        )
 
     wait_for(waiting, timeout=30)
     response = httpx.post(f"{server.url}/v2/models/iris/infer", headers=server.auth, json=GOOD)

@@ -1,4 +1,5 @@
-"""The README tour as a user runs it: push, deploy, call with Triton's own client."""
+"""The V2 surface as a user meets it through the CLI, the SDK and Triton's own client: push,
+deploy, call, bad input, exit codes. (The README tour itself runs in test_readme_tour.py.)"""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ pytestmark = pytest.mark.e2e
 def deployed(shared_server, tmp_path_factory, iris_bytes) -> Any:
     path = tmp_path_factory.mktemp("model") / "iris.onnx"
     path.write_bytes(iris_bytes)
-    pushed = shared_server.cli("push", str(path), "--name", "iris", "--description", "tour")
+    pushed = shared_server.cli(
+        "push", str(path), "--name", "iris", "--description", "tour", "--tag", "team=ml"
+    )
     assert pushed.returncode == 0, pushed.stderr
     assert "pushed iris:1" in pushed.stdout
     alias = shared_server.cli("models", "alias", "iris:1", "production")
@@ -146,6 +149,8 @@ def test_cli_predict_and_tables(deployed, tmp_path: Path) -> None:
     shown = deployed.cli("models", "show", "iris")
     assert "float_input" in shown.stdout
     assert "production" in shown.stdout
+    assert "tour" in shown.stdout  # the description given at push
+    assert "team=ml" in shown.stdout  # and its tags
 
 
 def test_cli_exit_codes_scripts_can_rely_on(deployed) -> None:
@@ -160,6 +165,20 @@ def test_cli_exit_codes_scripts_can_rely_on(deployed) -> None:
     assert in_use.returncode == 5
     bad = deployed.cli("predict", "iris", "--input", "{nope")
     assert bad.returncode == 2
+
+
+def test_sdk_deploy_waits_until_ready_like_the_cli(deployed) -> None:
+    from modelplane import Client, Unavailable
+
+    with Client(deployed.url, deployed.key) as client:
+        info = client.deploy("iris:1", name="sdk", replicas=1)
+        assert (info["state"], info["ready_replicas"]) == ("ready", 1)
+        assert client.infer("sdk", {"float_input": [[5.1, 3.5, 1.4, 0.2]]})["label"].tolist() == [0]
+        # what can never be placed is said, with the reason, instead of waiting out the timeout
+        with pytest.raises(Unavailable, match="needs 512 CPU per replica"):
+            client.deploy("iris:1", name="huge", resources={"cpu": 512}, timeout=60)
+        client.undeploy("huge")
+        client.undeploy("sdk")
 
 
 def test_sdk_infer(deployed, iris_sklearn) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import stat
+from typing import Any
 
 import httpx
 import pytest
@@ -34,10 +36,16 @@ async def test_only_health_is_public(platform: Platform) -> None:
             ("GET", "/v2/models/iris"),
             ("POST", "/api/v1/deployments"),
             ("GET", "/openapi.json"),
+            ("GET", "/docs"),
+            ("GET", "/docs/static/swagger-ui-bundle.js"),
         ]:
             response = await anon.request(method, path)
             assert response.status_code == 401, path
-            assert "Authorization: Bearer" in response.json()["error"]
+            error = response.json()["error"]
+            assert "Authorization: Bearer" in error
+            # both places the CLI and SDK take a key from are named
+            assert "MODELPLANE_API_KEY" in error
+            assert "admin.key" in error
             assert response.headers["www-authenticate"].startswith("Bearer")
         wrong = await anon.get("/api/v1/models", headers={"Authorization": "Bearer mpk_x_y"})
         assert wrong.status_code == 401
@@ -55,6 +63,78 @@ async def test_browser_login_sets_a_cookie_that_authenticates(platform, admin_ke
         assert response.status_code == 303
         assert (await browser.get("/api/v1/models")).status_code == 200
         assert "modelplane" in (await browser.get("/")).text
+
+
+async def test_browser_login_with_a_wrong_key_stays_on_the_form_with_a_message(platform) -> None:
+    transport = httpx.ASGITransport(app=platform.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://m") as browser:
+        for key in ["mpk_x_y", "   "]:
+            response = await browser.post("/login", data={"key": key})
+            assert response.status_code == 401
+            assert response.headers["content-type"].startswith("text/html")
+            assert "set-cookie" not in response.headers
+            assert "That key is not valid or was revoked" in response.text
+            assert '<form method="post" action="/login">' in response.text
+        assert "not valid" not in (await browser.get("/login")).text
+
+
+async def test_a_page_load_with_a_dead_cookie_goes_to_sign_in_and_drops_it(platform) -> None:
+    transport = httpx.ASGITransport(app=platform.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://m") as browser:
+        browser.cookies.set("modelplane_key", "mpk_revoked_key", domain="m.local")
+        page = await browser.get("/", headers={"Accept": "text/html"})
+        assert page.status_code == 303
+        assert page.headers["location"] == "/login?reason=invalid"
+        assert page.headers["set-cookie"].startswith('modelplane_key="";')
+        assert "max-age=0" in page.headers["set-cookie"].lower()
+        assert "modelplane_key" not in browser.cookies
+        assert "not valid or was revoked" in (await browser.get(page.headers["location"])).text
+        # a script with a bad bearer key still gets the JSON error, not a redirect
+        scripted = await browser.get(
+            "/", headers={"Accept": "text/html", "Authorization": "Bearer mpk_x_y"}
+        )
+        assert scripted.status_code == 401
+        assert "invalid or revoked" in scripted.json()["error"]
+
+
+async def test_sign_out_expires_the_cookie(platform, admin_key) -> None:
+    transport = httpx.ASGITransport(app=platform.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://m") as browser:
+        await browser.post("/login", data={"key": admin_key})
+        assert (await browser.get("/api/v1/models")).status_code == 200
+        response = await browser.post("/logout")
+        assert response.status_code == 303
+        assert response.headers["location"] == "/login"
+        cookie = response.headers["set-cookie"]
+        assert cookie.startswith('modelplane_key="";')
+        for attribute in ["max-age=0", "path=/", "httponly", "samesite=strict"]:
+            assert attribute in cookie.lower(), cookie
+        assert "modelplane_key" not in browser.cookies
+        assert (await browser.get("/api/v1/models")).status_code == 401
+        # signing out needs no working key: a dead cookie can always be dropped
+        assert (await browser.post("/logout")).status_code == 303
+
+
+ASSET_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
+
+
+async def test_api_docs_load_nothing_from_other_hosts(api: httpx.AsyncClient) -> None:
+    response = await api.get("/docs")
+    assert response.status_code == 200
+    html = response.text
+    hosts = re.findall(r"(?:https?:)?//([^/\s\"'<>]+)", html)
+    assert hosts == [], hosts  # every URL on the page is a path on this server
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+    assert any(a.endswith(".js") for a in assets), assets
+    for asset in assets:
+        got = await api.get(asset)
+        assert got.status_code == 200, asset
+        expected = ASSET_TYPES[asset[asset.rindex(".") :]]
+        assert got.headers["content-type"].split(";")[0] == expected, asset
+    spec = re.search(r"""url: ["']([^"']+)["']""", html)
+    assert spec is not None
+    assert spec.group(1) == "/openapi.json"
+    assert (await api.get("/redoc")).status_code == 404  # ReDoc's bundle fetches its logo online
 
 
 async def test_push_list_show_alias(api: httpx.AsyncClient, iris_bytes: bytes) -> None:
@@ -115,6 +195,25 @@ async def test_upload_limit_is_413(settings: Settings, tmp_path, iris_bytes) -> 
         assert (await api.get("/api/v1/models")).json() == []
 
 
+async def test_pushing_the_same_content_again_is_refused_unless_allowed(api, iris_bytes) -> None:
+    first = await api.post("/api/v1/models/iris/versions", content=iris_bytes)
+    assert first.status_code == 201
+    again = await api.post("/api/v1/models/iris/versions", content=iris_bytes)
+    assert again.status_code == 409
+    error = again.json()["error"]
+    assert "same content as iris:1" in error
+    assert "--allow-duplicate" in error
+    assert [v["version"] for v in (await api.get("/api/v1/models/iris")).json()["versions"]] == [1]
+    # the same bytes under another name are a different model: accepted
+    assert (await api.post("/api/v1/models/other/versions", content=iris_bytes)).status_code == 201
+    allowed = await api.post(
+        "/api/v1/models/iris/versions", content=iris_bytes, params={"allow_duplicate": True}
+    )
+    assert allowed.status_code == 201
+    assert allowed.json()["version"] == 2
+    assert allowed.json()["digest"] == first.json()["digest"]
+
+
 async def test_deploy_records_desired_state_and_blocks_deletion(api, iris_bytes) -> None:
     await api.post("/api/v1/models/iris/versions", content=iris_bytes)
     response = await api.post("/api/v1/deployments", json={"model": "iris:1", "replicas": 2})
@@ -132,9 +231,12 @@ async def test_deploy_records_desired_state_and_blocks_deletion(api, iris_bytes)
 
 async def test_a_redeploy_changes_only_what_it_names(api, iris_bytes) -> None:
     for _ in range(2):
-        assert (await api.post("/api/v1/models/iris/versions", content=iris_bytes)).is_success
+        pushed = await api.post(
+            "/api/v1/models/iris/versions", content=iris_bytes, params={"allow_duplicate": True}
+        )
+        assert pushed.is_success
 
-    async def deploy(**body: object) -> dict[str, object]:
+    async def deploy(**body: object) -> dict[str, Any]:
         response = await api.post("/api/v1/deployments", json={"model": "iris:1", **body})
         assert response.status_code == 200, response.text
         return response.json()  # type: ignore[no-any-return]
@@ -162,10 +264,11 @@ async def test_a_redeploy_changes_only_what_it_names(api, iris_bytes) -> None:
     assert (scaled["autoscaling"]["min_replicas"], scaled["autoscaling"]["max_replicas"]) == (2, 5)
     scaled = await deploy(autoscaling={"min_replicas": 6})  # "at least 6" raises the bound
     assert (scaled["autoscaling"]["min_replicas"], scaled["autoscaling"]["max_replicas"]) == (6, 6)
-    for wrong, message in [
+    contradictions: list[tuple[dict[str, object], str]] = [
         ({"autoscaling": {"max_replicas": 1}}, "min <= max"),
         ({"autoscaling": {"min_replicas": 1}, "autoscaling_off": True}, "contradict"),
-    ]:
+    ]
+    for wrong, message in contradictions:
         bad = await api.post("/api/v1/deployments", json={"model": "iris:1", **wrong})
         assert bad.status_code == 400
         assert message in bad.json()["error"]
@@ -180,7 +283,7 @@ async def test_a_redeploy_changes_only_what_it_names(api, iris_bytes) -> None:
     assert (idle["desired_replicas"], idle["state"]) == (0, "scaled to zero")
     # reset: what is not given goes back to the defaults
     reset = await deploy(reset=True, replicas=1)
-    assert reset["resources"] == {"cpu": 0.5, "memory_mb": 512, "gpus": 0}
+    assert reset["resources"] == {"cpu": 0.25, "memory_mb": 512, "gpus": 0}
     assert reset["placement"]["node_labels"] == {}
     assert reset["config"]["max_batch_size"] == 32
     assert reset["autoscaling"] is None

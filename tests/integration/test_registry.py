@@ -35,7 +35,9 @@ def stores(settings: Settings) -> tuple[RegistryService, DeploymentStore, LocalB
 async def test_versions_are_numbered_and_content_addressed(stores, iris_bytes) -> None:
     registry, _, blobs = stores
     first = await registry.push(PushRequest("iris", description="v1"), chunks(iris_bytes))
-    second = await registry.push(PushRequest("iris", tags={"a": "b"}), chunks(iris_bytes))
+    second = await registry.push(
+        PushRequest("iris", tags={"a": "b"}, allow_duplicate=True), chunks(iris_bytes)
+    )
     assert (first.version, second.version) == (1, 2)
     assert first.artifact.digest == second.artifact.digest
     assert list(blobs.digests()) == [first.artifact.digest]
@@ -53,7 +55,7 @@ async def test_versions_are_numbered_and_content_addressed(stores, iris_bytes) -
 async def test_aliases_point_at_versions(stores, iris_bytes) -> None:
     registry, _, _ = stores
     await registry.push(PushRequest("iris"), chunks(iris_bytes))
-    await registry.push(PushRequest("iris"), chunks(iris_bytes))
+    await registry.push(PushRequest("iris", allow_duplicate=True), chunks(iris_bytes))
     registry.set_alias("iris", 1, "production")
     assert registry.resolve(ModelRef("iris", alias="production")).version == 1
     registry.set_alias("iris", 2, "production")
@@ -122,9 +124,11 @@ async def test_deployed_versions_cannot_be_deleted(stores, iris_bytes) -> None:
 async def test_version_numbers_are_never_reused(stores, iris_bytes) -> None:
     registry, _, _ = stores
     await registry.push(PushRequest("iris"), chunks(iris_bytes))
-    await registry.push(PushRequest("iris"), chunks(iris_bytes))
+    await registry.push(PushRequest("iris", allow_duplicate=True), chunks(iris_bytes))
     registry.delete_version("iris", 2)
-    third = await registry.push(PushRequest("iris"), chunks(iris_bytes))
+    with pytest.raises(Conflict, match=r"same content as iris:1 \(sha256:"):
+        await registry.push(PushRequest("iris"), chunks(iris_bytes))
+    third = await registry.push(PushRequest("iris", allow_duplicate=True), chunks(iris_bytes))
     assert third.version == 3
 
 

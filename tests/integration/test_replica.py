@@ -17,6 +17,7 @@ from modelplane.protocol.v2 import Limits
 from modelplane.runtime.batching import BatchingConfig, BatchingRuntime
 from modelplane.runtime.onnx import OnnxRuntime
 from modelplane.serving.dataplane import DataPlane
+from modelplane.telemetry.logs import LogWriter, RequestLog, json_logging
 from modelplane.testing import identity_onnx
 
 
@@ -36,10 +37,15 @@ class ReplicaCore:
         self._ids = 0
 
     async def send(
-        self, op: int, body: bytes = b"", header_len: int | None = None, timeout_ms: int = 0
+        self,
+        op: int,
+        body: bytes = b"",
+        header_len: int | None = None,
+        timeout_ms: int = 0,
+        request_id: str = "",
     ) -> Reply:
         self._ids += 1
-        request = frames.RequestFrame(self._ids, op, timeout_ms, header_len, body)
+        request = frames.RequestFrame(self._ids, op, timeout_ms, header_len, body, request_id)
         # through the codec too, as the socket would carry it
         [decoded] = frames.request_reader().feed(frames.encode_request(request))
         response = await self.plane.handle(decoded)
@@ -70,7 +76,7 @@ def replica(tmp_path: Path) -> ReplicaFactory:
     return make
 
 
-JSON_VALUES = {
+JSON_VALUES: dict[str, list[Any]] = {
     "BOOL": [True, False, True, True],
     "UINT8": [0, 1, 200, 255],
     "UINT16": [0, 1, 60000, 7],
@@ -157,7 +163,7 @@ GOOD = {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32",
 
 
 def with_input(**changes: Any) -> bytes:
-    tensor = {**GOOD["inputs"][0], **changes}  # type: ignore[dict-item]
+    tensor = {**GOOD["inputs"][0], **changes}
     return orjson.dumps({"inputs": [tensor]})
 
 
@@ -219,3 +225,51 @@ async def test_a_timeout_ends_a_slow_request_with_a_clear_error(replica, iris_by
     assert "timeout of 20 ms" in reply.json()["error"]
     reply = await client.infer(GOOD, timeout_ms=30)
     assert reply.status_code == 504
+
+
+class CrashingRuntime:
+    """A model that loads but fails at run time, as a broken custom operator would."""
+
+    def __init__(self, inner: OnnxRuntime) -> None:
+        self._inner = inner
+        self.signature = inner.signature
+
+    def load(self) -> None:
+        self._inner.load()
+        self.signature = self._inner.signature
+
+    async def predict(self, inputs: Any, outputs: Any) -> dict[str, np.ndarray]:
+        raise RuntimeError("kernel crashed reading /srv/secret/weights.bin")
+
+
+async def test_a_model_that_crashes_is_a_logged_and_counted_500(tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    path.write_bytes(identity_onnx("FP32"))
+    runtime = BatchingRuntime(CrashingRuntime(OnnxRuntime(path)), BatchingConfig())
+    log_file = tmp_path / "replica.log"
+    with LogWriter(log_file) as writer, json_logging(writer, "replica", "m", "r1"):
+        plane = DataPlane("m", "1", runtime, Limits(max_elements=100),
+                          RequestLog(writer, "replica", "m", "r1"))  # fmt: skip
+        plane.load()
+        body = {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32",
+                            "data": [1, 2, 3, 4]}]}  # fmt: skip
+        reply = await ReplicaCore(plane).send(frames.INFER, orjson.dumps(body), request_id="req-9")
+    # the client: a 500 that names the request id and holds nothing of the model's internals
+    assert reply.status_code == 500
+    message = reply.json()["error"]
+    assert "req-9" in message
+    assert "RuntimeError" not in message
+    assert "/srv/secret" not in message
+    assert "Traceback" not in message
+    # counted as a failure, in the same statistics the gateway turns into metrics
+    assert plane.stats()["failure_count"] == 1
+    # the replica's log: the request line says what the client saw; the traceback sits next to it
+    lines = [orjson.loads(line) for line in log_file.read_bytes().splitlines()]
+    [request] = [r for r in lines if r["message"] == "infer"]
+    assert (request["level"], request["request_id"]) == ("error", "req-9")
+    assert request["fields"]["status"] == 500
+    assert request["fields"]["error"] == message
+    [crash] = [r for r in lines if r["message"] != "infer"]
+    assert (crash["level"], crash["request_id"], crash["replica"]) == ("error", "req-9", "r1")
+    assert "Traceback" in crash["message"]
+    assert "RuntimeError: kernel crashed reading /srv/secret/weights.bin" in crash["message"]

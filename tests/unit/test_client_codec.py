@@ -18,3 +18,10 @@ def test_inputs_are_cast_to_the_model_datatype_and_round_trip() -> None:
 def test_unsupported_numpy_types_are_refused_clearly() -> None:
     with pytest.raises(InvalidInput, match="complex128 is not supported"):
         _encode_input("z", np.array([1 + 2j]))
+
+
+@pytest.mark.parametrize("value", [[["a", 3.5, 1.4, 0.2]], [[1.0, 2.0], [3.0]], [[None, {"x": 1}]]])
+def test_values_that_are_not_a_numeric_tensor_are_invalid_input(value) -> None:
+    # was a ValueError from numpy, printed by the CLI as a traceback
+    with pytest.raises(InvalidInput, match="input 'float_input': cannot be read as a FP32 tensor"):
+        _encode_input("float_input", value, "FP32")

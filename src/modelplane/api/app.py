@@ -8,7 +8,9 @@ from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from modelplane import __version__
@@ -23,6 +25,8 @@ from modelplane.serving.http import V2Surface
 
 log = logging.getLogger("modelplane.api")
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+# Swagger UI as the fastapi-offline package ships it, so /docs works offline
+DOCS_ASSETS = "/docs/static"
 
 
 def _describe(exc: RequestValidationError) -> str:
@@ -33,12 +37,33 @@ def _describe(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
+def _add_docs(app: FastAPI) -> None:
+    """/docs with its script, style and icon served from here, not from a CDN. (There is no
+    /redoc: ReDoc's bundle always loads its logo from the internet.)"""
+    assets = StaticFiles(packages=[("fastapi_offline", "static")])
+    app.mount(DOCS_ASSETS, assets, name="docs-assets")
+    openapi_url = app.openapi_url or "/openapi.json"
+    favicon = f"{DOCS_ASSETS}/favicon.png"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title=f"{app.title}: API docs",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=favicon,
+        )
+
+
 def create_app(services: Services, gateway: Gateway, lifespan: Lifespan | None = None) -> ASGIApp:
     app = FastAPI(
         title="modelplane",
         version=__version__,
         description="Management API (/api/v1) and KServe V2 inference API (/v2).",
         lifespan=lifespan,
+        docs_url=None,  # served by _add_docs, from local assets
+        redoc_url=None,
     )
 
     @app.exception_handler(ModelplaneError)
@@ -63,7 +88,8 @@ def create_app(services: Services, gateway: Gateway, lifespan: Lifespan | None =
     app.include_router(conversions.create_router(services))
     app.include_router(metrics.create_router(services))
     app.include_router(logs.create_router(services))
-    app.include_router(dashboard_router())
+    app.include_router(dashboard_router(services.keys))
+    _add_docs(app)
     max_body = services.settings.serving.max_request_bytes
     surface = V2Surface(app, gateway, __version__, max_body, services.metrics)
     return AuthMiddleware(surface, services.keys)

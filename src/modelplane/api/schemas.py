@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from modelplane.domain import (
+    DEFAULT_REQUEST,
     Conversion,
     Model,
     ModelVersion,
@@ -113,8 +114,10 @@ class ServingConfigIn(BaseModel):
 class ResourcesIn(BaseModel):
     """What each replica reserves on its node."""
 
-    cpu: float = Field(0.5, gt=0, le=1024, description="CPU cores per replica")
-    memory_mb: int = Field(512, gt=0, le=16 * 1024 * 1024, description="memory per replica (MB)")
+    cpu: float = Field(DEFAULT_REQUEST.cpu, gt=0, le=1024, description="CPU cores per replica")
+    memory_mb: int = Field(
+        DEFAULT_REQUEST.memory_mb, gt=0, le=16 * 1024 * 1024, description="memory per replica (MB)"
+    )
     gpus: int = Field(0, ge=0, le=64, description="GPUs per replica")
 
 

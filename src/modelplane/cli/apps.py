@@ -12,7 +12,7 @@ from modelplane.cli.output import console
 app = typer.Typer(
     help="modelplane: serve trained models securely.",
     no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
+    pretty_exceptions_enable=False,
 )
 models_app = typer.Typer(help="Inspect and manage models.", no_args_is_help=True)
 deployments_app = typer.Typer(help="Inspect deployments.", no_args_is_help=True)

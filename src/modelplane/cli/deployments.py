@@ -8,15 +8,11 @@ from typing import Annotated, Any
 
 import typer
 
-from modelplane import errors
 from modelplane.cli.apps import Json, app, deployments_app
 from modelplane.cli.apps import print_json as _print_json
 from modelplane.cli.output import console, handled, state_style, table
 from modelplane.client import Client
-
-# how long replicas stay pending with none starting or draining before deploy gives up waiting
-# (longer than one reconcile, between an old replica's drain and the new one's start)
-STUCK_S = 3.0
+from modelplane.domain import parse_pairs
 
 
 @app.command()
@@ -44,7 +40,7 @@ def deploy(
     payload_log_rate: Annotated[
         float | None, typer.Option(help="Share of request/response bodies to log (0-1). [0]")
     ] = None,
-    cpu: Annotated[float | None, typer.Option(help="CPU cores per replica. [0.5]")] = None,
+    cpu: Annotated[float | None, typer.Option(help="CPU cores per replica. [0.25]")] = None,
     memory: Annotated[int | None, typer.Option(help="Memory per replica in MB. [512]")] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs per replica. [0]")] = None,
     node_label: Annotated[
@@ -114,7 +110,7 @@ def deploy(
         info = client.deploy(
             ref, replicas=replicas, name=name, config=config, resources=resources,
             placement=placement, autoscaling=autoscaling, autoscaling_off=no_autoscale,
-            reset=reset,
+            reset=reset, wait=False,
         )  # fmt: skip
         scaling = info.get("autoscaling")
         wanted = info["desired_replicas"]
@@ -124,40 +120,14 @@ def deploy(
             else f"{wanted} replica{'s' if wanted != 1 else ''}"
         )
         console.print(f"deploying {info['ref']} as [bold]{info['name']}[/bold] ({count})")
-        if not wait or info["desired_replicas"] == 0:
+        if not wait or wanted == 0:
+            if wanted == 0:
+                console.print(
+                    f"scaled to zero: the first request to {info['endpoint']} starts a replica"
+                )
             return
-        deadline = time.monotonic() + timeout
-        stuck_since: float | None = None
         with console.status("waiting for replicas to be ready"):
-            while True:
-                info = client.deployment(info["name"])
-                if info["state"] == "ready":
-                    break
-                # pending with nothing starting or making room, once the controller has acted
-                # on this deploy: no wait will change it
-                moving = any(r["state"] in ("starting", "draining") for r in info["replicas"])
-                if info["pending"] and info["reconciled"] and not moving:
-                    stuck_since = stuck_since or time.monotonic()
-                else:
-                    stuck_since = None
-                if stuck_since is not None and time.monotonic() - stuck_since >= STUCK_S:
-                    reasons = "; ".join(sorted(set(info["pending"])))
-                    serving = (
-                        f"{info['ready_replicas']}/{info['desired_replicas']} ready, "
-                        if info["ready_replicas"]
-                        else ""
-                    )
-                    raise errors.Unavailable(
-                        f"{info['name']}: {serving}{len(info['pending'])} replica(s) pending: "
-                        f"{reasons}"
-                    )
-                if time.monotonic() > deadline:
-                    why = f" (last failure: {info['last_failure']})" if info["last_failure"] else ""
-                    raise errors.Unavailable(
-                        f"{info['name']} not ready after {timeout:g}s: {info['ready_replicas']}"
-                        f"/{info['desired_replicas']} replicas ready{why}"
-                    )
-                time.sleep(0.5)
+            info = client.wait_ready(info["name"], timeout)
         console.print(f"[green]ready[/green]: POST {client.url}{info['endpoint']}")
 
 
@@ -166,13 +136,10 @@ def _given(values: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _labels(pairs: list[str]) -> dict[str, str]:
-    labels = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--node-label")
-        labels[key] = value
-    return labels
+    try:
+        return parse_pairs(pairs, "node label")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--node-label") from None
 
 
 @deployments_app.command("list")

@@ -4,6 +4,7 @@ rest in ``models`` and ``deployments``."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,8 +15,9 @@ from modelplane import errors
 from modelplane.cli import deployments, models, nodes
 from modelplane.cli.apps import app
 from modelplane.cli.apps import print_json as _print_json
-from modelplane.cli.output import handled
+from modelplane.cli.output import err_console, handled
 from modelplane.client import Client
+from modelplane.settings import ClientSettings
 
 __all__ = ["app", "deployments", "main", "models", "nodes"]
 
@@ -95,4 +97,19 @@ def predict(
 
 
 def main() -> None:
-    app()
+    """The ``modelplane`` command. An unexpected error is one line, never a traceback
+    (``MODELPLANE_DEBUG=1`` shows it)."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if ClientSettings().debug:
+            raise
+        err_console.print(
+            f"[red]error:[/red] unexpected {type(exc).__name__}: {exc}\n"
+            "This is a bug in modelplane; run again with MODELPLANE_DEBUG=1 for the traceback "
+            "and report it.",
+            highlight=False,
+        )
+        sys.exit(1)

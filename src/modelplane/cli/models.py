@@ -14,6 +14,7 @@ from modelplane.cli.apps import Json, app, conversions_app, models_app
 from modelplane.cli.apps import print_json as _print_json
 from modelplane.cli.output import console, handled, human_size, print_report, table
 from modelplane.client import Client, pack_directory
+from modelplane.domain import parse_pairs
 
 
 def _dims(text: str | None) -> list[int] | None:
@@ -47,16 +48,17 @@ def push(
     input_shape: Annotated[
         str | None, typer.Option(help="Example input shape for TorchScript, e.g. 1,3,32,32.")
     ] = None,
+    allow_duplicate: Annotated[
+        bool, typer.Option(help="Make a new version even if this content was pushed before.")
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """Upload a model file as a new immutable version (converted to ONNX and verified when it
     is not ONNX)."""
-    tags = {}
-    for item in tag or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"invalid tag {item!r}: use KEY=VALUE")
-        tags[key] = value
+    try:
+        tags = parse_pairs(tag or [], "tag")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tag") from None
     with handled(), Client() as client, tempfile.TemporaryDirectory() as scratch:
         if path.is_dir():
             path = pack_directory(path, Path(scratch))
@@ -84,6 +86,7 @@ def push(
                 progress=lambda sent: progress.update(task, completed=sent),
                 trust_pickle=trust_pickle, samples=samples, tolerance=tolerance, force=force,
                 input_shape=_dims(input_shape), on_stage=on_stage,
+                allow_duplicate=allow_duplicate,
             )  # fmt: skip
         if as_json:
             _print_json(version)
@@ -137,8 +140,11 @@ def models_show(
         _print_json(detail)
         return
     versions = detail.get("versions", [detail])
+    if detail.get("description") and "versions" in detail:
+        console.print(detail["description"], highlight=False)
     table(
-        ["VERSION", "FORMAT", "SIZE", "DIGEST", "ALIASES", "CREATED", "BY"],
+        ["VERSION", "FORMAT", "SIZE", "DIGEST", "ALIASES", "DESCRIPTION", "TAGS", "CREATED",
+         "BY"],
         [
             [
                 v["version"],
@@ -146,13 +152,17 @@ def models_show(
                 human_size(v["size"]),
                 v["digest"][:12],
                 ", ".join(v["aliases"]),
+                v["description"],
+                " ".join(f"{k}={val}" for k, val in sorted(v["tags"].items())),
                 v["created_at"][:16].replace("T", " "),
                 v["created_by"],
             ]
             for v in versions
         ],
         title=versions[0]["model"] if versions else ref,
-    )
+    )  # fmt: skip
+    if versions and versions[-1].get("parent"):
+        console.print(f"{versions[-1]['ref']} was made from {versions[-1]['parent']}")
     if versions and versions[-1].get("report"):
         print_report(versions[-1]["report"])
     if versions:

@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from modelplane import errors
@@ -43,7 +44,8 @@ def handled() -> Iterator[None]:
     try:
         yield
     except errors.ModelplaneError as exc:
-        err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        # escaped: a message may hold brackets, e.g. pip install 'modelplane[torch]'
+        err_console.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False)
         raise typer.Exit(exit_code(exc)) from None
 
 

@@ -18,6 +18,18 @@ from modelplane.errors import UnsupportedModel, error_for_status
 
 # what the worker may see of the environment
 PASS_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+STDERR_TAIL_BYTES = 16 << 10  # how much of the worker's stderr is kept for the server log
+
+
+class ConversionCrashed(Exception):
+    """The worker failed in a way no message was written for: an unexpected exception, a crash,
+    a signal. ``reason`` is safe to show users; ``detail`` (the worker's traceback and the tail
+    of its stderr) holds paths and internals, and belongs in the server log only."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +83,7 @@ class ConversionRunner:
             stderr=asyncio.subprocess.PIPE, start_new_session=True,
         )  # fmt: skip
         try:
-            await asyncio.wait_for(self._follow(proc, on_stage), self._timeout)
+            stderr = await asyncio.wait_for(self._follow(proc, on_stage), self._timeout)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -86,29 +98,47 @@ class ConversionRunner:
                     os.killpg(proc.pid, signal.SIGKILL)
         error_file = spec.workdir / "error.json"
         if proc.returncode != 0:
+            detail = stderr.decode("utf-8", "replace") or "(the worker wrote nothing to stderr)"
             if error_file.exists():
                 error = json.loads(error_file.read_text())
+                if error.get("unexpected"):
+                    raise ConversionCrashed(str(error["message"]), detail)
                 raise error_for_status(int(error["status"]), error["message"])
             if proc.returncode is not None and proc.returncode < 0:
-                raise UnsupportedModel(
+                raise ConversionCrashed(
                     f"the conversion process was killed by signal {-proc.returncode} (out of "
-                    f"memory? the limit is {self._memory >> 20} MiB)"
+                    f"memory? the limit is {self._memory >> 20} MiB)",
+                    detail,
                 )
-            raise UnsupportedModel(f"the conversion process failed (exit {proc.returncode})")
+            raise ConversionCrashed(
+                f"the conversion process exited with status {proc.returncode}", detail
+            )
         report = json.loads((spec.workdir / "report.json").read_text())
         return ConversionResult(spec.workdir / "model.onnx", report)
 
     @staticmethod
     async def _follow(
         proc: asyncio.subprocess.Process, on_stage: Callable[[str], None] | None
-    ) -> None:
+    ) -> bytes:
+        """Pass stage events on until the worker ends; return the tail of its stderr."""
         assert proc.stdout is not None
         assert proc.stderr is not None
-        drain = asyncio.create_task(proc.stderr.read())
+        drain = asyncio.create_task(_tail(proc.stderr, STDERR_TAIL_BYTES))
         async for line in proc.stdout:
             with contextlib.suppress(ValueError):
                 event = json.loads(line)
                 if on_stage is not None and isinstance(event, dict) and "stage" in event:
                     on_stage(str(event["stage"]))
-        await drain
+        stderr = await drain
         await proc.wait()
+        return stderr
+
+
+async def _tail(stream: asyncio.StreamReader, limit: int) -> bytes:
+    """Read ``stream`` to its end, keeping only its last ``limit`` bytes."""
+    kept = bytearray()
+    while chunk := await stream.read(1 << 16):
+        kept += chunk
+        if len(kept) > limit:
+            del kept[:-limit]
+    return bytes(kept)

@@ -3,7 +3,7 @@ modelplane.convert.worker SPEC``). It never sees the platform's keys, database o
 parent gives it a scratch folder, a time limit and a memory limit.
 
 Progress goes to stdout as JSON lines (``{"stage": ...}``); the result to ``report.json`` or
-``error.json`` in the scratch folder.
+``error.json`` in the scratch folder; the traceback of an unexpected error to stderr.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import json
 import resource
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from modelplane.convert.base import Arrays, Converter, ConvertOptions
+from modelplane.convert.extras import extra_for_module
 from modelplane.errors import InvalidInput, ModelplaneError, UnsupportedModel
 
 # source format -> (module in modelplane.convert, function); imported only when used, so a
@@ -44,12 +46,6 @@ def _converter(source_format: str) -> Converter:
         importlib.import_module(f"modelplane.convert.{module}"), function
     )
     return converter
-
-
-EXTRAS = {"sklearn": "sklearn", "torch": "torch", "keras": "keras", "joblib": "sklearn",
-          "skl2onnx": "sklearn", "onnxscript": "torch", "h5py": "keras",
-          "tensorflow": "tensorflow", "tf2onnx": "tensorflow", "transformers": "transformers",
-          "tokenizers": "transformers"}  # fmt: skip
 
 
 def _load_samples(path: Path) -> Arrays:
@@ -127,12 +123,17 @@ def main(argv: list[str]) -> int:
     except ModelplaneError as exc:
         error = {"message": exc.message, "status": exc.status}
     except ModuleNotFoundError as exc:
-        extra = EXTRAS.get((exc.name or "").split(".")[0], "all")
+        top = (exc.name or "").split(".")[0]
+        extra = extra_for_module(top)
+        command = f"pip install 'modelplane[{extra}]'" if extra else f"pip install {top}"
         error = {"message": f"the {exc.name} package is missing on the server; install it with "
-                            f"pip install 'modelplane[{extra}]'", "status": 422}  # fmt: skip
-    except Exception as exc:
-        error = {"message": f"conversion failed: {type(exc).__name__}: {str(exc)[:400]}",
-                 "status": 422}  # fmt: skip
+                            f"{command}", "status": 422}  # fmt: skip
+    except Exception:
+        # nobody wrote a message for this one: the traceback goes to stderr, which the parent
+        # logs with the conversion id; users get a reason without internals
+        traceback.print_exc()
+        error = {"message": "the converter hit an unexpected error", "status": 500,
+                 "unexpected": True}  # fmt: skip
     else:
         (workdir / "report.json").write_text(json.dumps(report))
         return 0

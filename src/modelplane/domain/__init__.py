@@ -2,7 +2,14 @@
 
 from modelplane.domain.auth import ApiKey, Principal, Role
 from modelplane.domain.deployment import Deployment, Replica, ReplicaState, ServingConfig
-from modelplane.domain.model import Artifact, Conversion, Model, ModelRef, ModelVersion
+from modelplane.domain.model import (
+    Artifact,
+    Conversion,
+    Model,
+    ModelRef,
+    ModelVersion,
+    parse_pairs,
+)
 from modelplane.domain.resources import (
     DEFAULT_REQUEST,
     Autoscaling,
@@ -35,4 +42,5 @@ __all__ = [
     "ServingConfig",
     "Signature",
     "TensorSpec",
+    "parse_pairs",
 ]

@@ -45,6 +45,18 @@ def alias_problem(alias: str) -> str | None:
     )
 
 
+def parse_pairs(items: list[str], what: str) -> dict[str, str]:
+    """``KEY=VALUE`` items (tags, node labels) as a dict; raises ValueError naming the bad one.
+    The key must be non-empty; the value may be empty; a later key wins."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"invalid {what} {item!r}: use KEY=VALUE, for example team=fraud")
+        pairs[key.strip()] = value
+    return pairs
+
+
 @dataclass(frozen=True, slots=True)
 class ModelRef:
     """``name``, ``name:version`` or ``name@alias``."""

@@ -39,9 +39,12 @@ class Resources:
         )
 
 
-# What one replica asks for when the deployment does not say: an ONNX Runtime replica with one
-# intra-op thread uses about half a core under steady load and well under 512 MB for most models.
-DEFAULT_REQUEST = Resources(cpu=0.5, memory_mb=512)
+# What one replica asks for when the deployment does not say. A reservation is for placement,
+# not a cap: an ONNX Runtime replica with one intra-op thread uses up to about half a core
+# under steady load, nearly nothing idle, and well under 512 MB for most models. A quarter core
+# lets a 2-core laptop hold eight such replicas (a demo, a few models, a rolling update's
+# extra replica); deployments that are busy all the time should ask for more (--cpu 1).
+DEFAULT_REQUEST = Resources(cpu=0.25, memory_mb=512)
 
 
 class NodeState(enum.StrEnum):

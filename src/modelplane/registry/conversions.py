@@ -7,6 +7,7 @@ import asyncio
 import logging
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from starlette.concurrency import run_in_threadpool
 
 from modelplane.convert import onnx as onnx_source
 from modelplane.convert.base import OPTIMIZATION_LEVELS, QUANTIZATIONS
-from modelplane.convert.runner import ConversionRunner, ConversionSpec
+from modelplane.convert.extras import importable, require_extra
+from modelplane.convert.runner import ConversionCrashed, ConversionRunner, ConversionSpec
 from modelplane.domain import Conversion, ModelVersion
 from modelplane.domain.model import DETECTED_FORMATS
 from modelplane.errors import InvalidInput, ModelplaneError, NotFound
@@ -39,6 +41,16 @@ class ConversionOptions:
     input_shape: tuple[int, ...] | None = None
     level: str | None = None
     quantize: str | None = None
+
+
+def _unexpected_failure(conversion_id: str, reason: str) -> str:
+    """What a user reads when a conversion fails in a way nobody wrote a message for (the server
+    log has the traceback under the conversion id)."""
+    return (
+        f"the conversion failed: {reason}. Check that the file loads in the "
+        "framework that saved it and push it again; if it fails again, give the server's "
+        f"operator the conversion id {conversion_id}: the server log has the details"
+    )
 
 
 def _to_conversion(row: ConversionRow) -> Conversion:
@@ -64,8 +76,10 @@ class ConversionService:
         blobs: BlobStore,
         settings: Settings,
         metrics: Metrics,
+        is_importable: Callable[[str], bool] = importable,
     ) -> None:
         self._metrics = metrics
+        self._is_importable = is_importable  # the worker shares this environment
         self._sessions = sessions
         self._registry = registry
         self._blobs = blobs
@@ -76,6 +90,7 @@ class ConversionService:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self, request: PushRequest, upload: Upload, options: ConversionOptions) -> Conversion:
+        require_extra(upload.source_format, self._is_importable)  # 422 naming the pip command
         if options.samples_digest is not None and (
             not DIGEST_RE.match(options.samples_digest)
             or not self._blobs.path(options.samples_digest).is_file()
@@ -198,11 +213,17 @@ class ConversionService:
             self._update(conversion_id, state="succeeded", stage="done", report=report,
                          version=version)  # fmt: skip
             log.info("conversion %s stored %s:%s", conversion_id, request.name, version)
+        except ConversionCrashed as exc:
+            log.error("conversion %s failed: %s; the worker's stderr ends with:\n%s",
+                      conversion_id, exc.reason, exc.detail)  # fmt: skip
+            self._update(conversion_id, state="failed",
+                         error=_unexpected_failure(conversion_id, exc.reason))  # fmt: skip
         except ModelplaneError as exc:
             self._update(conversion_id, state="failed", error=exc.message)
-        except Exception as exc:
+        except Exception:
             log.exception("conversion %s failed", conversion_id)
-            self._update(conversion_id, state="failed", error=f"internal error: {exc}")
+            error = _unexpected_failure(conversion_id, "the server hit an internal error")
+            self._update(conversion_id, state="failed", error=error)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 

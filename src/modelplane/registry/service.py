@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from modelplane.convert import onnx as onnx_source
 from modelplane.convert.detect import detect
-from modelplane.domain import Artifact, Model, ModelRef, ModelVersion, Signature
+from modelplane.domain import Artifact, Conversion, Model, ModelRef, ModelVersion, Signature
 from modelplane.domain.model import (
     DETECTED_FORMATS,
     SOURCE_FORMATS,
@@ -35,6 +35,7 @@ class PushRequest:
     parent: str | None = None
     created_by: str = ""
     trust_pickle: bool = False
+    allow_duplicate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,14 +126,44 @@ class RegistryService:
             raise
         return Upload(artifact, found, signature)
 
-    async def push(self, request: PushRequest, body: AsyncIterator[bytes]) -> ModelVersion:
-        """Push an ONNX model as a new version (other formats go through conversions)."""
+    @overload
+    async def push(self, request: PushRequest, body: AsyncIterator[bytes]) -> ModelVersion: ...
+
+    @overload
+    async def push(
+        self,
+        request: PushRequest,
+        body: AsyncIterator[bytes],
+        convert: Callable[[Upload], Conversion],
+    ) -> ModelVersion | Conversion: ...
+
+    async def push(
+        self,
+        request: PushRequest,
+        body: AsyncIterator[bytes],
+        convert: Callable[[Upload], Conversion] | None = None,
+    ) -> ModelVersion | Conversion:
+        """The one push path: stream ``body`` in; ONNX becomes a version at once, any other
+        format is handed to ``convert`` (which starts a conversion job). Content already
+        pushed under this name is refused unless the request allows a duplicate."""
         upload = await self.upload(request, body)
-        if upload.signature is None:
-            raise UnsupportedModel(f"{upload.source_format} models need a conversion")
-        return await run_in_threadpool(
-            self.record, request, upload.artifact, upload.signature, "onnx", None, None
-        )
+        if not request.allow_duplicate:
+            await run_in_threadpool(self._refuse_duplicate, request.name, upload.artifact.digest)
+        if upload.signature is not None:
+            return await run_in_threadpool(
+                self.record, request, upload.artifact, upload.signature, "onnx", None, None
+            )
+        if convert is None:
+            raise UnsupportedModel(
+                f"{DETECTED_FORMATS[upload.source_format]} models are converted on push; "
+                "push through the API or CLI"
+            )
+        try:
+            return convert(upload)
+        except BaseException:
+            # refused before a job began (e.g. its extra is not installed): keep no orphan
+            await run_in_threadpool(self._drop_blob_if_unused, upload.artifact.digest)
+            raise
 
     def record(
         self,
@@ -265,6 +296,23 @@ class RegistryService:
             count = session.scalar(select(func.count()).select_from(VersionRow).where(refers))
         if not count:
             self._blobs.delete(digest)
+
+    def _refuse_duplicate(self, name: str, digest: str) -> None:
+        same = (VersionRow.digest == digest) | (VersionRow.source_digest == digest)
+        with self._sessions() as session:
+            found = session.scalar(
+                select(VersionRow.version)
+                .join(ModelRow, VersionRow.model_id == ModelRow.id)
+                .where(ModelRow.name == name, same)
+                .order_by(VersionRow.version)
+                .limit(1)
+            )
+        if found is not None:
+            raise Conflict(
+                f"same content as {name}:{found} (sha256:{digest[:12]}); nothing was pushed. "
+                f"Point an alias at {name}:{found}, or push with --allow-duplicate "
+                "(allow_duplicate=true) to make a new version anyway"
+            )
 
     @staticmethod
     def _refuse_if_deployed(session: Session, version_ids: list[int], what: str) -> None:

@@ -1,4 +1,4 @@
-"""Dynamic batching as a wrapper that is itself a Runtime (shared/STYLE.md rule 7).
+"""Dynamic batching as a wrapper that is itself a Runtime (composed, never patched on).
 
 Requests wait in a queue; a single loop takes as many as fit in ``max_batch_size`` (and, when
 ``max_queue_delay_s`` is set, waits that long for a preferred size), concatenates them along the

@@ -356,6 +356,7 @@ class Controller:
                     endpoints=tuple(Endpoint(r.id, r.url) for r in serving),
                     max_queued=d.config.max_queued_requests,
                     cold_start_s=scaling.cold_start_timeout_s if scaling else 0.0,
+                    pending=self._pending.get(d.name, [""])[0],
                 )
             )
         self._table.publish(routes)

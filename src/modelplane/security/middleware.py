@@ -1,8 +1,9 @@
 """ASGI middleware that authenticates every request except the public health checks.
 
 A caller sends ``Authorization: Bearer <key>``; a browser may instead hold the key in the
-``modelplane_key`` cookie set by ``/login``. The authenticated ``Principal`` is put in
-``scope["state"]["principal"]`` for routes to authorize against.
+``modelplane_key`` cookie set by ``/login`` (and removed by ``/logout``). The authenticated
+``Principal`` is put in ``scope["state"]["principal"]`` for routes to authorize against. A browser
+loading a page without a working cookie is sent to the sign-in page, never shown JSON.
 """
 
 from __future__ import annotations
@@ -11,33 +12,38 @@ from http.cookies import SimpleCookie
 from typing import Protocol
 
 import orjson
+from starlette.responses import RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelplane.domain import Principal
 
-PUBLIC_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/login", "/favicon.ico"})
+PUBLIC_PATHS = frozenset(
+    {"/v2/health/live", "/v2/health/ready", "/login", "/logout", "/favicon.ico"}
+)
 COOKIE = "modelplane_key"
+INVALID_KEY_REASON = "invalid"  # /login?reason=invalid: the sign-in page says the key failed
 
 
 class Authenticator(Protocol):
     def authenticate(self, token: str) -> Principal | None: ...
 
 
-def _token(scope: Scope) -> str | None:
+def _token(scope: Scope) -> tuple[str | None, bool]:
+    """The key the request carries, and whether it came from the cookie."""
     cookie_header = None
     headers: list[tuple[bytes, bytes]] = scope["headers"]
     for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
+                return token.strip(), False
         elif name == b"cookie":
             cookie_header = value.decode("latin-1")
     if cookie_header:
         morsel = SimpleCookie(cookie_header).get(COOKIE)
         if morsel is not None and morsel.value:
-            return str(morsel.value)
-    return None
+            return str(morsel.value), True
+    return None, False
 
 
 class AuthMiddleware:
@@ -49,32 +55,28 @@ class AuthMiddleware:
         if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
             await self._app(scope, receive, send)
             return
-        token = _token(scope)
+        token, from_cookie = _token(scope)
         principal = self._auth.authenticate(token) if token else None
         if principal is None:
-            await self._deny(scope, receive, send, token is not None)
+            await self._deny(scope, receive, send, token is not None, from_cookie)
             return
         scope.setdefault("state", {})["principal"] = principal
         await self._app(scope, receive, send)
 
     @staticmethod
-    async def _deny(scope: Scope, receive: Receive, send: Send, had_token: bool) -> None:
-        if not had_token and scope["method"] == "GET" and _wants_html(scope):
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 303,
-                    "headers": [(b"location", b"/login"), (b"content-length", b"0")],
-                }
-            )
-            await send({"type": "http.response.body", "body": b""})
+    async def _deny(
+        scope: Scope, receive: Receive, send: Send, had_token: bool, from_cookie: bool
+    ) -> None:
+        if (not had_token or from_cookie) and scope["method"] == "GET" and _wants_html(scope):
+            # a page load: to the sign-in page, dropping a cookie whose key no longer works
+            if from_cookie:
+                redirect = RedirectResponse(f"/login?reason={INVALID_KEY_REASON}", 303)
+                redirect.delete_cookie(COOKIE, httponly=True, samesite="strict")
+            else:
+                redirect = RedirectResponse("/login", 303)
+            await redirect(scope, receive, send)
             return
-        message = (
-            "invalid or revoked API key"
-            if had_token
-            else "missing API key: send 'Authorization: Bearer <key>' (the admin key is in "
-            "$MODELPLANE_HOME/admin.key)"
-        )
+        message = "invalid or revoked API key" if had_token else MISSING_KEY
         body = orjson.dumps({"error": message})
         await send(
             {
@@ -88,6 +90,13 @@ class AuthMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+MISSING_KEY = (
+    "missing API key: send 'Authorization: Bearer <key>'. The CLI and SDK send "
+    "$MODELPLANE_API_KEY, else the key in $MODELPLANE_HOME/admin.key (~/.modelplane/admin.key, "
+    "written by `modelplane serve` on its first start)"
+)
 
 
 def _wants_html(scope: Scope) -> bool:

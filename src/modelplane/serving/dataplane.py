@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from modelplane.errors import DeadlineExceeded, InvalidInput, ModelplaneError
+from modelplane.errors import DeadlineExceeded, InvalidInput, ModelplaneError, Unavailable
 from modelplane.protocol import frames, v2
 from modelplane.runtime import BatchStats, Runtime
 from modelplane.telemetry.histogram import Histogram
@@ -20,6 +21,7 @@ from modelplane.telemetry.logs import LogWriter, now_iso
 from modelplane.telemetry.usage import Usage
 
 JSON_OK = 200
+log = logging.getLogger("modelplane.replica")
 
 
 class PayloadLog:
@@ -36,6 +38,14 @@ class PayloadLog:
         self._writer.write({"time": now_iso(), "request_id": request_id or None,
                             "status": status, "request": _text(request),
                             "response": _text(response)})  # fmt: skip
+
+
+def _crash_message(model: str, request_id: str) -> str:
+    where = f" under request id {request_id}" if request_id else ""
+    return (
+        f"model {model!r} failed while running this request; retry it, and if it fails again "
+        f"ask the operator to look in the replica's log{where}"
+    )
 
 
 def _text(body: bytes) -> dict[str, str]:
@@ -144,23 +154,41 @@ class DataPlane:
         return EncodedResponse(payload, length)
 
     async def _answer_infer(self, frame: frames.RequestFrame) -> frames.ResponseFrame:
+        """Infer, and log and count the outcome as the client sees it: an error of ours keeps its
+        status and message; anything else the model raises is a 500 with a message that names the
+        request id and holds no internals, while the traceback goes to this replica's log."""
         started = time.perf_counter()
-        status, error = JSON_OK, None
+        status, error, level = JSON_OK, None, "info"
         try:
             result = await self.infer(frame.payload, frame.header_len, frame.timeout_ms)
         except ModelplaneError as exc:
-            self.failure_count += 1
-            status, error = exc.status, exc.message
+            status, error, level = exc.status, exc.message, "warning"
             raise
+        except asyncio.CancelledError:  # the replica is stopping; the gateway retries elsewhere
+            status, error, level = (
+                Unavailable.status,
+                "the replica stopped before answering",
+                "warning",
+            )
+            raise
+        except Exception:
+            log.exception(
+                "model %s:%s failed on a request", self.name, self.version,
+                extra={"request_id": frame.request_id or None},
+            )  # fmt: skip
+            crash = ModelplaneError(_crash_message(self.name, frame.request_id))
+            status, error, level = crash.status, crash.message, "error"
+            raise crash from None
         finally:
             elapsed = time.perf_counter() - started
             self.request_seconds.observe(elapsed)
+            if error is not None:
+                self.failure_count += 1
             if self._request_log is not None:
                 fields: dict[str, Any] = {"status": status, "ms": round(elapsed * 1e3, 3),
                                           "bytes_in": len(frame.payload)}  # fmt: skip
                 if error is not None:
                     fields["error"] = error
-                level = "info" if error is None else "warning"
                 self._request_log(level, frame.request_id, "infer", fields)
         if self._payload_log is not None:
             self._payload_log.maybe(frame.request_id, frame.payload, result.body, JSON_OK)

@@ -89,14 +89,27 @@ class Gateway:
     def route(self, name: str, version: str | None) -> Route:
         route = self.table.get(name)
         if route is None:
-            raise NotFound(
-                f"model {name!r} is not deployed; deploy it with `modelplane deploy {name}`"
-            )
+            raise NotFound(self._not_deployed(name))
         if version is not None and version != route.version:
             raise NotFound(
                 f"version {version} of model {name!r} is not deployed (deployed: {route.version})"
             )
         return route
+
+    def _not_deployed(self, name: str) -> str:
+        was = self.table.retired.get(name)
+        if was is not None:
+            model = was.partition(":")[0]
+            again = f"modelplane deploy {was}" + (f" --name {name}" if model != name else "")
+            return (
+                f"model {name!r} is not deployed (it was a deployment of {was}); deploy it "
+                f"again with `{again}`"
+            )
+        return (
+            f"model {name!r} is not deployed; deploy a model under this name with `modelplane "
+            f"deploy {name}` (or `modelplane deploy MODEL --name {name}`); see `modelplane "
+            "deployments list`"
+        )
 
     async def _connection(self, endpoint: Endpoint) -> ReplicaConnection:
         connection = self._connections.get(endpoint.url)
@@ -195,6 +208,12 @@ class Gateway:
                 break
             if latest.endpoints:
                 return latest
+            if latest.pending:
+                raise Unavailable(
+                    f"model {route.name!r} is scaled to zero and its replica cannot be placed: "
+                    f"{latest.pending}; free room (`modelplane nodes list`) or deploy it with "
+                    "less (--cpu, --memory)"
+                )
             await asyncio.sleep(COLD_START_POLL_S)
         raise Unavailable(
             f"model {route.name!r} is scaled to zero and no replica became ready within "

@@ -129,7 +129,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     if principal is not None:
                         return principal
                     raise Unauthenticated("invalid or revoked API key")
-        raise Unauthenticated("missing API key: send 'authorization: Bearer <key>' metadata")
+        raise Unauthenticated(
+            "missing API key: send 'authorization: Bearer <key>' metadata (the admin key is in "
+            "$MODELPLANE_HOME/admin.key; MODELPLANE_API_KEY holds it for the CLI and SDK)"
+        )
 
     @staticmethod
     async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: ModelplaneError) -> None:

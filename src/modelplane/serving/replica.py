@@ -15,7 +15,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from modelplane.artifacts import sha256_file
 from modelplane.protocol.v2 import Limits
@@ -25,7 +27,7 @@ from modelplane.runtime.text import TokenizingRuntime
 from modelplane.serving.dataplane import DataPlane, PayloadLog
 from modelplane.serving.replica_server import ReplicaProtocol
 from modelplane.settings import ReplicaSettings
-from modelplane.telemetry.logs import LogWriter, RequestLog, configure, flush_every
+from modelplane.telemetry.logs import Flusher, LogWriter, RequestLog, json_logging
 
 log = logging.getLogger("modelplane.replica")
 
@@ -52,10 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _watch_parent(parent: int) -> None:
+def _watch_parent(parent: int, before_exit: Callable[[], None]) -> None:
     while True:
         if os.getppid() != parent:
             log.warning("parent process %s is gone; replica exits", parent)
+            before_exit()
             os._exit(0)
         time.sleep(0.5)
 
@@ -87,32 +90,45 @@ async def _serve(args: argparse.Namespace, plane: DataPlane, token: bytes) -> No
         await stop
 
 
-def _logging(args: argparse.Namespace) -> RequestLog | None:
-    """JSON logs to the replica's rotated log file; returns the per-request log function."""
+class _Logs(NamedTuple):
+    requests: RequestLog | None
+    payloads: PayloadLog | None
+    flush: Callable[[], None]  # stops the background flushing and writes out what is buffered
+
+
+def _logging(args: argparse.Namespace, stack: contextlib.ExitStack) -> _Logs:
+    """JSON logs to the replica's rotated log file (and sampled payloads next to it), flushed in
+    the background until ``stack`` closes."""
     if args.log_file is None:
-        return None
-    writer = LogWriter(args.log_file)
-    configure(writer, "replica", args.name, args.replica_id)
-    flush_every(writer)
-    if args.no_request_log:
-        return None
-    return RequestLog(writer, "replica", args.name, args.replica_id)
-
-
-def _payload_log(args: argparse.Namespace) -> PayloadLog | None:
-    if args.log_file is None or args.payload_log_rate <= 0:
-        return None
-    path = args.log_file.with_name(args.log_file.stem + ".payloads.jsonl")
-    writer = LogWriter(path)
-    flush_every(writer)
-    return PayloadLog(writer, args.payload_log_rate)
+        return _Logs(None, None, lambda: None)
+    writer = stack.enter_context(LogWriter(args.log_file))
+    stack.enter_context(json_logging(writer, "replica", args.name, args.replica_id))
+    writers, payloads = [writer], None
+    if args.payload_log_rate > 0:
+        path = args.log_file.with_name(args.log_file.stem + ".payloads.jsonl")
+        payload_writer = stack.enter_context(LogWriter(path))
+        writers.append(payload_writer)
+        payloads = PayloadLog(payload_writer, args.payload_log_rate)
+    flusher = stack.enter_context(Flusher(*writers))
+    requests = (
+        None if args.no_request_log else RequestLog(writer, "replica", args.name, args.replica_id)
+    )
+    return _Logs(requests, payloads, flusher.stop)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    request_log = _logging(args)
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    with contextlib.ExitStack() as stack:  # the logs are flushed and closed however main ends
+        logs = _logging(args, stack)
+        watcher = threading.Thread(
+            target=_watch_parent, args=(os.getppid(), logs.flush), daemon=True
+        )
+        watcher.start()
+        return _run(args, logs)
+
+
+def _run(args: argparse.Namespace, logs: _Logs) -> int:
     actual = sha256_file(args.artifact)
     if actual != args.digest:
         log.error("artifact digest mismatch: expected %s, found %s", args.digest, actual)
@@ -123,9 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         preferred_batch_sizes=tuple(args.preferred_batch_size),
     )
     runtime = BatchingRuntime(TokenizingRuntime(OnnxRuntime(args.artifact, args.threads)), config)
-    payload_log = _payload_log(args)
     plane = DataPlane(
-        args.name, args.version, runtime, Limits(args.max_elements), request_log, payload_log
+        args.name, args.version, runtime, Limits(args.max_elements), logs.requests, logs.payloads
     )
     started = time.perf_counter()
     plane.load()

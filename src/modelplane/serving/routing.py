@@ -27,16 +27,31 @@ class Route:
     endpoints: tuple[Endpoint, ...] = ()
     max_queued: int = 256
     cold_start_s: float = 0.0  # >0: with no replica, hold requests this long while one starts
+    pending: str = ""  # why a wanted replica cannot be placed now (no room), if one cannot
+
+
+RETIRED_KEPT = 1000
 
 
 @dataclass(slots=True)
 class RoutingTable:
-    """The latest snapshot. Replaced whole, never edited, so readers need no lock."""
+    """The latest snapshot. Replaced whole, never edited, so readers need no lock. Names that
+    were routed and are gone are remembered (``retired``: name -> model:version, the most
+    recent few) so a request for one can say how to bring it back."""
 
     routes: dict[str, Route] = field(default_factory=dict)
+    retired: dict[str, str] = field(default_factory=dict)
 
     def publish(self, routes: list[Route]) -> None:
-        self.routes = {r.name: r for r in routes}
+        fresh = {r.name: r for r in routes}
+        retired = {n: v for n, v in self.retired.items() if n not in fresh}
+        for name, route in self.routes.items():
+            if name not in fresh:
+                retired.pop(name, None)
+                retired[name] = f"{route.model}:{route.version}"
+        while len(retired) > RETIRED_KEPT:
+            del retired[next(iter(retired))]
+        self.routes, self.retired = fresh, retired
 
     def get(self, name: str) -> Route | None:
         return self.routes.get(name)

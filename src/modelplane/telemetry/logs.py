@@ -3,8 +3,9 @@
     {"time", "level", "component", "deployment", "replica", "request_id", "message", "fields"}
 
 ``LogWriter`` appends lines to a file with a size cap and rotation (``<file>.1`` ... ``.N``),
-buffered so that per-request lines cost a few microseconds; ``JsonHandler`` routes the standard
-``logging`` records through it.
+buffered so that per-request lines cost a few microseconds; ``Flusher`` writes the buffers out
+in the background until it is stopped; ``json_logging`` routes the standard ``logging`` records
+through a writer while it is active.
 """
 
 from __future__ import annotations
@@ -13,41 +14,58 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import orjson
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
-FLUSH_LINES = 512  # a writer flushes when this many lines wait (and every half second)
+FLUSH_LINES = 512  # a writer flushes when this many lines wait (and every quarter second)
 FLUSH_BYTES = 64 << 10  # or this many bytes (payload lines can be large)
-
-
-_SECOND: list[Any] = [-1, ""]  # the formatted current second, reused within that second
-_MILLI: list[Any] = [-1, "", b""]  # the formatted current millisecond, as text and bytes
-
-
-def _tick() -> None:
-    milli = int(time.time() * 1000)
-    if milli != _MILLI[0]:
-        second = milli // 1000
-        if second != _SECOND[0]:
-            _SECOND[0] = second
-            _SECOND[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        text = f"{_SECOND[1]}.{milli % 1000:03d}Z"
-        _MILLI[0], _MILLI[1], _MILLI[2] = milli, text, text.encode()
+FLUSH_PERIOD_S = 0.25
 
 
 def now_iso() -> str:
-    """UTC time with milliseconds, ``2026-01-01T00:00:00.000Z`` (cheap: on the request path,
-    formatted once per millisecond)."""
-    _tick()
-    return str(_MILLI[1])
+    """UTC time with milliseconds, ``2026-01-01T00:00:00.000Z``."""
+    return _format(int(time.time() * 1000))
 
 
-def now_iso_bytes() -> bytes:
-    _tick()
-    return bytes(_MILLI[2])
+def _format(milli: int) -> str:
+    second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(milli // 1000))
+    return f"{second}.{milli % 1000:03d}Z"
+
+
+class Timestamps:
+    """``now_iso`` for the request path: formatted once per millisecond and reused.
+
+    Safe from any thread: the cache is one immutable tuple, read without a lock and replaced
+    under one, so a reader never sees one millisecond's text with another's number.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._current: tuple[int, str, bytes] = (-1, "", b"")
+
+    def _now(self) -> tuple[int, str, bytes]:
+        milli = int(self._clock() * 1000)
+        current = self._current
+        if current[0] != milli:
+            with self._lock:
+                current = self._current
+                if current[0] != milli:
+                    text = _format(milli)
+                    current = self._current = (milli, text, text.encode())
+        return current
+
+    def text(self) -> str:
+        return self._now()[1]
+
+    def bytes(self) -> bytes:
+        return self._now()[2]
 
 
 class LogWriter:
@@ -78,6 +96,8 @@ class LogWriter:
             self._flush_locked()
 
     def _flush_locked(self) -> None:
+        if self._file.closed:  # after close: drop, rather than keep growing the buffer
+            self._buffer, self._buffered = [], 0
         if not self._buffer:
             return
         lines, self._buffer, self._buffered = self._buffer, [], 0
@@ -99,8 +119,64 @@ class LogWriter:
         self._size = 0
 
     def close(self) -> None:
-        self.flush()
-        self._file.close()
+        """Write what is buffered and close the file (lines written afterwards are dropped)."""
+        with self._lock:
+            self._flush_locked()
+            self._file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Flusher:
+    """Flushes writers in the background so that followers see lines within ``period_s``.
+
+    ``start`` and ``stop`` (or a ``with`` block) bound its thread: ``stop`` wakes it, waits for
+    it to end and flushes what is left, so no line written before ``stop`` stays buffered.
+    """
+
+    def __init__(self, *writers: LogWriter, period_s: float = FLUSH_PERIOD_S) -> None:
+        if period_s <= 0:
+            raise ValueError(f"period_s must be positive, e.g. 0.25; got {period_s!r}")
+        self._writers = writers
+        self._period = period_s
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        if self._thread is not None:
+            raise RuntimeError("this flusher was already started; make a new one")
+        self._thread = threading.Thread(target=self._loop, name="log-flush", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """End the thread and flush every writer once more (safe to call twice)."""
+        self._stopping.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self._flush()
+
+    def _loop(self) -> None:
+        while not self._stopping.wait(self._period):
+            self._flush()
+
+    def _flush(self) -> None:
+        for writer in self._writers:
+            writer.flush()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
 
 
 class JsonHandler(logging.Handler):
@@ -108,6 +184,7 @@ class JsonHandler(logging.Handler):
         super().__init__()
         self._writer = writer
         self._context = context
+        self._timestamps = Timestamps()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -115,35 +192,31 @@ class JsonHandler(logging.Handler):
             if record.exc_info:
                 message += "\n" + logging.Formatter().formatException(record.exc_info)
             self._writer.write({
-                "time": now_iso(), "level": record.levelname.lower(), **self._context,
-                "request_id": getattr(record, "request_id", None), "message": message,
-                "fields": {"logger": record.name},
+                "time": self._timestamps.text(), "level": record.levelname.lower(),
+                **self._context, "request_id": getattr(record, "request_id", None),
+                "message": message, "fields": {"logger": record.name},
             })  # fmt: skip
         except Exception:
             self.handleError(record)
 
+    def flush(self) -> None:
+        self._writer.flush()
 
-def configure(
+
+@contextmanager
+def json_logging(
     writer: LogWriter, component: str, deployment: str | None = None, replica: str | None = None
-) -> None:
-    """Send this process's logging to ``writer`` in the JSON schema (called once, at start)."""
+) -> Iterator[None]:
+    """Send this process's logging to ``writer`` in the JSON schema while the block runs."""
     handler = JsonHandler(
         writer, {"component": component, "deployment": deployment, "replica": replica}
     )
-    logging.getLogger().addHandler(handler)
-
-
-def flush_every(writer: LogWriter, seconds: float = 0.25) -> threading.Thread:
-    """Flush buffered lines in the background so followers see them within ``seconds``."""
-
-    def loop() -> None:
-        while True:
-            time.sleep(seconds)
-            writer.flush()
-
-    thread = threading.Thread(target=loop, name="log-flush", daemon=True)
-    thread.start()
-    return thread
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 class RequestLog:
@@ -159,12 +232,13 @@ class RequestLog:
         )  # fmt: skip
         self._levels = {level: level.encode() for level in LEVELS}
         self._messages: dict[str, bytes] = {}
+        self._timestamps = Timestamps()
 
     def __call__(self, level: str, request_id: str | None, message: str, fields: Any) -> None:
         text = self._messages.get(message)
-        if text is None:
-            text = self._messages[message] = orjson.dumps(message)
+        if text is None:  # setdefault: a thread that loses the race uses the winner's bytes
+            text = self._messages.setdefault(message, orjson.dumps(message))
         self._writer.write_line(self._template % (
-            now_iso_bytes(), self._levels.get(level) or level.encode(),
+            self._timestamps.bytes(), self._levels.get(level) or level.encode(),
             orjson.dumps(request_id or None), text, orjson.dumps(fields),
         ))  # fmt: skip

@@ -1,6 +1,6 @@
 import pytest
 
-from modelplane.domain import ModelRef
+from modelplane.domain import ModelRef, parse_pairs
 from modelplane.domain.model import alias_problem, name_problem
 
 
@@ -36,3 +36,15 @@ def test_serving_config_round_trips() -> None:
 
     config = ServingConfig(8, 2.5, (4, 8), 16, 0.25)
     assert ServingConfig.from_dict(config.to_dict()) == config
+
+
+def test_key_value_pairs_have_one_parser_with_one_rule() -> None:
+    # tags (API and CLI push) and node labels (CLI deploy) all go through parse_pairs
+    assert parse_pairs(["team=ml", "note=", "a=b=c", "team=fraud"], "tag") == {
+        "team": "fraud",
+        "note": "",
+        "a": "b=c",
+    }
+    for bad in ("team", "=ml", " =ml"):  # the CLI accepted an empty key before
+        with pytest.raises(ValueError, match=rf"invalid tag {bad!r}: use KEY=VALUE"):
+            parse_pairs([bad], "tag")

@@ -16,7 +16,12 @@ LIMITS = Limits(max_elements=1000)
 
 
 def request(**overrides: object) -> bytes:
-    tensor = {"name": "x", "shape": [2, 4], "datatype": "FP32", "data": list(range(8))}
+    tensor: dict[str, object] = {
+        "name": "x",
+        "shape": [2, 4],
+        "datatype": "FP32",
+        "data": list(range(8)),
+    }
     tensor.update(overrides)
     return orjson.dumps({"id": "42", "inputs": [tensor]})
 

@@ -1,6 +1,7 @@
 """Placement over small, explicit clusters: filters, cost, spread, packing, reasons."""
 
 from collections import Counter
+from collections.abc import Sequence
 
 from modelplane.domain import Node, NodeState, PlacementPolicy, Resources
 from modelplane.scheduler.placement import ClusterView, Placed, Request, Unplaced, place, place_all
@@ -10,7 +11,7 @@ def node(nid: str, cpu: float, mem: int, cost: float, zone: str = "a", **labels:
     return Node(nid, Resources(cpu, mem), {"zone": zone, **labels}, cost_per_hour=cost)
 
 
-def nodes_of(decisions: list[object]) -> list[str]:
+def nodes_of(decisions: Sequence[object]) -> list[str]:
     return [d.node for d in decisions if isinstance(d, Placed)]
 
 

@@ -1,4 +1,6 @@
-from modelplane.domain import Node, NodeState, Replica, ReplicaState, Resources
+from collections.abc import Sequence
+
+from modelplane.domain import DEFAULT_REQUEST, Node, NodeState, Replica, ReplicaState, Resources
 from modelplane.scheduler.planning import Desired, Drain, Pending, Start, Stop, plan
 
 NODES = [
@@ -13,14 +15,13 @@ def replica(
     version: int = 1,
     name: str = "iris",
     node: str = "n1",
-    resources: Resources | None = None,
+    resources: Resources = DEFAULT_REQUEST,
 ) -> Replica:
     return Replica(rid, name, "iris", version, f"unix:/{rid}", state, float(len(rid)),
-                   revision=f"r{version}", node=node,
-                   **({"resources": resources} if resources else {}))  # fmt: skip
+                   revision=f"r{version}", node=node, resources=resources)  # fmt: skip
 
 
-def kinds(actions: list[object]) -> list[str]:
+def kinds(actions: Sequence[object]) -> list[str]:
     return [type(a).__name__ for a in actions]
 
 
@@ -159,5 +160,5 @@ def test_a_cordoned_node_keeps_its_replicas_but_takes_no_new_ones() -> None:
     only = [Node("n1", Resources(4, 8192), state=NodeState.CORDONED)]
     [pending] = plan([Desired("iris", "r1", 2)], [on_n1], only)
     assert pending == Pending(
-        "iris", "needs 0.5 CPU, 512 MB per replica; no node takes replicas (nodes are cordoned)"
+        "iris", "needs 0.25 CPU, 512 MB per replica; no node takes replicas (nodes are cordoned)"
     )

@@ -18,7 +18,7 @@ from modelplane.api.schemas import (
     VersionOut,
 )
 from modelplane.api.services import Services
-from modelplane.domain import ModelRef, Principal
+from modelplane.domain import ModelRef, ModelVersion, Principal, parse_pairs
 from modelplane.errors import InvalidInput
 from modelplane.registry.conversions import ConversionOptions
 from modelplane.registry.service import PushRequest
@@ -26,13 +26,10 @@ from modelplane.security.policy import Action, authorize
 
 
 def _tags(raw: list[str]) -> dict[str, str]:
-    tags = {}
-    for item in raw:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidInput(f"invalid tag {item!r}: use KEY=VALUE, for example team=fraud")
-        tags[key] = value
-    return tags
+    try:
+        return parse_pairs(raw, "tag")
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 def _shape(raw: str | None) -> tuple[int, ...] | None:
@@ -82,6 +79,9 @@ def create_router(services: Services) -> APIRouter:
         input_shape: Annotated[
             str | None, Query(description="example input shape, e.g. 1,3,32,32")
         ] = None,
+        allow_duplicate: Annotated[
+            bool, Query(description="make a new version even if this content was pushed")
+        ] = False,
     ) -> Any:
         """Upload a model file as the request body (streamed; never held whole in memory).
         ONNX becomes a version at once (201); other formats start a conversion (202) that
@@ -96,22 +96,22 @@ def create_router(services: Services) -> APIRouter:
             parent=parent,
             created_by=who.name or who.key_id,
             trust_pickle=trust_pickle,
+            allow_duplicate=allow_duplicate,
         )
         options = ConversionOptions(samples, tolerance, force, _shape(input_shape))
         try:
-            upload = await registry.upload(push_request, request.stream())
+            result = await registry.push(
+                push_request,
+                request.stream(),
+                convert=lambda upload: services.conversions.start(push_request, upload, options),
+            )
         except Exception:
             services.metrics.pushes.labels("refused").inc()
             raise
         services.metrics.pushes.labels("accepted").inc()
-        if upload.signature is not None:
-            version = await run_in_threadpool(
-                registry.record, push_request, upload.artifact, upload.signature, "onnx",
-                None, None,
-            )  # fmt: skip
-            return VersionOut.of(version)
-        conversion = services.conversions.start(push_request, upload, options)
-        return JSONResponse(ConversionOut.of(conversion).model_dump(mode="json"), 202)
+        if isinstance(result, ModelVersion):
+            return VersionOut.of(result)
+        return JSONResponse(ConversionOut.of(result).model_dump(mode="json"), 202)
 
     @router.get("", response_model=list[ModelOut])
     def list_models(_: Annotated[Principal, Depends(allow(Action.READ))]) -> list[ModelOut]:
