@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from modelplane.convert.archive import UnpackLimits
 from modelplane.convert.runner import ConversionRunner, ConversionSpec
 from modelplane.testing import mlp_onnx
 from report import add_results_option, save
@@ -88,7 +89,9 @@ async def run(smoke: bool) -> dict[str, Any]:
 
 
 async def measure(work: Path, smoke: bool) -> dict[str, Any]:
-    runner = ConversionRunner(timeout_s=900, memory_limit_bytes=8 << 30)
+    runner = ConversionRunner(
+        timeout_s=900, memory_limit_bytes=8 << 30, cpu_limit_s=0, unpack=UnpackLimits(8 << 30)
+    )
     rows = []
     for name, (path, fmt, extra) in build_models(work, smoke).items():
         started = time.perf_counter()

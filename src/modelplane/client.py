@@ -2,20 +2,44 @@
 
 from __future__ import annotations
 
+import ssl
 import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import httpx
 import numpy as np
 import orjson
 
 from modelplane import errors
+from modelplane.client_types import (
+    DeploymentInfo,
+    KeyInfo,
+    ModelDetail,
+    ModelSummary,
+    ReplicaInfo,
+    Signature,
+    Tensor,
+    Version,
+)
 from modelplane.protocol.datatypes import V2_TO_NUMPY, v2_datatype
 from modelplane.settings import ClientSettings
+
+__all__ = [
+    "Client",
+    "DeploymentInfo",
+    "KeyInfo",
+    "ModelDetail",
+    "ModelSummary",
+    "ReplicaInfo",
+    "Signature",
+    "Tensor",
+    "Version",
+    "pack_directory",
+]
 
 CHUNK = 1 << 20
 # how long replicas stay pending with none starting or draining before a deploy stops waiting
@@ -23,79 +47,25 @@ CHUNK = 1 << 20
 STUCK_S = 3.0
 
 
-class Tensor(TypedDict):
-    name: str
-    datatype: str
-    shape: list[int]
-
-
-class Signature(TypedDict):
-    inputs: list[Tensor]
-    outputs: list[Tensor]
-
-
-class Version(TypedDict):
-    model: str
-    version: int
-    ref: str
-    digest: str
-    size: int
-    source_format: str
-    signature: Signature
-    description: str
-    tags: dict[str, str]
-    created_by: str
-    created_at: str
-    parent: str | None
-    aliases: list[str]
-    source_digest: str | None
-    report: dict[str, Any] | None
-
-
-class ModelSummary(TypedDict):
-    name: str
-    description: str
-    created_at: str
-    latest_version: int | None
-    aliases: dict[str, int]
-
-
-class ModelDetail(ModelSummary):
-    versions: list[Version]
-
-
-class ReplicaInfo(TypedDict):
-    id: str
-    version: int
-    state: str
-    pid: int | None
-    started_at: float
-    message: str
-    node: str
-    placement: str
-    resources: dict[str, Any] | None
-
-
-class DeploymentInfo(TypedDict):
-    name: str
-    model: str
-    version: int
-    ref: str
-    desired_replicas: int
-    ready_replicas: int
-    state: str
-    created_at: str
-    updated_at: str
-    replicas: list[ReplicaInfo]
-    last_failure: str | None
-    endpoint: str
-    config: dict[str, Any]
-    resources: dict[str, Any]
-    placement: dict[str, Any]
-    autoscaling: dict[str, Any] | None
-    pending: list[str]
-    events: list[dict[str, Any]]
-    reconciled: bool
+def _unreachable(url: str, exc: httpx.TransportError) -> str:
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return (
+            f"the certificate of {url} is not trusted ({text.rpartition('] ')[2] or text}); set "
+            "MODELPLANE_CA_BUNDLE to the CA file that signed it"
+        )
+    # under TLS 1.3 a server that wants a client certificate refuses it after the handshake:
+    # the client sees the connection closed before an answer
+    closed = isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError)
+    if url.startswith("https://") and (closed or "SSL" in text or "TLS" in text):
+        return (
+            f"the TLS connection to {url} failed ({text}); if the server asks for a client "
+            "certificate, set MODELPLANE_CLIENT_CERT and MODELPLANE_CLIENT_KEY"
+        )
+    return (
+        f"cannot reach modelplane at {url} ({type(exc).__name__}); is `modelplane serve` "
+        "running, and is MODELPLANE_URL right?"
+    )
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -167,18 +137,55 @@ def _parity_summary(report: Mapping[str, Any] | None) -> str:
     return " (" + "; ".join(parts) + ")" if parts else ""
 
 
+def _tls_context(
+    ca_bundle: Path | None, client_cert: Path | None, client_key: Path | None
+) -> ssl.SSLContext | bool:
+    """What httpx verifies the server with: the system's CAs unless ``ca_bundle`` is given, and
+    a client certificate for mTLS."""
+    if ca_bundle is None and client_cert is None:
+        return True
+    try:
+        context = ssl.create_default_context(cafile=ca_bundle)
+        if client_cert is not None:
+            context.load_cert_chain(client_cert, client_key)
+    except (OSError, ssl.SSLError) as exc:
+        files = ", ".join(str(p) for p in (ca_bundle, client_cert, client_key) if p is not None)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise errors.InvalidInput(
+            f"cannot load the TLS files ({files}): {reason}; MODELPLANE_CA_BUNDLE is a PEM CA "
+            "file, MODELPLANE_CLIENT_CERT and MODELPLANE_CLIENT_KEY a PEM certificate and key"
+        ) from None
+    return context
+
+
 class Client:
     """Talks to a modelplane server. Defaults come from ``MODELPLANE_URL`` and
-    ``MODELPLANE_API_KEY`` (else ``$MODELPLANE_HOME/admin.key``)."""
+    ``MODELPLANE_API_KEY`` (else ``$MODELPLANE_HOME/admin.key``); for an ``https://`` URL,
+    ``MODELPLANE_CA_BUNDLE`` (the CA to trust, default the system's) and, where the server asks
+    for client certificates, ``MODELPLANE_CLIENT_CERT`` and ``MODELPLANE_CLIENT_KEY``."""
 
     def __init__(
-        self, url: str | None = None, api_key: str | None = None, timeout: float = 60.0
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        *,
+        ca_bundle: str | Path | None = None,
+        client_cert: str | Path | None = None,
+        client_key: str | Path | None = None,
     ) -> None:
         settings = ClientSettings()
         self.url = (url or settings.url).rstrip("/")
         key = api_key or settings.key()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        verify = _tls_context(
+            Path(ca_bundle) if ca_bundle is not None else settings.ca_bundle,
+            Path(client_cert) if client_cert is not None else settings.client_cert,
+            Path(client_key) if client_key is not None else settings.client_key,
+        )
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, verify=verify
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -193,10 +200,7 @@ class Client:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise errors.Unavailable(
-                f"cannot reach modelplane at {self.url} ({type(exc).__name__}); is "
-                "`modelplane serve` running, and is MODELPLANE_URL right?"
-            ) from None
+            raise errors.Unavailable(_unreachable(self.url, exc)) from None
         _raise_for(response)
         return response
 
@@ -445,6 +449,11 @@ class Client:
     def uncordon(self, node: str) -> None:
         self._request("DELETE", f"/api/v1/nodes/{node}/cordon")
 
+    def rotate_master_key(self) -> dict[str, Any]:
+        """Re-wrap the blob store's data keys under a new master key (admin keys only)."""
+        result: dict[str, Any] = self._request("POST", "/api/v1/admin/rotate-master-key").json()
+        return result
+
     def deployments(self) -> list[DeploymentInfo]:
         result: list[DeploymentInfo] = self._request("GET", "/api/v1/deployments").json()
         return result
@@ -496,6 +505,54 @@ class Client:
 
     def undeploy(self, name: str) -> None:
         self._request("DELETE", f"/api/v1/deployments/{name}")
+
+    # ---- keys (admin) -----------------------------------------------------------------------
+    def keys(self) -> list[KeyInfo]:
+        """Every key (never a secret)."""
+        result: list[KeyInfo] = self._request("GET", "/api/v1/keys").json()
+        return result
+
+    def create_key(
+        self,
+        name: str,
+        role: str,
+        *,
+        models: Sequence[str] | None = None,
+        expires: str | None = None,
+    ) -> KeyInfo:
+        """A new key; ``secret`` in the result is shown this once. ``models``: names or globs
+        (default every model); ``expires``: ``30d``, ``12h`` or an ISO time."""
+        body = {"name": name, "role": role, "models": list(models) if models else None,
+                "expires": expires}  # fmt: skip
+        result: KeyInfo = self._request("POST", "/api/v1/keys", json=body).json()
+        return result
+
+    def update_key(
+        self,
+        key_id: str,
+        *,
+        name: str | None = None,
+        role: str | None = None,
+        models: Sequence[str] | None = None,
+        expires: str | None = None,
+    ) -> KeyInfo:
+        """Change a key (None keeps a field); ``expires="never"`` removes its expiry."""
+        body = {k: v for k, v in {"name": name, "role": role, "expires": expires,
+                                  "models": list(models) if models else None}.items()
+                if v is not None}  # fmt: skip
+        result: KeyInfo = self._request("PATCH", f"/api/v1/keys/{key_id}", json=body).json()
+        return result
+
+    def rotate_key(self, key_id: str, grace: str = "0s") -> KeyInfo:
+        """A new secret (in ``secret``); the old one keeps working for ``grace`` (e.g. 1h)."""
+        result: KeyInfo = self._request(
+            "POST", f"/api/v1/keys/{key_id}/rotate", json={"grace": grace}
+        ).json()
+        return result
+
+    def revoke_key(self, key_id: str) -> KeyInfo:
+        result: KeyInfo = self._request("DELETE", f"/api/v1/keys/{key_id}").json()
+        return result
 
     # ---- inference --------------------------------------------------------------------------
     def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:

@@ -4,6 +4,8 @@ paths, stack traces or secrets."""
 
 from __future__ import annotations
 
+import re
+
 
 class ModelplaneError(Exception):
     code = "internal"
@@ -81,3 +83,13 @@ STATUS_ERRORS: dict[int, type[ModelplaneError]] = {
 def error_for_status(status: int, message: str) -> ModelplaneError:
     """The error of this tree that an HTTP status stands for."""
     return STATUS_ERRORS.get(status, ModelplaneError)(message)
+
+
+# an absolute path of two or more parts (not a URL, a relative path or one of our routes)
+_PATH = re.compile(r"(?<![\w/:.~-])(?!/(?:api|v2)/)(?:/[^/\s'\"`,;:()\[\]{}<>]+){2,}/?")
+
+
+def redact_paths(text: str) -> str:
+    """``text`` with every absolute path cut to its last part, for messages that pass on what
+    a library said (``Load model from /srv/.../model.onnx failed`` -> ``... from model.onnx``)."""
+    return _PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -23,13 +24,16 @@ from modelplane.cluster.executor import ReplicaExecutor
 from modelplane.cluster.local import LocalExecutor
 from modelplane.domain import Role
 from modelplane.registry.blobs import LocalBlobStore
-from modelplane.registry.conversions import ConversionService
+from modelplane.registry.conversions import ConversionService, load_checker
 from modelplane.registry.db import make_engine, make_sessions, migrate
 from modelplane.registry.deployments import DeploymentStore
-from modelplane.registry.keys import KeyStore
+from modelplane.registry.keys import KeySpec, KeyStore, flush_usage_forever
 from modelplane.registry.nodes import NodeStore
 from modelplane.registry.service import RegistryService
 from modelplane.scheduler.controller import Controller
+from modelplane.security.blobkeys import BlobKeys, MasterKeyError, load_master_key
+from modelplane.security.tls import TlsFileError, TlsFiles, grpc_credentials, tls_files
+from modelplane.security.tls import uvicorn_options as tls_options
 from modelplane.serving.gateway import Gateway
 from modelplane.serving.grpc import create_grpc_server
 from modelplane.serving.routing import RoutingTable
@@ -54,7 +58,7 @@ def ensure_admin_key(keys: KeyStore, path: Path) -> bool:
         return False
     if keys.count() > 0 and not path.exists():
         return False  # keys exist; the operator removed the file on purpose
-    _, secret = keys.create(Role.ADMIN, "admin")
+    _, secret = keys.create(KeySpec(Role.ADMIN, "admin"))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -63,12 +67,26 @@ def ensure_admin_key(keys: KeyStore, path: Path) -> bool:
     return True
 
 
-def make_executor(settings: Settings) -> ReplicaExecutor:
+def make_executor(
+    settings: Settings, artifact_keys: Callable[[str], bytes | None] | None = None
+) -> ReplicaExecutor:
     if settings.scheduler.executor == "ray":
         from modelplane.cluster.ray import RayExecutor
 
-        return RayExecutor(settings)
-    return LocalExecutor(settings)
+        return RayExecutor(settings, artifact_keys)
+    return LocalExecutor(settings, artifact_keys)
+
+
+def open_blob_store(settings: Settings) -> tuple[LocalBlobStore, BlobKeys]:
+    """The blob store with its data keys, opened with the master key; a master key that is
+    malformed or not this registry's ends ``serve`` with a one-line error."""
+    secret = settings.master_key.get_secret_value() if settings.master_key else None
+    try:
+        master, pending = load_master_key(settings.master_key_path, secret)
+        keys = BlobKeys(settings.blob_dir / "keys", master, pending)
+    except MasterKeyError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return LocalBlobStore(settings.blob_dir, keys), keys
 
 
 DEMO_READY_TIMEOUT_S = 120.0
@@ -93,16 +111,25 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
     engine = make_engine(settings.resolved_database_url)
     migrate(engine)
     sessions = make_sessions(engine)
-    blobs = LocalBlobStore(settings.blob_dir)
-    registry = RegistryService(sessions, blobs, settings.registry.max_upload_bytes)
+    blobs, blob_keys = open_blob_store(settings)
+    registry = RegistryService(
+        sessions,
+        blobs,
+        settings.registry.max_upload_bytes,
+        settings.convert.max_unpack_ratio,
+        load_checker(settings),
+    )
     removed = registry.collect_garbage()
     if removed:
         log.info("removed %d leftover file(s) from an interrupted write", removed)
+    sealed = blobs.seal_plaintext()
+    if sealed:
+        log.info("encrypted %d blob(s) an earlier version kept in the clear", sealed)
     deployments = DeploymentStore(sessions, registry)
     keys = KeyStore(sessions)
     nodes = NodeStore(sessions)
     created = ensure_admin_key(keys, settings.admin_key_path)
-    executor = make_executor(settings)
+    executor = make_executor(settings, blobs.data_key)
     table = RoutingTable()
     metrics = Metrics(CollectorRegistry(), settings.telemetry.request_metrics)
     controller = Controller(
@@ -116,7 +143,9 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
         nodes=nodes,
         on_step=metrics.reconcile.observe,
     )
-    gateway = Gateway(table, executor.token, settings.serving.request_timeout_s, metrics)
+    gateway = Gateway(
+        table, executor.token, settings.serving.request_timeout_s, metrics, executor.replica_tls
+    )
     controller.load = gateway
     gateway.on_demand = controller.kick
     conversions = ConversionService(sessions, registry, blobs, settings, metrics)
@@ -124,10 +153,12 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
     if interrupted:
         log.info("%d conversion(s) were interrupted by the last stop; push them again", interrupted)
     services = Services(
-        settings, registry, deployments, keys, controller, conversions, gateway, metrics, nodes
-    )
+        settings, registry, deployments, keys, controller, conversions, gateway, metrics, nodes,
+        blob_keys=blob_keys,
+    )  # fmt: skip
 
     grpc_address = f"{settings.server.host}:{settings.server.grpc_port}"
+    tls = _tls(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -136,7 +167,10 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
             gateway, keys, __version__, settings.serving.max_request_bytes
         )
         try:
-            grpc_server.add_insecure_port(grpc_address)
+            if tls is None:
+                grpc_server.add_insecure_port(grpc_address)
+            else:
+                grpc_server.add_secure_port(grpc_address, grpc_credentials(tls))
         except RuntimeError:
             raise RuntimeError(
                 f"cannot listen for gRPC on {grpc_address}; is the port in use? "
@@ -144,16 +178,19 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
             ) from None
         await grpc_server.start()
         controller.start()
+        usage = asyncio.create_task(flush_usage_forever(keys))  # keys' last use, in batches
         if settings.demo:
             from modelplane.demo import ensure_demo
 
             try:
                 await asyncio.to_thread(ensure_demo, registry, deployments)
+                demo_set_up = True
             except Exception:
                 log.exception("could not set up the iris demo; the server runs without it")
+                demo_set_up = False
             controller.kick()
             # "up" means the demo answers: the tour's first command finds it ready
-            if not await _wait_until_routed(table, "iris", DEMO_READY_TIMEOUT_S):
+            if demo_set_up and not await _wait_until_routed(table, "iris", DEMO_READY_TIMEOUT_S):
                 log.warning("the iris demo is not serving yet; see `modelplane deployments "
                             "status iris`")  # fmt: skip
         if announce is not None:
@@ -162,6 +199,7 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
             yield
         finally:
             await grpc_server.stop(grace=2.0)
+            usage.cancel()
             await controller.stop()
             await gateway.close()
 
@@ -169,8 +207,18 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
     return Platform(services, gateway, app, created)
 
 
+def _tls(settings: Settings) -> TlsFiles | None:
+    """The server's TLS files, checked; a bad one ends ``serve`` with a one-line error."""
+    server = settings.server
+    try:
+        return tls_files(server.tls_cert, server.tls_key, server.tls_client_ca)
+    except TlsFileError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
 def banner(settings: Settings, created: bool) -> str:
-    url = f"http://{settings.server.host}:{settings.server.port}"
+    tls = settings.server.tls_cert is not None
+    url = f"{'https' if tls else 'http'}://{settings.server.host}:{settings.server.port}"
     grpc = f"{settings.server.host}:{settings.server.grpc_port}"
     key = settings.admin_key_path
     first = "created on this first start" if created else "from an earlier start"
@@ -178,11 +226,11 @@ def banner(settings: Settings, created: bool) -> str:
 modelplane is up.
   Dashboard     {url}/          (sign in with the admin key)
   API docs      {url}/docs
-  V2 inference  {url}/v2/models/<name>/infer   (gRPC: {grpc})
-  Admin key     {key}   ({first}; keep it secret)
+  V2 inference  {url}/v2/models/<name>/infer   (gRPC{" over TLS" if tls else ""}: {grpc})
+  Admin key     {key}   ({first}; keep it secret){_tls_note(settings)}
 
 Try it:
-  curl -s -H "Authorization: Bearer $(cat {key})" \\
+  curl -s{_curl_tls(settings)} -H "Authorization: Bearer $(cat {key})" \\
        -H 'Content-Type: application/json' -d @- {url}/v2/models/iris/infer <<'JSON'
 {{"inputs":[{{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}}]}}
 JSON
@@ -190,6 +238,23 @@ JSON
   python -c "import modelplane; print(modelplane.Client().infer('iris', \\
       {{'float_input': [[5.1, 3.5, 1.4, 0.2]]}}))"
 """
+
+
+def _tls_note(settings: Settings) -> str:
+    server = settings.server
+    if server.tls_cert is None:
+        return ""
+    clients = (
+        f"clients need a certificate signed by {server.tls_client_ca}"
+        if server.tls_client_ca
+        else "no client certificates"
+    )
+    note = f"\n  TLS           {server.tls_cert}   ({clients})"
+    return note + "\n  Clients       MODELPLANE_URL=https://... MODELPLANE_CA_BUNDLE=<CA file>"
+
+
+def _curl_tls(settings: Settings) -> str:
+    return " --cacert <CA file>" if settings.server.tls_cert is not None else ""
 
 
 def serve(settings: Settings) -> None:
@@ -204,7 +269,9 @@ def serve(settings: Settings) -> None:
     ):
         # bound first: a port in use is said before anything starts, and the banner (printed
         # once startup is done) never announces a server that cannot listen
-        sock = _bind(settings.server.host, settings.server.port)
+        tls = _tls(settings)
+        sock = _bind(settings.server.host, settings.server.port, "--port")
+        _bind(settings.server.host, settings.server.grpc_port, "--grpc-port").close()  # free?
 
         def announce() -> None:
             print(banner(settings, platform.admin_key_created), flush=True)
@@ -219,21 +286,29 @@ def serve(settings: Settings) -> None:
             proxy_headers=False,
             server_header=False,
             date_header=False,
+            **(tls_options(tls) if tls is not None else {}),
         )
         uvicorn.Server(config).run(sockets=[sock])
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, flag: str) -> socket.socket:
+    """A listening socket on host:port, or a one-line exit that says why not."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)
     except OSError as exc:
         sock.close()
-        raise SystemExit(
-            f"error: cannot listen on {host}:{port} ({exc.strerror}); is another modelplane "
-            "running? Choose another port with --port"
-        ) from None
+        why = {
+            errno.EADDRINUSE: "the port is in use; is another modelplane running? Choose "
+            f"another port with {flag}",
+            errno.EACCES: f"permission denied (ports below 1024 need privileges); choose "
+            f"another port with {flag}",
+            errno.EADDRNOTAVAIL: "this machine has no such address; use --host 127.0.0.1, "
+            "0.0.0.0 or one of its addresses",
+        }.get(exc.errno or 0, f"{exc.strerror or exc}; check --host and {flag}")
+        raise SystemExit(f"error: cannot listen on {host}:{port}: {why}") from None
     sock.set_inheritable(True)
     return sock

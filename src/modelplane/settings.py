@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path.home() / ".modelplane"
@@ -21,6 +21,13 @@ class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     grpc_port: int = Field(8001, ge=0, le=65535)
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate (chain): serve HTTPS and gRPC over TLS"
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert (unencrypted)")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA: clients must present a certificate it signed (mTLS)"
+    )
 
 
 class RegistrySettings(BaseModel):
@@ -41,6 +48,12 @@ class ConvertSettings(BaseModel):
     timeout_s: float = Field(600.0, gt=0, description="A conversion running longer is stopped")
     memory_limit_bytes: int = Field(
         8 * GIB, ge=0, description="Address-space limit of the conversion process; 0 = none"
+    )
+    cpu_limit_s: int = Field(
+        3600, ge=0, description="CPU-seconds limit of the conversion process; 0 = none"
+    )
+    max_unpack_ratio: float = Field(
+        100.0, gt=1, description="An uploaded archive may unpack to at most this times its size"
     )
 
 
@@ -94,6 +107,12 @@ class Settings(BaseSettings):
     convert: ConvertSettings = ConvertSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     demo: bool = Field(False, description="Train, push and deploy the iris demo on first start")
+    master_key_file: Path | None = Field(
+        None, description="Master key of blob encryption; default $MODELPLANE_HOME/master.key"
+    )
+    master_key: SecretStr | None = Field(
+        None, description="The master key itself (32 bytes, base64); wins over the file"
+    )
 
     @property
     def resolved_database_url(self) -> str:
@@ -106,6 +125,10 @@ class Settings(BaseSettings):
     @property
     def admin_key_path(self) -> Path:
         return self.home / "admin.key"
+
+    @property
+    def master_key_path(self) -> Path:
+        return self.master_key_file or self.home / "master.key"
 
     @property
     def log_dir(self) -> Path:
@@ -124,7 +147,11 @@ class ClientSettings(BaseSettings):
     url: str = "http://127.0.0.1:8000"
     api_key: str | None = None
     home: Path = DEFAULT_HOME
-    debug: bool = Field(False, description="Show a traceback for unexpected CLI errors")
+    ca_bundle: Path | None = Field(
+        None, description="PEM CA file to trust for an https URL (default: the system's)"
+    )
+    client_cert: Path | None = Field(None, description="PEM client certificate (for mTLS)")
+    client_key: Path | None = Field(None, description="PEM key of client_cert")
 
     def key(self) -> str | None:
         """The key to send: ``MODELPLANE_API_KEY``, else ``$MODELPLANE_HOME/admin.key``."""
@@ -137,9 +164,28 @@ class ClientSettings(BaseSettings):
             return None
 
 
+class CliSettings(BaseSettings):
+    """What only the CLI reads. Read leniently: a typo here must not turn a one-line error
+    into a traceback."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELPLANE_", extra="ignore")
+
+    debug: bool = Field(False, description="Show a traceback for unexpected CLI errors")
+
+    @field_validator("debug", mode="before")
+    @classmethod
+    def _lenient(cls, value: object) -> bool:
+        return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
 class ReplicaSettings(BaseSettings):
     """Settings a replica process receives from its executor (environment, never argv)."""
 
     model_config = SettingsConfigDict(env_prefix="MODELPLANE_REPLICA_", extra="ignore")
 
     token: str = Field("", description="Shared secret the gateway sends to this replica")
+    artifact_key: SecretStr = Field(
+        SecretStr(""), description="Data key of the replica's sealed artifact (hex)"
+    )
+    tls_cert: str = Field("", description="PEM certificate to listen with over TCP (Ray)")
+    tls_key: str = Field("", description="PEM key of tls_cert")

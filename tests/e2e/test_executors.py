@@ -85,12 +85,17 @@ async def test_executor_contract(executor: ReplicaExecutor, tmp_path: Path, iris
     assert ready.resources == Resources(0.5, 256)
     assert ready.revision == "r1"
 
-    connection = await ReplicaConnection.connect(ready.url, executor.token)
+    # on other machines (Ray) only TLS with the executor's CA: encrypted, the replica checked
+    assert ready.url.startswith("tls://" if executor.replica_tls else "unix:")
+    connection = await ReplicaConnection.connect(
+        ready.url, executor.token, tls=executor.replica_tls
+    )
     reply = await connection.request(frames.INFER, BODY, None, 5000, 10.0, "req-1")
     connection.close()
     assert reply.status == 200
     assert orjson.loads(reply.payload)["outputs"][0]["data"] == [0]
-    assert not await probe(ready.url, "not-the-token")  # a wrong token is refused
+    # a wrong token is refused
+    assert not await probe(ready.url, "not-the-token", tls=executor.replica_tls)
 
     # a crash is reported as failed, with the reason
     proc = replica_process(spec.replica_id)

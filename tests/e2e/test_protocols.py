@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -11,6 +12,8 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
+from modelplane.protocol.grpc import grpc_predict_v2_pb2 as pb
+from modelplane.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelplane.testing import multi_identity_onnx
 
 pytestmark = pytest.mark.e2e
@@ -102,3 +105,47 @@ def test_grpc_errors_use_grpc_status_codes(multi) -> None:
         client.infer("multi", [bad], headers=headers)
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "expected datatype FP32" in info.value.message()
+
+
+def test_grpc_bytes_that_are_not_text_are_an_invalid_argument(multi) -> None:
+    """BYTES elements are bytes: through tritonclient (raw_input_contents) and through the raw
+    stub's bytes_contents, what ONNX Runtime cannot take is INVALID_ARGUMENT with a message."""
+    server, _ = multi
+    headers = {"authorization": f"Bearer {server.key}"}
+    values = sample()
+    values["e"] = np.array([[b"\xff\xfe", b"ok"]] * 3, dtype=object)
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    inputs = []
+    for name, value in values.items():
+        tensor = triton_grpc.InferInput(name, list(value.shape), TYPES[name])
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("multi", inputs, headers=headers)
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "not UTF-8" in info.value.message()
+
+    text = multi_identity_onnx({"e": "BYTES"})
+    path = server.home.parent / "text.onnx"
+    path.write_bytes(text)
+    assert server.cli("push", str(path), "--name", "text").returncode == 0
+    assert server.cli("deploy", "text").returncode == 0
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]  # generated
+        metadata = list(headers.items())
+        for elements, status in (
+            ([b"h\xc3\xa9", b""], None),
+            ([b"\xff\xfe", b"ok"], grpc.StatusCode.INVALID_ARGUMENT),
+        ):
+            request = pb.ModelInferRequest(model_name="text")
+            tensor = request.inputs.add(name="e", datatype="BYTES", shape=[1, 2])
+            tensor.contents.bytes_contents.extend(elements)
+            if status is None:
+                answer = stub.ModelInfer(request, metadata=metadata)
+                blob = answer.raw_output_contents[0]
+                assert blob == b"".join(len(e).to_bytes(4, "little") + e for e in elements)
+                continue
+            with pytest.raises(grpc.RpcError) as error:
+                stub.ModelInfer(request, metadata=metadata)
+            assert error.value.code() == status
+            assert "not UTF-8" in (error.value.details() or "")

@@ -13,6 +13,7 @@ from modelplane.serving.routing import RoutingTable
 
 class FakeExecutor:
     token = "t"
+    replica_tls = None
 
     def __init__(self, cpus: float = 4, nodes: int = 1) -> None:
         self.replicas: dict[str, Replica] = {}

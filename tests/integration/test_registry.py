@@ -157,3 +157,49 @@ async def test_deployments_are_desired_state(stores, iris_bytes) -> None:
         deployments.apply(ModelRef("iris"), replicas=100)
     with pytest.raises(NotFound, match="not found"):
         deployments.apply(ModelRef("nope"), replicas=1)
+
+
+async def test_a_duplicate_is_refused_when_recorded_too_not_only_when_checked(stores, iris_bytes):
+    # two pushes of the same bytes both uploaded before either is recorded (a race): the check
+    # made in the recording transaction refuses the second
+    registry, _, _ = stores
+    first = await registry.upload(PushRequest("iris"), chunks(iris_bytes))
+    second = await registry.upload(PushRequest("iris"), chunks(iris_bytes))
+    assert first.signature is not None
+    registry.record(PushRequest("iris"), first.artifact, first.signature, "onnx", None, None)
+    with pytest.raises(Conflict, match="same content as iris:1"):
+        registry.record(PushRequest("iris"), second.artifact, first.signature, "onnx", None, None)
+    assert [v.version for v in registry.get_model("iris")[1]] == [1]
+
+
+async def test_content_being_converted_is_neither_pushed_twice_nor_dropped(stores, settings):
+    from datetime import UTC, datetime
+
+    from modelplane.registry.db import make_engine, make_sessions
+    from modelplane.registry.tables import ConversionRow
+
+    registry, _, blobs = stores
+    payload = b"\x80\x04K\x01."  # a pickle, held as a conversion's source
+    upload = await registry.upload(PushRequest("m", trust_pickle=True), chunks(payload))
+    sessions = make_sessions(make_engine(settings.resolved_database_url))
+    stamp = datetime.now(UTC)
+    with sessions.begin() as session:
+        session.add(ConversionRow(
+            id="c1", model="m", source_format="sklearn", source_digest=upload.artifact.digest,
+            state="running", stage="convert", created_by="t", created_at=stamp, updated_at=stamp,
+        ))  # fmt: skip
+    with pytest.raises(Conflict, match=r"being converted for m already \(conversion c1\)"):
+        await registry.push(
+            PushRequest("m", trust_pickle=True),
+            chunks(payload),
+            convert=lambda _: None,  # never reached
+        )
+
+    # a failed push of the same bytes (here: under another name, refused by its convert hook)
+    # keeps the blob the running conversion reads
+    def refuse(_: object) -> None:
+        raise UnsupportedModel("no converter")
+
+    with pytest.raises(UnsupportedModel):
+        await registry.push(PushRequest("n", trust_pickle=True), chunks(payload), convert=refuse)
+    assert blobs.path(upload.artifact.digest).exists()

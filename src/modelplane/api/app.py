@@ -11,14 +11,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from modelplane import __version__
-from modelplane.api.routers import conversions, deployments, logs, metrics, models
+from modelplane.api.routers import admin, conversions, deployments, keys, logs, metrics, models
 from modelplane.api.schemas import error_doc
 from modelplane.api.services import Services
 from modelplane.dashboard.pages import create_router as dashboard_router
-from modelplane.errors import ModelplaneError
+from modelplane.errors import ModelplaneError, error_for_status
 from modelplane.security.middleware import AuthMiddleware
 from modelplane.serving.gateway import Gateway
 from modelplane.serving.http import V2Surface
@@ -27,6 +28,7 @@ log = logging.getLogger("modelplane.api")
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 # Swagger UI as the fastapi-offline package ships it, so /docs works offline
 DOCS_ASSETS = "/docs/static"
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 def _describe(exc: RequestValidationError) -> str:
@@ -78,6 +80,21 @@ def create_app(services: Services, gateway: Gateway, lifespan: Lifespan | None =
             status_code=500,
         )
 
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # the framework's own answers (no such route, wrong method) in the one error shape
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}; see /docs and docs/api.md"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            message = f"{request.method} is not allowed on {request.url.path}" + (
+                f"; use {allowed}" if allowed else ""
+            )
+        else:
+            message = str(exc.detail)
+        code = HTTP_CODES.get(exc.status_code) or error_for_status(exc.status_code, "").code
+        return JSONResponse(error_doc(message, code), exc.status_code, headers=exc.headers)
+
     @app.exception_handler(RequestValidationError)
     async def on_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(error_doc(_describe(exc), "invalid_argument"), status_code=400)
@@ -88,6 +105,8 @@ def create_app(services: Services, gateway: Gateway, lifespan: Lifespan | None =
     app.include_router(conversions.create_router(services))
     app.include_router(metrics.create_router(services))
     app.include_router(logs.create_router(services))
+    app.include_router(keys.create_router(services))
+    app.include_router(admin.create_router(services))
     app.include_router(dashboard_router(services.keys))
     _add_docs(app)
     max_body = services.settings.serving.max_request_bytes

@@ -10,12 +10,14 @@ from pydantic import BaseModel, Field
 
 from modelplane.domain import (
     DEFAULT_REQUEST,
+    ApiKey,
     Conversion,
     Model,
     ModelVersion,
     Node,
     Replica,
     Resources,
+    Role,
 )
 from modelplane.registry.deployments import DeploymentRecord, Scheduling
 
@@ -381,3 +383,65 @@ class OptimizeIn(BaseModel):
 class SamplesOut(BaseModel):
     digest: str
     size: int
+
+
+class KeyIn(BaseModel):
+    name: str = Field(..., min_length=1, max_length=128, examples=["ci"])
+    role: Role = Field(..., description="admin, operator, publisher, invoker or viewer")
+    models: list[str] | None = Field(
+        None, description="model names or globs this key may see (default: every model)",
+        examples=[["fraud-*"]],
+    )  # fmt: skip
+    expires: str | None = Field(
+        None, description="30d, 12h, 10m, 30s or an ISO time (default: never)", examples=["30d"]
+    )
+
+
+class KeyUpdateIn(BaseModel):
+    name: str | None = Field(None, min_length=1, max_length=128)
+    role: Role | None = None
+    models: list[str] | None = Field(None, description='["*"] for every model')
+    expires: str | None = Field(None, description="30d, an ISO time, or never")
+
+
+class RotateIn(BaseModel):
+    grace: str = Field(
+        "0s", description="how long the old secret keeps working: 30s, 10m, 1h, 1d",
+        examples=["1h"],
+    )  # fmt: skip
+
+
+class KeyOut(BaseModel):
+    id: str
+    name: str
+    role: Role
+    models: list[str]
+    state: str = Field(description="active, expired or revoked")
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None = Field(description="written every few seconds")
+    rotated_at: datetime | None
+    previous_expires_at: datetime | None = Field(
+        description="until when the secret replaced by the last rotation still works"
+    )
+
+    @classmethod
+    def of(cls, key: ApiKey, now: datetime) -> KeyOut:
+        expired = key.expires_at is not None and key.expires_at <= now
+        previous = key.previous_expires_at
+        return cls(
+            id=key.id,
+            name=key.name,
+            role=key.role,
+            models=list(key.models),
+            state="revoked" if key.revoked else "expired" if expired else "active",
+            created_at=key.created_at,
+            expires_at=key.expires_at,
+            last_used_at=key.last_used_at,
+            rotated_at=key.rotated_at,
+            previous_expires_at=previous if previous is not None and previous > now else None,
+        )
+
+
+class KeyCreated(KeyOut):
+    secret: str = Field(description="the key itself: shown this once, never again")

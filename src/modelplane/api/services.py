@@ -10,6 +10,7 @@ from modelplane.registry.keys import KeyStore
 from modelplane.registry.nodes import NodeStore
 from modelplane.registry.service import RegistryService
 from modelplane.scheduler.controller import Controller
+from modelplane.security.blobkeys import BlobKeys
 from modelplane.serving.gateway import Gateway
 from modelplane.settings import Settings
 from modelplane.telemetry.metrics import Metrics
@@ -26,3 +27,4 @@ class Services:
     gateway: Gateway
     metrics: Metrics
     nodes: NodeStore
+    blob_keys: BlobKeys | None = None  # the master key's data keys (encryption at rest)

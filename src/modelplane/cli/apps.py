@@ -22,6 +22,10 @@ app.add_typer(deployments_app, name="deployments")
 app.add_typer(conversions_app, name="conversions")
 nodes_app = typer.Typer(help="Inspect the nodes replicas run on.", no_args_is_help=True)
 app.add_typer(nodes_app, name="nodes")
+admin_app = typer.Typer(help="Operate the server itself (admin keys).", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
+keys_app = typer.Typer(help="Manage API keys (admin keys only).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

@@ -12,7 +12,7 @@ from modelplane.cli.apps import Json, app, deployments_app
 from modelplane.cli.apps import print_json as _print_json
 from modelplane.cli.output import console, handled, state_style, table
 from modelplane.client import Client
-from modelplane.domain import parse_pairs
+from modelplane.domain import DEFAULT_REQUEST, parse_pairs
 
 
 @app.command()
@@ -40,8 +40,12 @@ def deploy(
     payload_log_rate: Annotated[
         float | None, typer.Option(help="Share of request/response bodies to log (0-1). [0]")
     ] = None,
-    cpu: Annotated[float | None, typer.Option(help="CPU cores per replica. [0.25]")] = None,
-    memory: Annotated[int | None, typer.Option(help="Memory per replica in MB. [512]")] = None,
+    cpu: Annotated[
+        float | None, typer.Option(help=f"CPU cores per replica. [{DEFAULT_REQUEST.cpu:g}]")
+    ] = None,
+    memory: Annotated[
+        int | None, typer.Option(help=f"Memory per replica in MB. [{DEFAULT_REQUEST.memory_mb}]")
+    ] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs per replica. [0]")] = None,
     node_label: Annotated[
         list[str] | None, typer.Option(help="KEY=VALUE a node must have, repeatable.")

@@ -10,16 +10,17 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
+from rich.markup import escape
 
 from modelplane import errors
-from modelplane.cli import deployments, models, nodes
+from modelplane.cli import admin, deployments, keys, models, nodes
 from modelplane.cli.apps import app
 from modelplane.cli.apps import print_json as _print_json
 from modelplane.cli.output import err_console, handled
 from modelplane.client import Client
-from modelplane.settings import ClientSettings
+from modelplane.settings import CliSettings
 
-__all__ = ["app", "deployments", "main", "models", "nodes"]
+__all__ = ["admin", "app", "deployments", "keys", "main", "models", "nodes"]
 
 
 @app.command()
@@ -35,6 +36,14 @@ def serve(
     ray_address: Annotated[
         str | None, typer.Option(help="Ray cluster address (HOST:PORT) for --executor ray.")
     ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate: serve HTTPS and gRPC over TLS.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(help="PEM CA: require client certificates it signed (mTLS)."),
+    ] = None,
 ) -> None:
     """Start the control plane and gateway (default 127.0.0.1:8000)."""
     from modelplane.server import serve as run_server
@@ -44,7 +53,14 @@ def serve(
     server = settings.server.model_copy(
         update={
             k: v
-            for k, v in {"host": host, "port": port, "grpc_port": grpc_port}.items()
+            for k, v in {
+                "host": host,
+                "port": port,
+                "grpc_port": grpc_port,
+                "tls_cert": tls_cert,
+                "tls_key": tls_key,
+                "tls_client_ca": tls_client_ca,
+            }.items()
             if v is not None
         }
     )
@@ -104,10 +120,10 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:
-        if ClientSettings().debug:
+        if CliSettings().debug:
             raise
         err_console.print(
-            f"[red]error:[/red] unexpected {type(exc).__name__}: {exc}\n"
+            f"[red]error:[/red] unexpected {type(exc).__name__}: {escape(str(exc))}\n"
             "This is a bug in modelplane; run again with MODELPLANE_DEBUG=1 for the traceback "
             "and report it.",
             highlight=False,

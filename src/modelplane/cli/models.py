@@ -140,8 +140,6 @@ def models_show(
         _print_json(detail)
         return
     versions = detail.get("versions", [detail])
-    if detail.get("description") and "versions" in detail:
-        console.print(detail["description"], highlight=False)
     table(
         ["VERSION", "FORMAT", "SIZE", "DIGEST", "ALIASES", "DESCRIPTION", "TAGS", "CREATED",
          "BY"],

@@ -70,7 +70,7 @@ def human_size(size: int) -> str:
 STATE_COLORS = {
     "ready": "green", "healthy": "green", "degraded": "yellow", "pending": "yellow",
     "starting": "yellow", "draining": "yellow", "cordoned": "yellow", "updating": "cyan",
-    "scaled to zero": "cyan", "stopped": "cyan",
+    "scaled to zero": "cyan", "stopped": "cyan", "active": "green",
 }  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +39,12 @@ class ReplicaExecutor(Protocol):
     @property
     def token(self) -> str:
         """The secret the gateway presents to this executor's replicas."""
+        ...
+
+    @property
+    def replica_tls(self) -> ssl.SSLContext | None:
+        """What the gateway connects to ``tls://`` replicas with (replicas on other machines);
+        None where replicas listen only on this machine."""
         ...
 
     async def start(self, spec: ReplicaSpec) -> Replica: ...

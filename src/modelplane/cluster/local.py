@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
@@ -48,6 +49,19 @@ def replica_arguments(settings: Settings, spec: ReplicaSpec, log_file: Path) -> 
     return arguments
 
 
+def replica_environment(
+    token: str, digest: str, artifact_keys: Callable[[str], bytes | None] | None
+) -> dict[str, str]:
+    """A replica's environment: this one's, less the master key, plus the replica's secrets
+    (its token and the data key of its own artifact only)."""
+    env = {k: v for k, v in os.environ.items() if k != "MODELPLANE_MASTER_KEY"}
+    env["MODELPLANE_REPLICA_TOKEN"] = token
+    key = artifact_keys(digest) if artifact_keys is not None else None
+    if key is not None:
+        env["MODELPLANE_REPLICA_ARTIFACT_KEY"] = key.hex()
+    return env
+
+
 def local_node(settings: Settings) -> Node:
     """This machine as the one node: all cores and 90% of RAM unless the settings say less."""
     scheduler = settings.scheduler
@@ -72,8 +86,11 @@ class _Process:
 
 
 class LocalExecutor:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, artifact_keys: Callable[[str], bytes | None] | None = None
+    ) -> None:
         self._settings = settings
+        self._artifact_keys = artifact_keys  # a sealed artifact's data key, by digest
         self._token = secrets.token_urlsafe(24)
         self._procs: dict[str, _Process] = {}
         run_dir = settings.home / "run"
@@ -86,6 +103,10 @@ class LocalExecutor:
     @property
     def token(self) -> str:
         return self._token
+
+    @property
+    def replica_tls(self) -> None:
+        return None  # Unix sockets, 0600 in a 0700 folder, and the token
 
     def log_path(self, deployment: str, replica_id: str) -> Path:
         return self._settings.log_dir / deployment / f"{replica_id}.log"
@@ -105,7 +126,7 @@ class LocalExecutor:
             sys.executable, "-m", "modelplane.serving.replica", "--uds", str(socket),
             *replica_arguments(self._settings, spec, log_file),
         ]  # fmt: skip
-        env = {**os.environ, "MODELPLANE_REPLICA_TOKEN": self._token}
+        env = replica_environment(self._token, spec.digest, self._artifact_keys)
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         replica = Replica(
             id=spec.replica_id,

@@ -1,5 +1,6 @@
 """The Ray executor: each replica is a Ray actor pinned to the node placement chose, with its CPU,
-memory and GPUs reserved in Ray; the gateway reaches the replica over TCP.
+memory and GPUs reserved in Ray; the gateway reaches the replica over TCP with TLS (a certificate
+from the server's own CA, see ``security/replica_tls.py``) and the replica token.
 
 Nodes are the Ray cluster's nodes. Capacity comes from Ray's resources; ``zone``,
 ``instance_type``, ``cost_per_hour`` and ``gpu_type`` from the node's labels
@@ -18,8 +19,10 @@ import contextlib
 import logging
 import os
 import secrets
+import ssl
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from typing import Any
 from modelplane.cluster.executor import ReplicaSpec, after_probe
 from modelplane.cluster.local import replica_arguments
 from modelplane.domain import Node, NodeState, Replica, ReplicaState, Resources
+from modelplane.security.replica_tls import ReplicaAuthority
 from modelplane.serving.replica_client import probe
 from modelplane.settings import Settings
 from modelplane.telemetry.logs import LogWriter
@@ -65,13 +69,19 @@ def _load_token(path: Path) -> str:
 
 
 class RayExecutor:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, artifact_keys: Callable[[str], bytes | None] | None = None
+    ) -> None:
         import ray
 
         self._ray = ray
         self._settings = settings
+        self._artifact_keys = artifact_keys  # a sealed artifact's data key, by digest
         settings.home.mkdir(parents=True, exist_ok=True)
         self._token = _load_token(settings.home / "replica.token")
+        # replicas listen on the network: TLS with a certificate from this server's own CA
+        self._authority = ReplicaAuthority.load_or_create(settings.home / "replica-ca.pem")
+        self._tls = self._authority.client_context()
         self._actors: dict[str, _Actor] = {}
         self._artifacts: dict[str, Any] = {}
         self._full_ids: dict[str, str] = {}
@@ -84,6 +94,10 @@ class RayExecutor:
     @property
     def token(self) -> str:
         return self._token
+
+    @property
+    def replica_tls(self) -> ssl.SSLContext:
+        return self._tls
 
     def log_path(self, deployment: str, replica_id: str) -> Path:
         return self._settings.log_dir / deployment / f"{replica_id}.log"
@@ -125,6 +139,11 @@ class RayExecutor:
                 log.warning("removing replica actor %s that does not answer: %s", name, exc)
                 with contextlib.suppress(Exception):
                     ray.kill(ray.get_actor(name), no_restart=True)
+                continue
+            if info["url"] and not info["url"].startswith("tls://"):
+                log.warning("removing replica actor %s that listens without TLS", name)
+                with contextlib.suppress(Exception):
+                    ray.kill(handle, no_restart=True)
                 continue
             replica = Replica(
                 id=info["replica_id"],
@@ -219,7 +238,12 @@ class RayExecutor:
         if self._actor_class is None:
             self._actor_class = ray.remote(ReplicaActor)
         actor = self._actor_class.options(**options)
-        handle = actor.remote(info, arguments, self._token, [artifact], cache)
+        tls = self._authority.issue(spec.replica_id)
+        # the artifact crosses the object store sealed; only its own data key goes to the actor
+        key = self._artifact_keys(spec.digest) if self._artifact_keys is not None else None
+        handle = actor.remote(
+            info, arguments, self._token, [artifact], cache, tls, key.hex() if key else ""
+        )
         timeout = self._settings.serving.replica_start_timeout_s
         replica = Replica(
             id=spec.replica_id, deployment=spec.deployment, model=spec.model,
@@ -314,7 +338,7 @@ class RayExecutor:
             except Exception as exc:  # the actor went too: say so, do not fail every check
                 message = f"exited with code {code} ({_reason(exc)})"
             return replace(replica, state=ReplicaState.FAILED, message=message)
-        healthy = await probe(replica.url, self._token, timeout)
+        healthy = await probe(replica.url, self._token, timeout, self._tls)
         checked, entry.failures = after_probe(replica, healthy, entry.failures, self._settings)
         return checked  # one that never became ready is stopped (its actor killed) as failed
 

@@ -33,7 +33,11 @@ class ReplicaActor:
         token: str,
         artifact: list[Any],
         cache_dir: str,
+        tls: tuple[str, str],
+        artifact_key: str = "",
     ) -> None:
+        """``tls`` is the replica's certificate and key (PEM), issued by the server for it: the
+        replica listens with TLS only."""
         import ray
 
         self.info = info
@@ -58,7 +62,9 @@ class ReplicaActor:
             [sys.executable, "-m", "modelplane.serving.replica", "--host", self.host,
              "--port", "0", "--port-file", str(self.port_file), *arguments],
             stdout=self.output, stderr=subprocess.STDOUT,
-            env={**os.environ, "MODELPLANE_REPLICA_TOKEN": token},
+            env={**os.environ, "MODELPLANE_REPLICA_TOKEN": token,
+                 "MODELPLANE_REPLICA_TLS_CERT": tls[0], "MODELPLANE_REPLICA_TLS_KEY": tls[1],
+                 "MODELPLANE_REPLICA_ARTIFACT_KEY": artifact_key},
         )  # fmt: skip
 
     @staticmethod
@@ -76,11 +82,11 @@ class ReplicaActor:
 
     def _url(self) -> str:
         with contextlib.suppress(OSError, ValueError):
-            return f"tcp://{self.host}:{int(self.port_file.read_text())}"
+            return f"tls://{self.host}:{int(self.port_file.read_text())}"
         return ""
 
     def address(self, timeout_s: float) -> str:
-        """``tcp://host:port`` once the replica listens; raises if it exits or takes too long."""
+        """``tls://host:port`` once the replica listens; raises if it exits or takes too long."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             url = self._url()

@@ -9,15 +9,19 @@ from typing import Protocol
 
 import numpy as np
 
+from modelplane.convert.archive import UnpackLimits
+
 Arrays = dict[str, np.ndarray]
 OPTIMIZATION_LEVELS = ("basic", "extended", "all")
 QUANTIZATIONS = ("int8", "fp16")
+DEFAULT_UNPACK = UnpackLimits(2 << 30)
 
 
 @dataclass(frozen=True, slots=True)
 class ConvertOptions:
     trust_pickle: bool = False
     input_shape: tuple[int, ...] | None = None
+    unpack: UnpackLimits = DEFAULT_UNPACK  # what an uploaded archive may unpack to
 
 
 @dataclass(frozen=True, slots=True)

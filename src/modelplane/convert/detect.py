@@ -5,12 +5,12 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
-import tarfile
 import zipfile
 import zlib
 from pathlib import Path
 from typing import Any
 
+from modelplane.convert.archive import UnpackLimits, is_archive, member_names
 from modelplane.errors import UnsupportedModel
 
 HDF5 = b"\x89HDF\r\n\x1a\n"
@@ -39,7 +39,8 @@ def _decompressed_head(path: Path, head: bytes) -> bytes | None:
                 return None
     if head[:1] == b"\x78":  # zlib
         try:
-            return zlib.decompressobj().decompress(path.read_bytes()[:4096])[:16]
+            with path.open("rb") as f:
+                return zlib.decompressobj().decompress(f.read(4096), 16)[:16]
         except zlib.error:
             return None
     return None
@@ -66,10 +67,15 @@ def _zip_format(path: Path) -> str:
     raise UnsupportedModel("a zip archive that is neither a Keras model nor a PyTorch program")
 
 
-def _tar_format(path: Path) -> str:
-    with tarfile.open(path) as archive:
-        names = [m.name.lstrip("./") for m in archive.getmembers()]
-    bare = {n.rsplit("/", 1)[-1] for n in names}
+def _decided(bare: set[str]) -> bool:
+    """Whether the names seen so far settle the format (the rest need not be read)."""
+    return "saved_model.pb" in bare or (
+        "config.json" in bare and ("tokenizer.json" in bare or "vocab.txt" in bare)
+    )
+
+
+def _tar_format(path: Path, limits: UnpackLimits) -> str:
+    bare = member_names(path, limits, _decided)
     if "saved_model.pb" in bare:
         return "tensorflow"
     if "config.json" in bare and ("tokenizer.json" in bare or "vocab.txt" in bare):
@@ -83,9 +89,10 @@ def _tar_format(path: Path) -> str:
     )
 
 
-def detect(path: Path) -> str:
+def detect(path: Path, limits: UnpackLimits) -> str:
     """One of: onnx, onnx-folder, keras, keras-h5, torchscript, torch-export, sklearn,
-    tensorflow, transformers. Raises UnsupportedModel with what was found otherwise."""
+    tensorflow, transformers. Raises UnsupportedModel with what was found otherwise. An archive
+    is read as a stream, only as far as its names settle the format, within ``limits``."""
     with path.open("rb") as f:
         head = f.read(16)
     if head.startswith(HDF5):
@@ -95,11 +102,8 @@ def detect(path: Path) -> str:
     if _is_pickle(head):
         return "sklearn"
     inner = _decompressed_head(path, head)
-    if inner is not None:
-        if _is_pickle(inner):
-            return "sklearn"
-        if tarfile.is_tarfile(path):
-            return _tar_format(path)
-    if tarfile.is_tarfile(path):
-        return _tar_format(path)
+    if inner is not None and _is_pickle(inner):
+        return "sklearn"
+    if is_archive(path):
+        return _tar_format(path, limits)
     return "onnx"  # validated by the ONNX parser, which says clearly when it is not

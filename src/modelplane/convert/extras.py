@@ -34,9 +34,7 @@ FORMAT_EXTRAS: dict[str, Needs] = {
 
 
 def importable(module: str) -> bool:
-    """Whether ``import module`` would find it here (looked up, not imported). Packages
-    installed while the server runs count: the finders' directory caches are dropped first."""
-    importlib.invalidate_caches()
+    """Whether ``import module`` would find it here (looked up, not imported)."""
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
@@ -46,7 +44,10 @@ def importable(module: str) -> bool:
 def require_extra(source_format: str, is_importable: Callable[[str], bool] = importable) -> None:
     """Raise UnsupportedModel, naming the pip command, if the format's extra is not installed."""
     needs = FORMAT_EXTRAS.get(source_format)
-    if needs is not None and not all(is_importable(m) for m in needs.modules):
+    if needs is None:
+        return
+    importlib.invalidate_caches()  # an extra installed while the server runs counts
+    if not all(is_importable(m) for m in needs.modules):
         raise UnsupportedModel(
             f"pushing a {needs.what} needs the {needs.extra} extra: "
             f"pip install 'modelplane[{needs.extra}]'"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import onnx
 
 from modelplane.domain import Signature, TensorSpec
 from modelplane.domain.signature import TEXT_INPUT, TOKENIZER_METADATA
-from modelplane.errors import UnsupportedModel
+from modelplane.errors import UnsupportedModel, redact_paths
 
 # onnx.TensorProto element type -> V2 datatype
 ONNX_TO_V2: dict[int, str] = {
@@ -54,13 +55,69 @@ def _tensor_spec(value: Any, kind: str) -> TensorSpec:
     return TensorSpec(value.name, datatype, tuple(dims))
 
 
+def _graph_tensors(graph: Any) -> Iterator[Any]:
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes: Any) -> Iterator[Any]:
+    for node in nodes:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for sparse in (
+                *([attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []),
+                *attribute.sparse_tensors,
+            ):
+                yield from (sparse.values, sparse.indices)
+            if attribute.HasField("g"):
+                yield from _graph_tensors(attribute.g)
+            for graph in attribute.graphs:
+                yield from _graph_tensors(graph)
+
+
+def all_tensors(model: Any) -> Iterator[Any]:
+    """Every tensor that can hold data in a model: initializers, sparse initializers (values and
+    indices), tensor and sparse-tensor attributes (``Constant`` included), in the main graph, in
+    every subgraph (If, Loop, Scan), in local functions and in training graphs."""
+    yield from _graph_tensors(model.graph)
+    for function in model.functions:
+        yield from _node_tensors(function.node)
+    for training in model.training_info:
+        yield from _graph_tensors(training.initialization)
+        yield from _graph_tensors(training.algorithm)
+
+
+def is_external(tensor: Any) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data) > 0
+
+
 def _check_no_external_data(model: Any) -> None:
-    for tensor in onnx.external_data_helper._get_all_tensors(model):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+    """A single file has no folder for its data files: any reference to one is refused (never
+    resolved against wherever the server happens to run)."""
+    for tensor in all_tensors(model):
+        if is_external(tensor):
             raise UnsupportedModel(
                 f"tensor {tensor.name!r} refers to external data files; push the folder that "
                 "holds the .onnx file and its data files (modelplane push FOLDER --name ...)"
             )
+
+
+def load_session(model: Path) -> Any:
+    """An ONNX Runtime session (CPU) of the file, or UnsupportedModel saying why it cannot load
+    (with no server path in it)."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(model.read_bytes(), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise UnsupportedModel(
+            "ONNX Runtime cannot load this model (an opset or operator it does not know?): "
+            f"{redact_paths(str(exc))[:500]}"
+        ) from None
 
 
 def inspect(path: Path) -> Signature:
@@ -75,7 +132,8 @@ def inspect(path: Path) -> Signature:
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
-        raise UnsupportedModel(f"the ONNX model failed validation: {str(exc)[:300]}") from exc
+        reason = redact_paths(str(exc))[:300]
+        raise UnsupportedModel(f"the ONNX model failed validation: {reason}") from exc
     initializers = {t.name for t in model.graph.initializer}
     inputs = tuple(
         _tensor_spec(v, "input") for v in model.graph.input if v.name not in initializers

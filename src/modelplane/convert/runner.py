@@ -1,11 +1,13 @@
-"""Runs the conversion worker in its own process, with a time and a memory limit, a scratch
-folder, and an environment that holds nothing of the platform's (no keys, no database URL)."""
+"""Runs the conversion worker in its own process, with a time, a memory and a CPU-time limit, a
+scratch folder, and an environment that holds nothing of the platform's (no keys, no database
+URL). What it reports for users has any server path cut out (the server log keeps the detail)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -14,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelplane.errors import UnsupportedModel, error_for_status
+from modelplane.convert.archive import UnpackLimits
+from modelplane.errors import UnsupportedModel, error_for_status, redact_paths
+
+log = logging.getLogger("modelplane.conversions")
 
 # what the worker may see of the environment
 PASS_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -52,9 +57,23 @@ class ConversionResult:
 
 
 class ConversionRunner:
-    def __init__(self, timeout_s: float, memory_limit_bytes: int) -> None:
+    def __init__(
+        self, timeout_s: float, memory_limit_bytes: int, cpu_limit_s: int, unpack: UnpackLimits
+    ) -> None:
         self._timeout = timeout_s
         self._memory = memory_limit_bytes
+        self._cpu = cpu_limit_s
+        self._unpack = unpack
+
+    async def check_loads(self, model: Path, workdir: Path) -> None:
+        """Raise UnsupportedModel (422) unless ONNX Runtime loads the ONNX file ``model``: tried
+        in a worker, so a graph that crashes the runtime crashes nothing of the platform's."""
+        try:
+            await self.run(ConversionSpec(model, "load", workdir))
+        except ConversionCrashed as exc:
+            raise UnsupportedModel(
+                f"ONNX Runtime could not load this model: {exc.reason}"
+            ) from None
 
     async def run(
         self, spec: ConversionSpec, on_stage: Callable[[str], None] | None = None
@@ -69,6 +88,10 @@ class ConversionRunner:
             "tolerance": spec.tolerance,
             "input_shape": list(spec.input_shape) if spec.input_shape else None,
             "memory_limit_bytes": self._memory,
+            "cpu_limit_s": self._cpu,
+            "unpack_max_bytes": self._unpack.max_bytes,
+            "unpack_max_ratio": self._unpack.max_ratio,
+            "parent_pid": os.getpid(),
             "level": spec.level,
             "quantize": spec.quantize,
         }
@@ -88,6 +111,8 @@ class ConversionRunner:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+            log.warning("conversion %s: the worker ran past %gs and was stopped",
+                        spec.workdir.name, self._timeout)  # fmt: skip
             raise UnsupportedModel(
                 f"the conversion did not finish within {self._timeout:g}s and was stopped; raise "
                 "MODELPLANE_CONVERT__TIMEOUT_S if the model is just large"
@@ -101,9 +126,15 @@ class ConversionRunner:
             detail = stderr.decode("utf-8", "replace") or "(the worker wrote nothing to stderr)"
             if error_file.exists():
                 error = json.loads(error_file.read_text())
+                message = redact_paths(str(error["message"]))
                 if error.get("unexpected"):
-                    raise ConversionCrashed(str(error["message"]), detail)
-                raise error_for_status(int(error["status"]), error["message"])
+                    raise ConversionCrashed(message, detail)
+                raise error_for_status(int(error["status"]), message)
+            if proc.returncode == -signal.SIGXCPU:
+                raise UnsupportedModel(
+                    f"the conversion used more than {self._cpu} CPU-seconds and was stopped; "
+                    "raise MODELPLANE_CONVERT__CPU_LIMIT_S if the model is just large"
+                )
             if proc.returncode is not None and proc.returncode < 0:
                 raise ConversionCrashed(
                     f"the conversion process was killed by signal {-proc.returncode} (out of "

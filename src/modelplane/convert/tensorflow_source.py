@@ -19,7 +19,7 @@ SIGNATURE = "serving_default"
 def convert(source: Path, workdir: Path, options: ConvertOptions) -> Converted:
     import tensorflow as tf
 
-    root = find_root(extract(source, workdir / "upload", 16 << 30), "saved_model.pb")
+    root = find_root(extract(source, workdir / "upload", options.unpack), "saved_model.pb")
     loaded = tf.saved_model.load(str(root))
     if SIGNATURE not in loaded.signatures:
         raise UnsupportedModel(

@@ -46,7 +46,7 @@ def convert(source: Path, workdir: Path, options: ConvertOptions) -> Converted:
     from tokenizers import Tokenizer
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-    root = find_root(extract(source, workdir / "upload", 8 << 30), "config.json")
+    root = find_root(extract(source, workdir / "upload", options.unpack), "config.json")
     if not (root / "tokenizer.json").exists():
         raise UnsupportedModel("the model directory has no tokenizer.json (a fast tokenizer)")
     config = AutoConfig.from_pretrained(root, local_files_only=True)

@@ -1,6 +1,7 @@
 """The conversion worker: one isolated process per conversion (``python -m
 modelplane.convert.worker SPEC``). It never sees the platform's keys, database or settings; the
-parent gives it a scratch folder, a time limit and a memory limit.
+parent gives it a scratch folder, a time limit, a memory limit and a CPU-time limit, and it exits
+by itself if the parent dies (taking its own process group with it).
 
 Progress goes to stdout as JSON lines (``{"stage": ...}``); the result to ``report.json`` or
 ``error.json`` in the scratch folder; the traceback of an unexpected error to stderr.
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -19,9 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from modelplane.convert.archive import UnpackLimits
 from modelplane.convert.base import Arrays, Converter, ConvertOptions
 from modelplane.convert.extras import extra_for_module
 from modelplane.errors import InvalidInput, ModelplaneError, UnsupportedModel
+from modelplane.watchdog import watch_parent
+
+LOAD = "load"  # the operation that only checks ONNX Runtime can load an ONNX file
 
 # source format -> (module in modelplane.convert, function); imported only when used, so a
 # worker converting a scikit-learn pipeline never imports torch or TensorFlow
@@ -65,9 +72,20 @@ def _emit(stage: str, **fields: Any) -> None:
     print(json.dumps({"stage": stage, **fields}), flush=True)
 
 
+def _load(source: Path) -> dict[str, Any]:
+    """Load the model in ONNX Runtime (from bytes: it has no folder to resolve anything in)."""
+    from modelplane.convert.onnx import load_session
+
+    _emit(LOAD)
+    load_session(source)
+    return {"loaded": True}
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     import onnxruntime as ort
 
+    if spec["format"] == LOAD:
+        return _load(Path(spec["source"]))
     if spec["format"] == "optimize":
         from modelplane.convert.optimize import optimize
 
@@ -82,6 +100,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     options = ConvertOptions(
         trust_pickle=bool(spec.get("trust_pickle")),
         input_shape=tuple(spec["input_shape"]) if spec.get("input_shape") else None,
+        unpack=UnpackLimits(int(spec["unpack_max_bytes"]), float(spec["unpack_max_ratio"])),
     )
     _emit("convert")
     started = time.perf_counter()
@@ -111,9 +130,14 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
+    # the parent dead: this process group (the worker and anything it started) goes too
+    watch_parent(int(spec["parent_pid"]), lambda: os.killpg(0, signal.SIGKILL))
     limit = int(spec.get("memory_limit_bytes", 0))
     if limit:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    cpu = int(spec.get("cpu_limit_s", 0))
+    if cpu:  # SIGXCPU at the soft limit, SIGKILL at the hard one
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
     workdir = Path(spec["workdir"])
     try:
         report = run(spec)
@@ -125,9 +149,14 @@ def main(argv: list[str]) -> int:
     except ModuleNotFoundError as exc:
         top = (exc.name or "").split(".")[0]
         extra = extra_for_module(top)
-        command = f"pip install 'modelplane[{extra}]'" if extra else f"pip install {top}"
-        error = {"message": f"the {exc.name} package is missing on the server; install it with "
-                            f"{command}", "status": 422}  # fmt: skip
+        if extra:
+            message = (f"the {top} package is missing on the server; install it with "
+                       f"pip install 'modelplane[{extra}]'")  # fmt: skip
+        else:  # the user's own module, or a library: never guess a package name to install
+            message = (f"the model refers to the module {top!r}, which the server cannot import "
+                       "(code of your own, or a library its environment lacks); save the model "
+                       "without it, or have the operator install it")  # fmt: skip
+        error = {"message": message, "status": 422}
     except Exception:
         # nobody wrote a message for this one: the traceback goes to stderr, which the parent
         # logs with the conversion id; users get a reason without internals

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from fastapi import APIRouter, Form
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from modelplane.domain import Principal
+from modelplane.errors import Unauthenticated
 from modelplane.security.middleware import COOKIE, INVALID_KEY_REASON, Authenticator
+from modelplane.security.policy import Action, authorize
 
 STATIC = files("modelplane.dashboard") / "static"
 ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
@@ -28,7 +31,11 @@ def create_router(authenticator: Authenticator) -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
     @router.get("/")
-    def index() -> HTMLResponse:
+    def index(request: Request) -> HTMLResponse:
+        who = request.scope.get("state", {}).get("principal")
+        if not isinstance(who, Principal):
+            raise Unauthenticated("missing API key")
+        authorize(who, Action.DASHBOARD)
         return HTMLResponse(STATIC.joinpath("index.html").read_text())
 
     @router.get("/static/{name}")

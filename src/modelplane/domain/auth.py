@@ -6,26 +6,46 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
+ALL_MODELS: tuple[str, ...] = ("*",)
+
 
 class Role(enum.StrEnum):
+    """Fixed sets of actions (``modelplane.security.policy.ALLOWED`` says which)."""
+
     ADMIN = "admin"
     OPERATOR = "operator"
-    USER = "user"
+    PUBLISHER = "publisher"
+    INVOKER = "invoker"
+    VIEWER = "viewer"
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """An authenticated caller."""
+    """An authenticated caller. ``models`` are the names or globs (``fraud-*``) its key may
+    see; ``("*",)`` is every model."""
 
     key_id: str
     role: Role
     name: str
+    models: tuple[str, ...] = ALL_MODELS
 
 
 @dataclass(frozen=True, slots=True)
 class ApiKey:
+    """A key as listed: never its secret. The limits (``rate_limit`` requests per second,
+    ``burst``, ``max_concurrent``, ``daily``) are None when unset."""
+
     id: str
     role: Role
     name: str
     created_at: datetime
     revoked: bool = False
+    models: tuple[str, ...] = ALL_MODELS
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None
+    rotated_at: datetime | None = None
+    previous_expires_at: datetime | None = None  # the rotated-out secret works until then
+    rate_limit: float | None = None
+    burst: int | None = None
+    max_concurrent: int | None = None
+    daily: int | None = None

@@ -78,7 +78,13 @@ def _decode_bytes_elements(blob: memoryview, count: int, name: str) -> np.ndarra
         offset += 4
         if offset + length > len(blob):
             raise _fail(f"input {name!r}: binary BYTES element {i} runs past the data")
-        out[i] = bytes(blob[offset : offset + length]).decode("utf-8", "surrogateescape")
+        try:  # ONNX Runtime's string tensors take text: bytes that are not UTF-8 are refused
+            out[i] = bytes(blob[offset : offset + length]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _fail(
+                f"input {name!r}: BYTES element {i} is not UTF-8 text, which ONNX Runtime's "
+                "string tensors require"
+            ) from None
         offset += length
     if offset != len(blob):
         raise _fail(f"input {name!r}: binary BYTES data has {len(blob) - offset} extra bytes")
@@ -326,5 +332,6 @@ def encode_response(
     return header + b"".join(blobs), len(header)
 
 
-def error_body(message: str) -> bytes:
-    return orjson.dumps({"error": message})
+def error_body(message: str, code: str) -> bytes:
+    """The one error shape, everywhere: ``{"error": message, "code": code}``."""
+    return orjson.dumps({"error": message, "code": code})

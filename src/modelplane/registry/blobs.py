@@ -1,7 +1,10 @@
-"""Content-addressed blob store: each file stored once under its sha256.
+"""Content-addressed blob store: each file stored once under the sha256 of its plaintext.
 
 Writes go to a staging file that is hashed while it is written, fsynced, then renamed into
-place, so a crash never leaves a half-written blob under a digest.
+place, so a crash never leaves a half-written blob under a digest. With data keys (encryption
+at rest, the default) the staged file is sealed (``modelplane.artifacts``) under a new data key
+on commit: the wrapped key is stored first, then the sealed file renamed into place, and the
+plaintext staging file removed.
 """
 
 from __future__ import annotations
@@ -9,14 +12,24 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from modelplane.artifacts import sha256_file
+from modelplane.artifacts import (
+    CHUNK,
+    MAGIC,
+    ArtifactBroken,
+    Sealer,
+    is_sealed,
+    new_data_key,
+    open_sealed,
+)
 from modelplane.domain import Artifact
-from modelplane.errors import NotFound, PayloadTooLarge, UnsupportedModel
+from modelplane.errors import ModelplaneError, NotFound, PayloadTooLarge, UnsupportedModel
+from modelplane.security.blobkeys import BlobKeys
 
 DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -37,6 +50,8 @@ class BlobStore(Protocol):
     def delete(self, digest: str) -> None: ...
     def digests(self) -> Iterator[str]: ...
     def clean_staging(self) -> int: ...
+    def data_key(self, digest: str) -> bytes | None: ...
+    def export(self, digest: str, target: Path) -> None: ...
 
 
 def _fsync_dir(path: Path) -> None:
@@ -79,13 +94,7 @@ class LocalStagedBlob:
     def commit(self) -> Artifact:
         self.seal()
         digest = self._hash.hexdigest()
-        final = self._store.path(digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            self.path.unlink()
-        else:
-            os.replace(self.path, final)
-            _fsync_dir(final.parent)
+        self._store.place(self.path, digest)
         return Artifact(digest=digest, size=self._size)
 
     def discard(self) -> None:
@@ -95,13 +104,119 @@ class LocalStagedBlob:
 
 
 class LocalBlobStore:
-    """Blobs in a local folder: ``<root>/sha256/<ab>/<digest>``, staging in ``<root>/staging``."""
+    """Blobs in a local folder: ``<root>/sha256/<ab>/<digest>``, staging in ``<root>/staging``,
+    wrapped data keys (``keys``) in ``<root>/keys``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, keys: BlobKeys | None = None) -> None:
         self.root = root
         self.staging = root / "staging"
         self.staging.mkdir(parents=True, exist_ok=True)
         (root / "sha256").mkdir(parents=True, exist_ok=True)
+        self._keys = keys
+        self._placing = threading.Lock()
+
+    def place(self, staged: Path, digest: str) -> None:
+        """Move the plaintext file ``staged`` into the store as ``digest`` (sealed when the
+        store has data keys); a blob already there is kept and ``staged`` removed."""
+        final = self.path(digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            staged.unlink()
+            return
+        if self._keys is None:
+            os.replace(staged, final)
+            _fsync_dir(final.parent)
+            return
+        key = new_data_key()
+        sealed = self._seal(staged, key)
+        try:
+            with self._placing:  # two pushes of the same content: one key, one blob
+                if not final.exists():
+                    self._keys.store(digest, key)  # the key is durable before its blob
+                    os.replace(sealed, final)
+                    _fsync_dir(final.parent)
+        finally:
+            sealed.unlink(missing_ok=True)
+            staged.unlink(missing_ok=True)
+
+    def _seal(self, plain: Path, key: bytes) -> Path:
+        sealed = self.staging / f"{uuid.uuid4().hex}.part"
+        try:
+            with plain.open("rb") as source, sealed.open("xb") as out:
+                sealer = Sealer(key, out)
+                while chunk := source.read(CHUNK):
+                    sealer.write(chunk)
+                sealer.close()
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            sealed.unlink(missing_ok=True)
+            raise
+        return sealed
+
+    def seal_plaintext(self) -> int:
+        """Seal the blobs an install without encryption left in the clear (run at start,
+        before any push can be in flight). Crash-safe: a blob is replaced whole by its sealed
+        copy only after its data key is stored. Returns how many were sealed."""
+        if self._keys is None:
+            return 0
+        count = 0
+        for digest in list(self.digests()):
+            path = self.path(digest)
+            if is_sealed(path):
+                continue
+            key = new_data_key()
+            sealed = self._seal(path, key)
+            try:
+                self._keys.store(digest, key)
+                os.replace(sealed, path)
+                _fsync_dir(path.parent)
+            finally:
+                sealed.unlink(missing_ok=True)
+            count += 1
+        return count
+
+    def _plaintext(self, digest: str) -> Iterator[bytes]:
+        """The blob's plaintext in chunks (``ArtifactBroken`` if it does not open)."""
+        with self.path(digest).open("rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
+                f.seek(0)
+                while chunk := f.read(CHUNK):
+                    yield chunk
+                return
+            key = self._keys.get(digest) if self._keys is not None else None
+            if key is None:
+                raise ArtifactBroken("the blob is sealed and its data key is missing")
+            f.seek(0)
+            yield from open_sealed(key, f)
+
+    def data_key(self, digest: str) -> bytes | None:
+        """The key a replica needs to open the blob; None for a blob kept in the clear."""
+        if self._keys is None or not is_sealed(self.path(digest)):
+            return None
+        return self._keys.get(digest)
+
+    def export(self, digest: str, target: Path) -> None:
+        """Write the blob's plaintext to ``target`` (a new file, mode 0600), verified against
+        its digest; nothing is left at ``target`` when it does not verify."""
+        found = hashlib.sha256()
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in self._plaintext(digest):
+                    found.update(chunk)
+                    out.write(chunk)
+            if found.hexdigest() != digest:
+                raise ArtifactBroken("its content does not match its digest")
+        except ArtifactBroken as exc:
+            target.unlink(missing_ok=True)
+            raise ModelplaneError(
+                f"the stored blob sha256:{digest[:12]} failed verification ({exc}); it was "
+                "damaged or tampered with on the server's disk: push the model again"
+            ) from None
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
 
     def stage(self, max_bytes: int) -> LocalStagedBlob:
         return LocalStagedBlob(self, max_bytes)
@@ -112,11 +227,20 @@ class LocalBlobStore:
         return self.root / "sha256" / digest[:2] / digest
 
     def verify(self, digest: str) -> bool:
-        path = self.path(digest)
-        return path.is_file() and sha256_file(path) == digest
+        if not self.path(digest).is_file():
+            return False
+        found = hashlib.sha256()
+        try:
+            for chunk in self._plaintext(digest):
+                found.update(chunk)
+        except ArtifactBroken:
+            return False
+        return found.hexdigest() == digest
 
     def delete(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)
+        if self._keys is not None:
+            self._keys.delete(digest)  # after the blob: a blob never outlives its key
 
     def digests(self) -> Iterator[str]:
         for path in (self.root / "sha256").glob("*/*"):
@@ -129,4 +253,8 @@ class LocalBlobStore:
         for path in self.staging.glob("*.part"):
             path.unlink(missing_ok=True)
             removed += 1
+        if self._keys is not None:
+            for digest in list(self._keys.digests()):
+                if not DIGEST_RE.match(digest) or not self.path(digest).exists():
+                    self._keys.delete(digest)  # stored just before a write was interrupted
         return removed

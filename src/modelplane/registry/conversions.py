@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from modelplane.convert import onnx as onnx_source
+from modelplane.convert.archive import UnpackLimits
 from modelplane.convert.base import OPTIMIZATION_LEVELS, QUANTIZATIONS
 from modelplane.convert.extras import importable, require_extra
 from modelplane.convert.runner import ConversionCrashed, ConversionRunner, ConversionSpec
@@ -31,6 +33,7 @@ from modelplane.telemetry.metrics import Metrics
 log = logging.getLogger("modelplane.conversions")
 OPTIMIZE = "optimize"  # the worker's operation for a version that is already ONNX
 CHUNK = 1 << 20
+SCRATCH_NAME = re.compile(r"[0-9a-f]{16}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +46,50 @@ class ConversionOptions:
     quantize: str | None = None
 
 
+def missing_conversion(conversion_id: str) -> NotFound:
+    """What a conversion that does not exist answers (and one outside a key's scope)."""
+    return NotFound(f"no conversion {conversion_id!r}")
+
+
+def make_runner(settings: Settings) -> ConversionRunner:
+    unpack = UnpackLimits(settings.registry.max_upload_bytes, settings.convert.max_unpack_ratio)
+    convert = settings.convert
+    return ConversionRunner(convert.timeout_s, convert.memory_limit_bytes, convert.cpu_limit_s,
+                            unpack)  # fmt: skip
+
+
+def scratch_dir(settings: Settings) -> Path:
+    """A new scratch folder's path (removed by its user; leftovers by ``clean_scratch``)."""
+    return settings.work_dir / uuid.uuid4().hex[:16]
+
+
+def clean_scratch(work_dir: Path) -> None:
+    """Remove the scratch folders of conversions and load checks (named by a 16-hex id)."""
+    if work_dir.is_dir():
+        for entry in work_dir.iterdir():
+            if SCRATCH_NAME.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def load_checker(settings: Settings) -> Callable[[Path], Awaitable[None]]:
+    """What checks, in a worker process, that ONNX Runtime loads a pushed ONNX file."""
+    runner = make_runner(settings)
+
+    async def check(model: Path) -> None:
+        workdir = scratch_dir(settings)
+        try:
+            await runner.check_loads(model, workdir)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
+
+    return check
+
+
 def _unexpected_failure(conversion_id: str, reason: str) -> str:
     """What a user reads when a conversion fails in a way nobody wrote a message for (the server
     log has the traceback under the conversion id)."""
     return (
-        f"the conversion failed: {reason}. Check that the file loads in the "
+        f"{reason}. Check that the file loads in the "
         "framework that saved it and push it again; if it fails again, give the server's "
         f"operator the conversion id {conversion_id}: the server log has the details"
     )
@@ -84,9 +126,7 @@ class ConversionService:
         self._registry = registry
         self._blobs = blobs
         self._settings = settings
-        self._runner = ConversionRunner(
-            settings.convert.timeout_s, settings.convert.memory_limit_bytes
-        )
+        self._runner = make_runner(settings)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self, request: PushRequest, upload: Upload, options: ConversionOptions) -> Conversion:
@@ -146,7 +186,7 @@ class ConversionService:
         with self._sessions() as session:
             row = session.get(ConversionRow, conversion_id)
             if row is None:
-                raise NotFound(f"no conversion {conversion_id!r}")
+                raise missing_conversion(conversion_id)
             return _to_conversion(row)
 
     def list(self) -> list[Conversion]:
@@ -157,7 +197,9 @@ class ConversionService:
             return [_to_conversion(r) for r in rows]
 
     def fail_interrupted(self) -> int:
-        """Mark conversions a previous process left running as failed (run at start)."""
+        """Mark conversions a previous process left running as failed and remove every scratch
+        folder a previous process left (run at start, before any conversion)."""
+        clean_scratch(self._settings.work_dir)
         with self._sessions.begin() as session:
             rows = session.scalars(select(ConversionRow).where(ConversionRow.state == "running"))
             count = 0
@@ -181,13 +223,13 @@ class ConversionService:
     ) -> None:
         workdir = self._settings.work_dir / conversion_id
         try:
+            source, samples = await run_in_threadpool(self._inputs, workdir, upload, options)
             spec = ConversionSpec(
-                source=self._blobs.path(upload.artifact.digest),
+                source=source,
                 source_format=upload.source_format,
                 workdir=workdir,
                 trust_pickle=request.trust_pickle,
-                samples=self._blobs.path(options.samples_digest) if options.samples_digest
-                else None,
+                samples=samples,
                 tolerance=options.tolerance,
                 input_shape=options.input_shape,
                 level=options.level,
@@ -226,6 +268,20 @@ class ConversionService:
             self._update(conversion_id, state="failed", error=error)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+    def _inputs(
+        self, workdir: Path, upload: Upload, options: ConversionOptions
+    ) -> tuple[Path, Path | None]:
+        """The job's source (and samples) decrypted and verified into its scratch folder (0700,
+        removed with the job): the worker's converters read files."""
+        workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        source = workdir / "source"
+        self._blobs.export(upload.artifact.digest, source)
+        samples = None
+        if options.samples_digest:
+            samples = workdir / "samples"
+            self._blobs.export(options.samples_digest, samples)
+        return source, samples
 
     def _store(
         self, request: PushRequest, upload: Upload, path: Path, report: dict[str, object]

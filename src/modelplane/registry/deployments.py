@@ -45,6 +45,11 @@ class Scheduling:
     reset: bool = False  # start from the defaults instead of what is set
 
 
+def missing_deployment(name: str) -> NotFound:
+    """What a deployment that does not exist answers (and one outside a key's scope)."""
+    return NotFound(f"deployment {name!r} not found; create it with `modelplane deploy`")
+
+
 def _record(row: DeploymentRow) -> DeploymentRecord:
     version = to_version(row.version)
     spec: dict[str, Any] = dict(row.config or {})
@@ -163,7 +168,7 @@ class DeploymentStore:
     def _load(self, session: Session, name: str) -> DeploymentRow:
         row = session.scalar(self._query().where(DeploymentRow.name == name))
         if row is None:
-            raise NotFound(f"deployment {name!r} not found; create it with `modelplane deploy`")
+            raise missing_deployment(name)
         return row
 
 

@@ -1,22 +1,57 @@
-"""API keys, stored hashed. A key reads ``mpk_<id>_<secret>``; only sha256(secret) is kept."""
+"""API keys, stored hashed. A key reads ``mpk_<id>_<secret>``; only sha256(secret) is kept.
+
+Checks are cached for ``cache_s`` (5 s) so the hot path does not reach the database on every
+request: a revocation, an expiry or the end of a rotation's grace period takes effect within
+that time on every route and on gRPC (a change made through this store clears the cache at
+once). When a key was last used is noted in memory and written in one batch by
+``flush_usage``, which the server calls every few seconds: never a write per request.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelplane.domain import ApiKey, Principal, Role
-from modelplane.errors import NotFound
+from modelplane.domain.auth import ALL_MODELS
+from modelplane.errors import InvalidInput, NotFound
 from modelplane.registry.service import now
 from modelplane.registry.tables import ApiKeyRow
 
 PREFIX = "mpk_"
 CACHE_SECONDS = 5.0
+CACHE_ENTRIES = 10_000
+USAGE_FLUSH_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    """What a key may do. ``models``: names or globs, None or empty for every model."""
+
+    role: Role
+    name: str = ""
+    models: Sequence[str] | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChange:
+    """A change to a key: None leaves a field as it is."""
+
+    name: str | None = None
+    role: Role | None = None
+    models: Sequence[str] | None = None  # ["*"] for every model
+    expires_at: datetime | None = None
+    never_expires: bool = False
 
 
 def _hash(secret: str) -> str:
@@ -32,69 +67,207 @@ def _split(token: str) -> tuple[str, str] | None:
     return key_id, secret
 
 
+def _aware(when: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; they were written in UTC."""
+    return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
+
+
+def _models(raw: Sequence[str] | None) -> list[str] | None:
+    if not raw:
+        return None
+    globs = [g.strip() for g in raw if g.strip()]
+    if not globs or "*" in globs:
+        return None
+    for glob in globs:
+        if len(glob) > 128 or any(c in glob for c in "/\\ "):
+            raise InvalidInput(
+                f"invalid model scope {glob!r}: give model names or globs, e.g. --models 'fraud-*'"
+            )
+    return sorted(set(globs))
+
+
 def _to_key(row: ApiKeyRow) -> ApiKey:
-    return ApiKey(row.id, Role(row.role), row.name, row.created_at, row.revoked)
+    return ApiKey(
+        id=row.id,
+        role=Role(row.role),
+        name=row.name,
+        created_at=_aware(row.created_at) or row.created_at,
+        revoked=row.revoked,
+        models=tuple(row.models) if row.models else ALL_MODELS,
+        expires_at=_aware(row.expires_at),
+        last_used_at=_aware(row.last_used_at),
+        rotated_at=_aware(row.rotated_at),
+        previous_expires_at=_aware(row.previous_expires_at) if row.previous_hash else None,
+        rate_limit=row.rate_limit,
+        burst=row.burst,
+        max_concurrent=row.max_concurrent,
+        daily=row.daily,
+    )
 
 
 class KeyStore:
-    """Creates, checks and revokes keys. Checks are cached for a few seconds so the hot path
-    does not hit the database on every request; a revocation takes effect within that time."""
+    """Creates, checks, rotates, changes and revokes keys."""
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        clock: Callable[[], datetime] = now,
+        cache_s: float = CACHE_SECONDS,
+    ) -> None:
         self._sessions = sessions
+        self._clock = clock
+        self._cache_s = cache_s
         self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._used: dict[str, float] = {}  # key id -> monotonic time of its last use
 
-    def create(self, role: Role, name: str = "") -> tuple[ApiKey, str]:
+    # ---- the hot path -------------------------------------------------------------------------
+    def authenticate(self, token: str) -> Principal | None:
+        moment = time.monotonic()
+        cached = self._cache.get(token)
+        if cached is None or cached[0] <= moment:
+            principal, valid_s = self._check(token)
+            if len(self._cache) >= CACHE_ENTRIES:
+                self._cache.clear()
+            cached = (moment + min(self._cache_s, valid_s), principal)
+            self._cache[token] = cached
+        if cached[1] is not None:
+            self._used[cached[1].key_id] = moment
+        return cached[1]
+
+    def _check(self, token: str) -> tuple[Principal | None, float]:
+        """The principal (None if the token is no valid key) and for how long it stays valid."""
+        parts = _split(token)
+        if parts is None:
+            return None, self._cache_s
+        key_id, secret = parts
+        with self._sessions() as session:
+            row = session.get(ApiKeyRow, key_id)
+            if row is None or row.revoked:
+                return None, self._cache_s
+            today = self._clock()
+            valid_until = _aware(row.expires_at)
+            hashed = _hash(secret)
+            if not hmac.compare_digest(row.secret_hash, hashed):
+                previous_until = _aware(row.previous_expires_at)
+                if (
+                    row.previous_hash is None
+                    or previous_until is None
+                    or not hmac.compare_digest(row.previous_hash, hashed)
+                ):
+                    return None, self._cache_s
+                valid_until = min(valid_until or previous_until, previous_until)
+            valid_s = self._cache_s
+            if valid_until is not None:
+                valid_s = (valid_until - today).total_seconds()
+                if valid_s <= 0:
+                    return None, self._cache_s
+            models = tuple(row.models) if row.models else ALL_MODELS
+            return Principal(row.id, Role(row.role), row.name, models), valid_s
+
+    def flush_usage(self) -> int:
+        """Write when each key used since the last flush was last used (one batch); returns
+        how many keys were written."""
+        used, self._used = self._used, {}
+        if not used:
+            return 0
+        offset = time.time() - time.monotonic()
+        with self._sessions.begin() as session:
+            for key_id, moment in used.items():
+                when = datetime.fromtimestamp(moment + offset, UTC)
+                session.execute(
+                    update(ApiKeyRow).where(ApiKeyRow.id == key_id).values(last_used_at=when)
+                )
+        return len(used)
+
+    # ---- management ---------------------------------------------------------------------------
+    def create(self, spec: KeySpec) -> tuple[ApiKey, str]:
+        """A new key and its secret (shown once: only its hash is kept)."""
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         row = ApiKeyRow(
             id=key_id,
             secret_hash=_hash(secret),
-            role=role.value,
-            name=name,
-            created_at=now(),
+            role=spec.role.value,
+            name=spec.name,
+            created_at=self._clock(),
             revoked=False,
+            models=_models(spec.models),
+            expires_at=spec.expires_at,
         )
         with self._sessions.begin() as session:
             session.add(row)
-        return _to_key(row), f"{PREFIX}{key_id}_{secret}"
+            key = _to_key(row)
+        return key, f"{PREFIX}{key_id}_{secret}"
 
-    def authenticate(self, token: str) -> Principal | None:
-        cached = self._cache.get(token)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
-        principal = self._check(token)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[token] = (time.monotonic() + CACHE_SECONDS, principal)
-        return principal
-
-    def _check(self, token: str) -> Principal | None:
-        parts = _split(token)
-        if parts is None:
-            return None
-        key_id, secret = parts
+    def get(self, key_id: str) -> ApiKey:
         with self._sessions() as session:
-            row = session.get(ApiKeyRow, key_id)
-            if row is None or row.revoked:
-                return None
-            if not hmac.compare_digest(row.secret_hash, _hash(secret)):
-                return None
-            return Principal(key_id=row.id, role=Role(row.role), name=row.name)
+            return _to_key(self._row(session, key_id))
 
     def list(self) -> list[ApiKey]:
         with self._sessions() as session:
             rows = session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at)).all()
             return [_to_key(r) for r in rows]
 
-    def revoke(self, key_id: str) -> None:
+    def revoke(self, key_id: str) -> ApiKey:
         with self._sessions.begin() as session:
-            row = session.get(ApiKeyRow, key_id)
-            if row is None:
-                raise NotFound(f"no API key with id {key_id!r}")
+            row = self._row(session, key_id)
             row.revoked = True
+            key = _to_key(row)
         self._cache.clear()
+        return key
+
+    def rotate(self, key_id: str, grace: timedelta = timedelta(0)) -> tuple[ApiKey, str]:
+        """A new secret for the key; the old one keeps working for ``grace``."""
+        if grace < timedelta(0):
+            raise InvalidInput("the grace period cannot be negative; e.g. --grace 1h")
+        secret = secrets.token_urlsafe(32)
+        with self._sessions.begin() as session:
+            row = self._row(session, key_id)
+            if row.revoked:
+                raise InvalidInput(f"API key {key_id!r} is revoked; create a new key instead")
+            today = self._clock()
+            row.previous_hash = row.secret_hash if grace > timedelta(0) else None
+            row.previous_expires_at = today + grace if grace > timedelta(0) else None
+            row.secret_hash = _hash(secret)
+            row.rotated_at = today
+            key = _to_key(row)
+        self._cache.clear()
+        return key, f"{PREFIX}{key_id}_{secret}"
+
+    def update(self, key_id: str, change: KeyChange) -> ApiKey:
+        with self._sessions.begin() as session:
+            row = self._row(session, key_id)
+            if change.name is not None:
+                row.name = change.name
+            if change.role is not None:
+                row.role = change.role.value
+            if change.models is not None:
+                row.models = _models(change.models)
+            if change.never_expires:
+                row.expires_at = None
+            elif change.expires_at is not None:
+                row.expires_at = change.expires_at
+            key = _to_key(row)
+        self._cache.clear()
+        return key
 
     def count(self) -> int:
         with self._sessions() as session:
             return len(session.scalars(select(ApiKeyRow.id)).all())
+
+    @staticmethod
+    def _row(session: Session, key_id: str) -> ApiKeyRow:
+        row = session.get(ApiKeyRow, key_id)
+        if row is None:
+            raise NotFound(f"no API key with id {key_id!r}; see `modelplane keys list`")
+        return row
+
+
+async def flush_usage_forever(keys: KeyStore, period_s: float = USAGE_FLUSH_SECONDS) -> None:
+    """Write keys' last use every ``period_s`` until cancelled (then once more)."""
+    try:
+        while True:
+            await asyncio.sleep(period_s)
+            await asyncio.to_thread(keys.flush_usage)
+    finally:
+        keys.flush_usage()

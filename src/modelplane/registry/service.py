@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, overload
 
 from sqlalchemy import delete, func, select
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from modelplane.convert import onnx as onnx_source
+from modelplane.convert.archive import DEFAULT_RATIO, UnpackLimits
 from modelplane.convert.detect import detect
 from modelplane.domain import Artifact, Conversion, Model, ModelRef, ModelVersion, Signature
 from modelplane.domain.model import (
@@ -21,9 +23,15 @@ from modelplane.domain.model import (
     alias_problem,
     name_problem,
 )
-from modelplane.errors import Conflict, InvalidInput, NotFound, UnsupportedModel
+from modelplane.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, UnsupportedModel
 from modelplane.registry.blobs import BlobStore
-from modelplane.registry.tables import AliasRow, DeploymentRow, ModelRow, VersionRow
+from modelplane.registry.tables import (
+    AliasRow,
+    ConversionRow,
+    DeploymentRow,
+    ModelRow,
+    VersionRow,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +44,7 @@ class PushRequest:
     created_by: str = ""
     trust_pickle: bool = False
     allow_duplicate: bool = False
+    declared_size: int | None = None  # the body's Content-Length, when the client sent one
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +54,18 @@ class Upload:
     artifact: Artifact
     source_format: str
     signature: Signature | None
+
+
+def missing_model(name: str) -> NotFound:
+    """What a model that does not exist answers (and one outside a key's scope, identically)."""
+    return NotFound(f"model {name!r} not found; push it first with `modelplane push`")
+
+
+def too_large_upload(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"model file is larger than the limit of {limit} bytes; raise "
+        "MODELPLANE_REGISTRY__MAX_UPLOAD_BYTES on the server to accept it"
+    )
 
 
 def now() -> datetime:
@@ -82,10 +103,21 @@ def to_model(row: ModelRow) -> Model:
 
 
 class RegistryService:
-    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore, max_upload: int) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        blobs: BlobStore,
+        max_upload: int,
+        max_unpack_ratio: float = DEFAULT_RATIO,
+        check_loads: Callable[[Path], Awaitable[None]] | None = None,
+    ) -> None:
+        """``check_loads`` raises UnsupportedModel unless ONNX Runtime loads a pushed ONNX file
+        (in a worker process: ``ConversionService``'s runner); None skips the check."""
         self._sessions = sessions
         self._blobs = blobs
         self._max_upload = max_upload
+        self._unpack = UnpackLimits(max_upload, max_unpack_ratio)
+        self._check_loads = check_loads
 
     # ---- push -------------------------------------------------------------------------------
     async def upload(self, request: PushRequest, body: AsyncIterator[bytes]) -> Upload:
@@ -94,6 +126,8 @@ class RegistryService:
         unless the push trusts them."""
         if problem := name_problem(request.name):
             raise InvalidInput(problem)
+        if request.declared_size is not None and request.declared_size > self._max_upload:
+            raise too_large_upload(self._max_upload)  # refused before a byte is read
         wanted = request.source_format
         if wanted not in ("auto", *SOURCE_FORMATS):
             raise InvalidInput(
@@ -104,7 +138,7 @@ class RegistryService:
             async for chunk in body:
                 await run_in_threadpool(staged.write, chunk)
             await run_in_threadpool(staged.seal)
-            found = await run_in_threadpool(detect, staged.path)
+            found = await run_in_threadpool(detect, staged.path, self._unpack)
             if wanted not in ("auto", DETECTED_FORMATS[found]):
                 raise UnsupportedModel(
                     f"--format {wanted} was given but the file is a {DETECTED_FORMATS[found]} "
@@ -120,6 +154,8 @@ class RegistryService:
             signature = None
             if found == "onnx":
                 signature = await run_in_threadpool(onnx_source.inspect, staged.path)
+                if self._check_loads is not None:
+                    await self._check_loads(staged.path)  # before the version can be seen
             artifact = await run_in_threadpool(staged.commit)
         except BaseException:
             staged.discard()
@@ -148,7 +184,9 @@ class RegistryService:
         pushed under this name is refused unless the request allows a duplicate."""
         upload = await self.upload(request, body)
         if not request.allow_duplicate:
-            await run_in_threadpool(self._refuse_duplicate, request.name, upload.artifact.digest)
+            await run_in_threadpool(
+                self._refuse_pushed_before, request.name, upload.artifact.digest
+            )
         if upload.signature is not None:
             return await run_in_threadpool(
                 self.record, request, upload.artifact, upload.signature, "onnx", None, None
@@ -177,7 +215,15 @@ class RegistryService:
         for _attempt in range(5):
             try:
                 with self._sessions.begin() as session:
-                    model = session.scalar(select(ModelRow).where(ModelRow.name == request.name))
+                    # the model row is locked (PostgreSQL; SQLite has one writer) so two pushes
+                    # of the same bytes cannot both pass the duplicate check
+                    model = session.scalar(
+                        select(ModelRow).where(ModelRow.name == request.name).with_for_update()
+                    )
+                    if model is not None and not request.allow_duplicate:
+                        self._refuse_duplicate(
+                            session, request.name, artifact.digest, source_digest
+                        )
                     if model is None:
                         model = ModelRow(
                             name=request.name, description="", next_version=1, created_at=now()
@@ -292,21 +338,45 @@ class RegistryService:
         if digest is None:
             return
         refers = (VersionRow.digest == digest) | (VersionRow.source_digest == digest)
+        converting = (ConversionRow.source_digest == digest) & (ConversionRow.state == "running")
         with self._sessions() as session:
-            count = session.scalar(select(func.count()).select_from(VersionRow).where(refers))
-        if not count:
+            versions = session.scalar(select(func.count()).select_from(VersionRow).where(refers))
+            jobs = session.scalar(select(func.count()).select_from(ConversionRow).where(converting))
+        if not versions and not jobs:
             self._blobs.delete(digest)
 
-    def _refuse_duplicate(self, name: str, digest: str) -> None:
-        same = (VersionRow.digest == digest) | (VersionRow.source_digest == digest)
+    def _refuse_pushed_before(self, name: str, digest: str) -> None:
+        """Refuse content a version of ``name`` has, or a running conversion of it started from
+        (checked again when the version is recorded)."""
         with self._sessions() as session:
-            found = session.scalar(
-                select(VersionRow.version)
-                .join(ModelRow, VersionRow.model_id == ModelRow.id)
-                .where(ModelRow.name == name, same)
-                .order_by(VersionRow.version)
-                .limit(1)
+            self._refuse_duplicate(session, name, digest, None)
+            running = session.scalar(
+                select(ConversionRow.id).where(
+                    ConversionRow.model == name,
+                    ConversionRow.source_digest == digest,
+                    ConversionRow.state == "running",
+                )
             )
+        if running is not None:
+            raise Conflict(
+                f"the same content is being converted for {name} already (conversion {running}); "
+                f"follow it with `modelplane conversions show {running}`, or push with "
+                "--allow-duplicate to make another version anyway"
+            )
+
+    @staticmethod
+    def _refuse_duplicate(
+        session: Session, name: str, digest: str, source_digest: str | None
+    ) -> None:
+        sources = {d for d in (digest, source_digest) if d}
+        same = VersionRow.digest.in_(sources) | VersionRow.source_digest.in_(sources)
+        found = session.scalar(
+            select(VersionRow.version)
+            .join(ModelRow, VersionRow.model_id == ModelRow.id)
+            .where(ModelRow.name == name, same)
+            .order_by(VersionRow.version)
+            .limit(1)
+        )
         if found is not None:
             raise Conflict(
                 f"same content as {name}:{found} (sha256:{digest[:12]}); nothing was pushed. "
@@ -333,7 +403,7 @@ class RegistryService:
             .options(selectinload(ModelRow.versions), selectinload(ModelRow.aliases))
         )
         if row is None:
-            raise NotFound(f"model {name!r} not found; push it first with `modelplane push`")
+            raise missing_model(name)
         return row
 
     def _version_row(self, session: Session, ref: ModelRef) -> VersionRow:

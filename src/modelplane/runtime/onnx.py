@@ -40,10 +40,11 @@ def _spec(arg: Any) -> TensorSpec:
 
 
 class OnnxRuntime:
-    """Runs one ONNX file on the CPU execution provider."""
+    """Runs one ONNX model (a file, or its bytes: a replica's decrypted artifact) on the CPU
+    execution provider. Bytes are let go of once loaded."""
 
-    def __init__(self, path: Path, intra_op_threads: int = 1) -> None:
-        self._path = path
+    def __init__(self, model: Path | bytes, intra_op_threads: int = 1) -> None:
+        self._model: Path | bytes | None = model
         self._threads = intra_op_threads
         self._session: ort.InferenceSession | None = None
         # one inference at a time per replica: ONNX Runtime's own threads do the parallel work
@@ -56,9 +57,12 @@ class OnnxRuntime:
         options.intra_op_num_threads = self._threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(
-            str(self._path), options, providers=["CPUExecutionProvider"]
-        )
+        if self._model is None:
+            raise RuntimeError("load() once only: the model's bytes were let go of")
+        model = self._model if isinstance(self._model, bytes) else str(self._model)
+        self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        if isinstance(self._model, bytes):
+            self._model = None
         self.signature = Signature(
             tuple(_spec(a) for a in self._session.get_inputs()),
             tuple(_spec(a) for a in self._session.get_outputs()),

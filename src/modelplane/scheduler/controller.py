@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from modelplane.cluster.executor import ReplicaExecutor, ReplicaSpec
 from modelplane.domain import Deployment, Node, NodeState, Replica, ReplicaState
+from modelplane.errors import redact_paths
 from modelplane.registry.deployments import DeploymentRecord, DeploymentStore
 from modelplane.registry.nodes import Cordon, NodeStore
 from modelplane.scheduler import autoscaling
@@ -118,6 +119,7 @@ class Controller:
         self._scale: dict[str, autoscaling.ScaleState] = {}
         self._load_seen: dict[str, tuple[float, float, int]] = {}
         self._last_failure: dict[str, str] = {}
+        self._failure_logged: set[str] = set()  # replicas whose failure the log has
         self._events: deque[dict[str, Any]] = deque(maxlen=1000)
         self._task: asyncio.Task[None] | None = None
 
@@ -174,6 +176,8 @@ class Controller:
         return self._cordons.get(node)
 
     async def step(self) -> None:
+        # what the gateway compares with a request's arrival: time.monotonic, not self._clock
+        planned_at = time.monotonic()
         records = await asyncio.to_thread(self._deployments.list)
         if self._node_store is not None:
             self._cordons = await asyncio.to_thread(self._node_store.all)
@@ -204,7 +208,7 @@ class Controller:
             observed = await self._observe(with_nodes=False)  # nodes were probed this step
         self._observed = observed
         self._forget(by_name)
-        self._publish(records, observed)
+        self._publish(records, observed, planned_at)
         self.load.prune({r.id: r.url for r in observed})
 
     async def _observe(self, with_nodes: bool) -> list[Replica]:
@@ -213,8 +217,10 @@ class Controller:
             self._nodes = [under_maintenance(n, self._cordons.get(n.id)) for n in nodes]
         else:
             observed = await self._executor.observe()
+        observed = [self._for_clients(r) for r in observed]
         self._live_ids = {r.id for r in observed}
         self._counted &= self._live_ids
+        self._failure_logged &= self._live_ids
         self._placements = {k: v for k, v in self._placements.items() if k in self._live_ids}
         for replica in observed:
             if replica.state == ReplicaState.FAILED and replica.message:
@@ -229,6 +235,18 @@ class Controller:
             else r
             for r in observed
         ]
+
+    def _for_clients(self, replica: Replica) -> Replica:
+        """The replica as the API shows it: its message without server paths (logged whole,
+        once, when the replica fails)."""
+        if not replica.message:
+            return replica
+        shown = redact_paths(replica.message)
+        if replica.state == ReplicaState.FAILED and replica.id not in self._failure_logged:
+            self._failure_logged.add(replica.id)
+            log.warning("replica %s of %s failed: %s", replica.id, replica.deployment,
+                        replica.message)  # fmt: skip
+        return replica if shown == replica.message else replace(replica, message=shown)
 
     async def _finish_draining(self, states: dict[str, ReplicaState]) -> None:
         """Stop draining replicas once their in-flight requests are done (or time is up)."""
@@ -326,10 +344,12 @@ class Controller:
         try:
             await self._executor.start(spec)
         except Exception as exc:  # an executor error fails this replica, not the loop
-            self._last_failure[spec.deployment] = f"could not start: {exc}"
+            self._last_failure[spec.deployment] = f"could not start: {redact_paths(str(exc))}"
             log.exception("could not start replica %s", spec.replica_id)
 
-    def _publish(self, records: list[DeploymentRecord], observed: list[Replica]) -> None:
+    def _publish(
+        self, records: list[DeploymentRecord], observed: list[Replica], planned_at: float
+    ) -> None:
         routes = []
         for record in records:
             d = record.deployment
@@ -357,6 +377,7 @@ class Controller:
                     max_queued=d.config.max_queued_requests,
                     cold_start_s=scaling.cold_start_timeout_s if scaling else 0.0,
                     pending=self._pending.get(d.name, [""])[0],
+                    planned_at=planned_at,
                 )
             )
         self._table.publish(routes)

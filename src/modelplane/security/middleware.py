@@ -77,7 +77,7 @@ class AuthMiddleware:
             await redirect(scope, receive, send)
             return
         message = "invalid or revoked API key" if had_token else MISSING_KEY
-        body = orjson.dumps({"error": message})
+        body = orjson.dumps({"error": message, "code": "unauthenticated"})
         await send(
             {
                 "type": "http.response.start",

@@ -143,7 +143,8 @@ class DataPlane:
         names = v2.output_names(request, signature)
         timeout = _timeout_s(request, deadline_ms)
         try:
-            results = await asyncio.wait_for(self._runtime.predict(request.inputs, names), timeout)
+            async with asyncio.timeout(timeout):  # in this task: no second task per request
+                results = await self._runtime.predict(request.inputs, names)
         except TimeoutError:
             raise DeadlineExceeded(
                 f"the request did not finish within its timeout of {timeout * 1e3:g} ms"
@@ -207,4 +208,6 @@ class DataPlane:
                 return frames.ResponseFrame(frame.id, 200, None, orjson.dumps(self.stats()))
             raise InvalidInput(f"unknown operation {frame.op}")
         except ModelplaneError as exc:
-            return frames.ResponseFrame(frame.id, exc.status, None, v2.error_body(exc.message))
+            return frames.ResponseFrame(
+                frame.id, exc.status, None, v2.error_body(exc.message, exc.code)
+            )

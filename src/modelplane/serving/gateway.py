@@ -4,6 +4,7 @@ forwards bytes. It never decodes tensors; the replica does that once."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -27,6 +28,15 @@ from modelplane.telemetry.metrics import Metrics
 COLD_START_POLL_S = 0.02
 
 
+def never_deployed(name: str) -> str:
+    """What a name never deployed answers (and one outside a key's scope, identically)."""
+    return (
+        f"model {name!r} is not deployed; deploy a model under this name with `modelplane "
+        f"deploy {name}` (or `modelplane deploy MODEL --name {name}`); see `modelplane "
+        "deployments list`"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Forwarded:
     status: int
@@ -41,8 +51,10 @@ class Gateway:
         token: str,
         timeout_s: float,
         metrics: Metrics,
+        replica_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.table = table
+        self._replica_tls = replica_tls
         self._metrics = metrics
         self.traffic: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
         self._token = token
@@ -103,13 +115,9 @@ class Gateway:
             again = f"modelplane deploy {was}" + (f" --name {name}" if model != name else "")
             return (
                 f"model {name!r} is not deployed (it was a deployment of {was}); deploy it "
-                f"again with `{again}`"
+                f"again with `{again}` and the flags it had"
             )
-        return (
-            f"model {name!r} is not deployed; deploy a model under this name with `modelplane "
-            f"deploy {name}` (or `modelplane deploy MODEL --name {name}`); see `modelplane "
-            "deployments list`"
-        )
+        return never_deployed(name)
 
     async def _connection(self, endpoint: Endpoint) -> ReplicaConnection:
         connection = self._connections.get(endpoint.url)
@@ -118,7 +126,9 @@ class Gateway:
         async with self._connecting[endpoint.url]:
             connection = self._connections.get(endpoint.url)
             if connection is None or not connection.open:
-                connection = await ReplicaConnection.connect(endpoint.url, self._token)
+                connection = await ReplicaConnection.connect(
+                    endpoint.url, self._token, tls=self._replica_tls
+                )
                 self._connections[endpoint.url] = connection
         return connection
 
@@ -199,16 +209,19 @@ class Gateway:
         )
 
     async def _wait_for_replica(self, route: Route) -> Route:
-        """Hold a request for a scaled-to-zero deployment while its first replica starts."""
+        """Hold a request for a scaled-to-zero deployment while its first replica starts. A
+        replica that cannot be placed fails the request at once, with the reason, once a plan
+        made after this demand says so (an older one may predate room freed since)."""
+        asked = time.monotonic()
         self.on_demand()
-        deadline = time.monotonic() + min(route.cold_start_s, self._timeout)
+        deadline = asked + min(route.cold_start_s, self._timeout)
         while time.monotonic() < deadline:
             latest = self.table.get(route.name)
             if latest is None:
                 break
             if latest.endpoints:
                 return latest
-            if latest.pending:
+            if latest.pending and latest.planned_at >= asked:
                 raise Unavailable(
                     f"model {route.name!r} is scaled to zero and its replica cannot be placed: "
                     f"{latest.pending}; free room (`modelplane nodes list`) or deploy it with "

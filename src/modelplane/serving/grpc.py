@@ -7,6 +7,8 @@ back into ``raw_output_contents``.
 
 from __future__ import annotations
 
+import logging
+import struct
 from typing import Any
 
 import grpc
@@ -18,8 +20,12 @@ from modelplane.protocol.grpc import grpc_predict_v2_pb2 as pb
 from modelplane.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelplane.protocol.v2 import EXTENSIONS
 from modelplane.security.middleware import Authenticator
+from modelplane.security.policy import Action, authorize
+from modelplane.serving.access import visible_route
 from modelplane.serving.gateway import Gateway
+from modelplane.serving.routing import Route
 
+log = logging.getLogger("modelplane.grpc")
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
@@ -65,6 +71,7 @@ def to_rest(request: pb.ModelInferRequest) -> tuple[bytes, int]:
             f"raw_input_contents has {len(raw)} entries but there are {len(request.inputs)} inputs"
         )
     inputs = []
+    blobs = list(raw)
     for i, tensor in enumerate(request.inputs):
         entry: dict[str, Any] = {
             "name": tensor.name,
@@ -73,16 +80,18 @@ def to_rest(request: pb.ModelInferRequest) -> tuple[bytes, int]:
         }
         if raw:
             entry["parameters"] = {"binary_data_size": len(raw[i])}
+        elif tensor.datatype == "BYTES":
+            # BYTES elements are bytes, not text: passed on in the binary form, as they came
+            blob = b"".join(struct.pack("<I", len(v)) + v for v in tensor.contents.bytes_contents)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
         else:
             field = CONTENT_FIELDS.get(tensor.datatype)
             if field is None:
                 raise InvalidInput(
                     f"input {tensor.name!r}: {tensor.datatype} must be sent in raw_input_contents"
                 )
-            values = list(getattr(tensor.contents, field))
-            if tensor.datatype == "BYTES":
-                values = [v.decode("utf-8", "surrogateescape") for v in values]
-            entry["data"] = values
+            entry["data"] = list(getattr(tensor.contents, field))
         inputs.append(entry)
     doc: dict[str, Any] = {"inputs": inputs, "parameters": _parameters(request.parameters)}
     doc["parameters"]["binary_data_output"] = True
@@ -92,8 +101,11 @@ def to_rest(request: pb.ModelInferRequest) -> tuple[bytes, int]:
         doc["outputs"] = [
             {"name": o.name, "parameters": {"binary_data": True}} for o in request.outputs
         ]
-    header = orjson.dumps(doc)
-    return header + b"".join(raw), len(header)
+    try:
+        header = orjson.dumps(doc)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise InvalidInput(f"the request cannot be encoded: {exc}") from None
+    return header + b"".join(blobs), len(header)
 
 
 def from_rest(body: bytes, header_length: int | None) -> pb.ModelInferResponse:
@@ -134,6 +146,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             "$MODELPLANE_HOME/admin.key; MODELPLANE_API_KEY holds it for the CLI and SDK)"
         )
 
+    def _route(self, context: grpc.aio.ServicerContext[Any, Any], name: str, version: str) -> Route:
+        """The route an invoking key may see (else the error a name never deployed gets)."""
+        who = self._principal(context)
+        authorize(who, Action.INFER)
+        return visible_route(self._gateway, who, name, version or None)
+
     @staticmethod
     async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: ModelplaneError) -> None:
         await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
@@ -155,16 +173,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
         try:
-            self._principal(context)
-            route = self._gateway.route(request.name, request.version or None)
+            route = self._route(context, request.name, request.version)
         except ModelplaneError as exc:
             await self._abort(context, exc)
         return pb.ModelReadyResponse(ready=bool(route.endpoints))
 
     async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
         try:
-            self._principal(context)
-            route = self._gateway.route(request.name, request.version or None)
+            route = self._route(context, request.name, request.version)
         except ModelplaneError as exc:
             await self._abort(context, exc)
         tensor = pb.ModelMetadataResponse.TensorMetadata
@@ -180,8 +196,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
         try:
-            self._principal(context)
-            route = self._gateway.route(request.model_name, request.model_version or None)
+            route = self._route(context, request.model_name, request.model_version)
             body, header_length = to_rest(request)
             result = await self._gateway.infer(route, body, header_length)
             if result.status != 200:
@@ -191,6 +206,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except ModelplaneError as exc:
             await self._abort(context, exc)
             raise  # unreachable: abort raises
+        except Exception:  # a bug: no Python text to the client, the details in the log
+            log.exception("ModelInfer of %r failed", request.model_name)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            raise
 
 
 def create_grpc_server(

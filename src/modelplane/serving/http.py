@@ -4,14 +4,18 @@ parsing on the hot path. Everything outside ``/v2`` goes to the wrapped app."""
 from __future__ import annotations
 
 import itertools
+import logging
 import uuid
 from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelplane.errors import InvalidInput, ModelplaneError, NotFound, Overloaded
+from modelplane.domain import Principal
+from modelplane.errors import InvalidInput, ModelplaneError, NotFound, Overloaded, Unauthenticated
 from modelplane.protocol.v2 import EXTENSIONS, error_body
+from modelplane.security.policy import Action, authorize
+from modelplane.serving.access import visible_route, visible_routes
 from modelplane.serving.body import too_large
 from modelplane.serving.gateway import Gateway
 from modelplane.telemetry.metrics import Metrics
@@ -19,6 +23,8 @@ from modelplane.telemetry.metrics import Metrics
 PLATFORM = "onnxruntime_onnx"
 JSON = b"application/json"
 BINARY = b"application/octet-stream"
+INTERNAL = error_body("internal error; the server log has the details", "internal")
+log = logging.getLogger("modelplane.gateway")
 
 
 def _clean_id(raw: bytes) -> str:
@@ -61,7 +67,10 @@ class V2Surface:
             await self._dispatch(scope, receive, send, path)
         except ModelplaneError as exc:
             extra = [(b"retry-after", b"1")] if isinstance(exc, Overloaded) else []
-            await _reply(send, exc.status, error_body(exc.message), JSON, extra)
+            await _reply(send, exc.status, error_body(exc.message, exc.code), JSON, extra)
+        except Exception:  # a bug: the one error shape, the details in the server log only
+            log.exception("V2 request %s failed", path)
+            await _reply(send, 500, INTERNAL, JSON)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         method = scope["method"]
@@ -70,8 +79,10 @@ class V2Surface:
             body = self._server_metadata if not parts else b""
             await _reply(send, 200, body, JSON if body else b"text/plain")
             return
+        who = _caller(scope)
+        authorize(who, Action.INFER)
         if parts == ["models", "stats"] and method == "GET":
-            routes = list(self._gateway.table.routes.values())
+            routes = visible_routes(self._gateway, who)
             stats = [await self._gateway.stats(route) for route in routes]
             await _reply(send, 200, orjson.dumps({"model_stats": stats}), JSON)
             return
@@ -82,14 +93,14 @@ class V2Surface:
         if len(rest) >= 2 and rest[0] == "versions":
             version, rest = rest[1], rest[2:]
         if rest == ["infer"] and method == "POST":
-            await self._infer(scope, receive, send, name, version)
+            await self._infer(scope, receive, send, who, name, version)
         elif rest == [] and method == "GET":
-            await _reply(send, 200, orjson.dumps(self._metadata(name, version)), JSON)
+            await _reply(send, 200, orjson.dumps(self._metadata(who, name, version)), JSON)
         elif rest == ["stats"] and method == "GET":
-            one = await self._gateway.stats(self._gateway.route(name, version))
+            one = await self._gateway.stats(visible_route(self._gateway, who, name, version))
             await _reply(send, 200, orjson.dumps({"model_stats": [one]}), JSON)
         elif rest == ["ready"] and method == "GET":
-            route = self._gateway.route(name, version)
+            route = visible_route(self._gateway, who, name, version)
             if not route.endpoints:
                 raise InvalidInput(
                     f"model {name!r} is not ready: 0 of {route.desired} replicas ready"
@@ -98,8 +109,8 @@ class V2Surface:
         else:
             raise NotFound(f"no V2 route {method} {path!r}; see docs/api.md")
 
-    def _metadata(self, name: str, version: str | None) -> dict[str, Any]:
-        route = self._gateway.route(name, version)
+    def _metadata(self, who: Principal, name: str, version: str | None) -> dict[str, Any]:
+        route = visible_route(self._gateway, who, name, version)
         return {
             "name": route.name,
             "versions": [route.version],
@@ -109,10 +120,16 @@ class V2Surface:
         }
 
     async def _infer(
-        self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        who: Principal,
+        name: str,
+        version: str | None,
     ) -> None:
         try:
-            route = self._gateway.route(name, version)
+            route = visible_route(self._gateway, who, name, version)
         except NotFound:
             self._metrics.unrouted.labels("404").inc()
             raise
@@ -151,6 +168,14 @@ class V2Surface:
             if not message.get("more_body", False):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _caller(scope: Scope) -> Principal:
+    """The principal the auth middleware in front of this app put in the scope."""
+    found = scope.get("state", {}).get("principal")
+    if not isinstance(found, Principal):
+        raise Unauthenticated("missing API key")
+    return found
 
 
 async def _reply(

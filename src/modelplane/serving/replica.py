@@ -12,22 +12,24 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from modelplane.artifacts import sha256_file
+from modelplane.artifacts import ArtifactBroken, read_artifact
 from modelplane.protocol.v2 import Limits
 from modelplane.runtime.batching import BatchingConfig, BatchingRuntime
 from modelplane.runtime.onnx import OnnxRuntime
 from modelplane.runtime.text import TokenizingRuntime
+from modelplane.security.replica_tls import replica_server_context
 from modelplane.serving.dataplane import DataPlane, PayloadLog
 from modelplane.serving.replica_server import ReplicaProtocol
 from modelplane.settings import ReplicaSettings
 from modelplane.telemetry.logs import Flusher, LogWriter, RequestLog, json_logging
+from modelplane.watchdog import watch_parent
 
 log = logging.getLogger("modelplane.replica")
 
@@ -54,16 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _watch_parent(parent: int, before_exit: Callable[[], None]) -> None:
-    while True:
-        if os.getppid() != parent:
-            log.warning("parent process %s is gone; replica exits", parent)
-            before_exit()
-            os._exit(0)
-        time.sleep(0.5)
-
-
-async def _serve(args: argparse.Namespace, plane: DataPlane, token: bytes) -> None:
+async def _serve(
+    args: argparse.Namespace, plane: DataPlane, token: bytes, tls: ssl.SSLContext | None
+) -> None:
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
 
@@ -78,7 +73,7 @@ async def _serve(args: argparse.Namespace, plane: DataPlane, token: bytes) -> No
         os.chmod(args.uds, 0o600)
     else:
         server = await loop.create_server(
-            lambda: ReplicaProtocol(plane, token), args.host, args.port
+            lambda: ReplicaProtocol(plane, token), args.host, args.port, ssl=tls
         )
         if args.port_file is not None:
             port = server.sockets[0].getsockname()[1]
@@ -121,24 +116,26 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     with contextlib.ExitStack() as stack:  # the logs are flushed and closed however main ends
         logs = _logging(args, stack)
-        watcher = threading.Thread(
-            target=_watch_parent, args=(os.getppid(), logs.flush), daemon=True
-        )
-        watcher.start()
+        watch_parent(os.getppid(), logs.flush)
         return _run(args, logs)
 
 
 def _run(args: argparse.Namespace, logs: _Logs) -> int:
-    actual = sha256_file(args.artifact)
-    if actual != args.digest:
-        log.error("artifact digest mismatch: expected %s, found %s", args.digest, actual)
+    settings = ReplicaSettings()
+    data_key = settings.artifact_key.get_secret_value()
+    try:
+        # decrypted in memory only, and verified against its digest before it is loaded
+        model = read_artifact(args.artifact, args.digest, bytes.fromhex(data_key) or None)
+    except (ArtifactBroken, ValueError) as exc:
+        log.error("artifact sha256:%s failed verification: %s", args.digest[:12], exc)
         return 3
     config = BatchingConfig(
         max_batch_size=args.max_batch_size,
         max_queue_delay_s=args.max_queue_delay_ms / 1000,
         preferred_batch_sizes=tuple(args.preferred_batch_size),
     )
-    runtime = BatchingRuntime(TokenizingRuntime(OnnxRuntime(args.artifact, args.threads)), config)
+    runtime = BatchingRuntime(TokenizingRuntime(OnnxRuntime(model, args.threads)), config)
+    del model  # the runtime lets go of the bytes once loaded
     plane = DataPlane(
         args.name, args.version, runtime, Limits(args.max_elements), logs.requests, logs.payloads
     )
@@ -151,12 +148,15 @@ def _run(args: argparse.Namespace, logs: _Logs) -> int:
         time.perf_counter() - started,
         "on" if runtime.enabled else "off",
     )
-    token = ReplicaSettings().token.encode()
+    token = settings.token.encode()
+    tls = None  # TCP to other machines (Ray) is TLS with the certificate the executor issued
+    if settings.tls_cert and args.uds is None:
+        tls = replica_server_context(settings.tls_cert, settings.tls_key)
     with contextlib.suppress(ImportError):
         import uvloop
 
         uvloop.install()
-    asyncio.run(_serve(args, plane, token))
+    asyncio.run(_serve(args, plane, token, tls))
     return 0
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
 from typing import cast
 
 from modelplane.protocol import frames
+from modelplane.security.replica_tls import REPLICA_NAME
+from modelplane.serving.writes import CoalescingWriter
 
 
 class ReplicaGone(Exception):
@@ -16,12 +19,14 @@ class ReplicaGone(Exception):
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.writer: CoalescingWriter | None = None
         self.pending: dict[int, asyncio.Future[frames.ResponseFrame]] = {}
         self._reader = frames.response_reader()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         self.transport = cast(asyncio.Transport, transport)
+        self.writer = CoalescingWriter(self.transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -37,10 +42,16 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.writer = None
         pending, self.pending = self.pending, {}
         for future in pending.values():
             if not future.done():
                 future.set_exception(ReplicaGone("the replica closed the connection"))
+
+
+def _expire(future: asyncio.Future[frames.ResponseFrame]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 class ReplicaConnection:
@@ -54,16 +65,28 @@ class ReplicaConnection:
         return transport is not None and not transport.is_closing()
 
     @classmethod
-    async def connect(cls, url: str, token: str, timeout: float = 5.0) -> ReplicaConnection:
+    async def connect(
+        cls, url: str, token: str, timeout: float = 5.0, tls: ssl.SSLContext | None = None
+    ) -> ReplicaConnection:
+        """Connect and present ``token``: ``unix:PATH``, ``tcp://HOST:PORT``, or
+        ``tls://HOST:PORT`` (the replica's certificate checked with ``tls``)."""
         loop = asyncio.get_running_loop()
         try:
             if url.startswith("unix:"):
                 connecting = loop.create_unix_connection(_Protocol, url[5:])
+            elif url.startswith("tls://"):
+                if tls is None:
+                    raise ReplicaGone("a tls:// replica needs the executor's TLS context")
+                host, _, port = url.removeprefix("tls://").rpartition(":")
+                connecting = loop.create_connection(
+                    _Protocol, host, int(port), ssl=tls, server_hostname=REPLICA_NAME,
+                    ssl_handshake_timeout=timeout,
+                )  # fmt: skip
             else:
                 host, _, port = url.removeprefix("tcp://").rpartition(":")
                 connecting = loop.create_connection(_Protocol, host, int(port))
             _, protocol = await asyncio.wait_for(connecting, timeout)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             raise ReplicaGone(f"cannot connect to the replica: {exc}") from None
         connection = cls(protocol)
         hello = await connection.request(frames.HELLO, token.encode(), None, 0, timeout)
@@ -81,30 +104,39 @@ class ReplicaConnection:
         request_id: str = "",
     ) -> frames.ResponseFrame:
         protocol = self._protocol
-        if protocol.transport is None or protocol.transport.is_closing():
+        transport, writer = protocol.transport, protocol.writer
+        if transport is None or writer is None or transport.is_closing():
             raise ReplicaGone("the connection to the replica is closed")
         rid = next(self._ids) & 0xFFFFFFFF
-        future: asyncio.Future[frames.ResponseFrame] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[frames.ResponseFrame] = loop.create_future()
         protocol.pending[rid] = future
-        protocol.transport.write(
+        writer.write(
             frames.encode_request(
                 frames.RequestFrame(rid, op, timeout_ms, header_len, payload, request_id)
             )
         )
+        # a timer on the future itself: asyncio.wait_for would add a waiter future, two
+        # callbacks and an extra turn of the loop to every request
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _expire, future)
         try:
-            return await asyncio.wait_for(future, timeout_s)
+            return await future
         finally:
             protocol.pending.pop(rid, None)
+            if timer is not None:
+                timer.cancel()
 
     def close(self) -> None:
         if self._protocol.transport is not None:
             self._protocol.transport.close()
 
 
-async def probe(url: str, token: str, timeout: float = 2.0) -> bool:
+async def probe(
+    url: str, token: str, timeout: float = 2.0, tls: ssl.SSLContext | None = None
+) -> bool:
     """True when the replica at ``url`` answers READY with 200."""
     try:
-        connection = await ReplicaConnection.connect(url, token, timeout)
+        connection = await ReplicaConnection.connect(url, token, timeout, tls)
     except ReplicaGone:
         return False
     try:

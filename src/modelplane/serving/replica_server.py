@@ -13,6 +13,7 @@ from typing import cast
 
 from modelplane.protocol import frames, v2
 from modelplane.serving.dataplane import DataPlane
+from modelplane.serving.writes import CoalescingWriter
 
 log = logging.getLogger("modelplane.replica")
 
@@ -23,12 +24,14 @@ class ReplicaProtocol(asyncio.Protocol):
         self._token = token
         self._reader = frames.request_reader()
         self._transport: asyncio.Transport | None = None
+        self._writer: CoalescingWriter | None = None
         self._greeted = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         self._transport = cast(asyncio.Transport, transport)
+        self._writer = CoalescingWriter(self._transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -56,13 +59,16 @@ class ReplicaProtocol(asyncio.Protocol):
         except Exception:
             log.exception("request failed")
             response = frames.ResponseFrame(
-                frame.id, 500, None, v2.error_body("the model failed while running this request")
+                frame.id,
+                500,
+                None,
+                v2.error_body("the model failed while running this request", "internal"),
             )
         self._send(response)
 
     def _send(self, response: frames.ResponseFrame) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(frames.encode_response(response))
+        if self._writer is not None:
+            self._writer.write(frames.encode_response(response))
 
     def _close(self) -> None:
         if self._transport is not None:
@@ -70,3 +76,4 @@ class ReplicaProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._writer = None

@@ -28,6 +28,7 @@ class Route:
     max_queued: int = 256
     cold_start_s: float = 0.0  # >0: with no replica, hold requests this long while one starts
     pending: str = ""  # why a wanted replica cannot be placed now (no room), if one cannot
+    planned_at: float = 0.0  # time.monotonic() when the plan behind ``pending`` began
 
 
 RETIRED_KEPT = 1000

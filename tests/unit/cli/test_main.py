@@ -46,3 +46,16 @@ def test_a_non_numeric_input_is_a_clear_error_not_a_traceback(monkeypatch, capsy
     assert code == 2
     assert "Traceback" not in err
     assert "error: input 'float_input': cannot be read as a FP32 tensor" in err
+
+
+def test_an_odd_debug_value_or_markup_in_the_error_still_gives_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("MODELPLANE_DEBUG", "2")  # not a boolean: read as off, never a crash
+
+    def markup(*_: object, **__: object) -> None:
+        raise RuntimeError("bad [/x] tag [red]")
+
+    monkeypatch.setattr(Client, "models", markup)
+    assert run(monkeypatch, "models", "list") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "unexpected RuntimeError: bad [/x] tag [red]" in err

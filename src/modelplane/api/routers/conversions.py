@@ -8,10 +8,13 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from modelplane.api.deps import allow
+from modelplane.api.routers.models import declared_size
 from modelplane.api.schemas import ConversionOut, SamplesOut
 from modelplane.api.services import Services
 from modelplane.domain import Principal
-from modelplane.security.policy import Action
+from modelplane.errors import PayloadTooLarge
+from modelplane.registry.conversions import missing_conversion
+from modelplane.security.policy import Action, in_scope
 
 MAX_SAMPLES = 64 << 20
 
@@ -22,15 +25,18 @@ def create_router(services: Services) -> APIRouter:
 
     @router.get("/conversions", response_model=list[ConversionOut])
     def list_conversions(
-        _: Annotated[Principal, Depends(allow(Action.READ))],
+        who: Annotated[Principal, Depends(allow(Action.READ))],
     ) -> list[ConversionOut]:
-        return [ConversionOut.of(c) for c in conversions.list()]
+        return [ConversionOut.of(c) for c in conversions.list() if in_scope(who, c.model)]
 
     @router.get("/conversions/{conversion_id}", response_model=ConversionOut)
     def show(
-        conversion_id: str, _: Annotated[Principal, Depends(allow(Action.READ))]
+        conversion_id: str, who: Annotated[Principal, Depends(allow(Action.READ))]
     ) -> ConversionOut:
-        return ConversionOut.of(conversions.get(conversion_id))
+        found = conversions.get(conversion_id)
+        if not in_scope(who, found.model):
+            raise missing_conversion(conversion_id)
+        return ConversionOut.of(found)
 
     @router.post("/samples", status_code=201, response_model=SamplesOut)
     async def upload_samples(
@@ -38,6 +44,9 @@ def create_router(services: Services) -> APIRouter:
     ) -> SamplesOut:
         """Store sample inputs (.npz, or JSON ``{name: [[...]]}``) for a push's parity check;
         pass the returned digest as ``samples=`` when pushing."""
+        declared = declared_size(request)
+        if declared is not None and declared > MAX_SAMPLES:
+            raise PayloadTooLarge(f"samples are limited to {MAX_SAMPLES} bytes")
         staged = services.registry.blobs.stage(MAX_SAMPLES)
         try:
             async for chunk in request.stream():

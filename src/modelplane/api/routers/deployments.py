@@ -7,15 +7,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
-from modelplane.api.deps import allow
+from modelplane.api.deps import allow, see_deployment, see_model
 from modelplane.api.schemas import CordonIn, DeployIn, DeploymentOut, NodeOut
 from modelplane.api.services import Services
 from modelplane.domain import ModelRef, Node, Principal, Replica
-from modelplane.errors import InvalidInput, NotFound
+from modelplane.errors import InvalidInput, NotFound, PermissionDenied
 from modelplane.registry.deployments import DeploymentRecord
 from modelplane.registry.nodes import Cordon
 from modelplane.scheduler.controller import under_maintenance
-from modelplane.security.policy import Action
+from modelplane.security.policy import Action, in_scope, sees_deployment
 
 
 def create_router(services: Services) -> APIRouter:
@@ -37,15 +37,27 @@ def create_router(services: Services) -> APIRouter:
             reconciled=controller.acted_on(name) == record.deployment.updated_at,
         )
 
+    def _may_replace(who: Principal, name: str) -> bool:
+        """Whether the deployment of this name, if there is one, serves a model in scope."""
+        try:
+            record = store.get(name)
+        except NotFound:
+            return True
+        return sees_deployment(who, name, record.version.model)
+
     @router.post("", response_model=DeploymentOut)
     def deploy(
-        body: DeployIn, _: Annotated[Principal, Depends(allow(Action.DEPLOY))]
+        body: DeployIn, who: Annotated[Principal, Depends(allow(Action.DEPLOY))]
     ) -> DeploymentOut:
         """Create or update a deployment; replicas start in the background (poll status)."""
         try:
             ref = ModelRef.parse(body.model)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
+        see_model(who, ref.name)
+        name = body.name or ref.name
+        if not in_scope(who, name) or not _may_replace(who, name):
+            raise PermissionDenied(f"this key may not deploy under the name {name!r}")
         replicas = body.replicas
         if replicas is None and body.autoscaling_off:
             # fixed from now on at the count autoscaling had reached (at least 1)
@@ -57,16 +69,19 @@ def create_router(services: Services) -> APIRouter:
 
     @router.get("", response_model=list[DeploymentOut])
     def list_deployments(
-        _: Annotated[Principal, Depends(allow(Action.READ))],
+        who: Annotated[Principal, Depends(allow(Action.READ))],
     ) -> list[DeploymentOut]:
-        return [out(r) for r in store.list()]
+        return [
+            out(r) for r in store.list() if sees_deployment(who, r.deployment.name, r.version.model)
+        ]
 
     @router.get("/{name}", response_model=DeploymentOut)
-    def show(name: str, _: Annotated[Principal, Depends(allow(Action.READ))]) -> DeploymentOut:
-        return out(store.get(name))
+    def show(name: str, who: Annotated[Principal, Depends(allow(Action.READ))]) -> DeploymentOut:
+        return out(see_deployment(who, store.get(name)))
 
     @router.delete("/{name}", status_code=204)
-    def delete(name: str, _: Annotated[Principal, Depends(allow(Action.DEPLOY))]) -> Response:
+    def delete(name: str, who: Annotated[Principal, Depends(allow(Action.DEPLOY))]) -> Response:
+        see_deployment(who, store.get(name))
         store.delete(name)
         controller.kick()
         return Response(status_code=204)
@@ -98,7 +113,7 @@ def create_nodes_router(services: Services) -> APIRouter:
 
     @router.post("/{node}/cordon", response_model=NodeOut)
     def cordon(
-        node: str, body: CordonIn, who: Annotated[Principal, Depends(allow(Action.DEPLOY))]
+        node: str, body: CordonIn, who: Annotated[Principal, Depends(allow(Action.NODES))]
     ) -> NodeOut:
         """Take a node out of placement; with ``drain``, move its replicas elsewhere (new ones
         start first, the old ones drain when they are ready)."""
@@ -109,7 +124,7 @@ def create_nodes_router(services: Services) -> APIRouter:
         return out(found, [r for r in controller.all_replicas() if r.node == node], cordon)
 
     @router.delete("/{node}/cordon", status_code=204)
-    def uncordon(node: str, _: Annotated[Principal, Depends(allow(Action.DEPLOY))]) -> Response:
+    def uncordon(node: str, _: Annotated[Principal, Depends(allow(Action.NODES))]) -> Response:
         """Let the node take replicas again."""
         services.nodes.uncordon(node)
         controller.kick()

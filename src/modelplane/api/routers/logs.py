@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from modelplane.api.deps import allow
+from modelplane.api.deps import allow, see_deployment
 from modelplane.api.services import Services
 from modelplane.domain import Principal
 from modelplane.domain.model import name_problem
@@ -31,7 +31,7 @@ def create_router(services: Services) -> APIRouter:
     async def logs(
         name: str,
         request: Request,
-        _: Annotated[Principal, Depends(allow(Action.READ))],
+        who: Annotated[Principal, Depends(allow(Action.LOGS))],
         replica: str | None = None,
         since: Annotated[str | None, Query(description="30s, 10m, 2h, 1d or ISO time")] = None,
         level: Annotated[str | None, Query(description="lowest level shown")] = None,
@@ -41,7 +41,8 @@ def create_router(services: Services) -> APIRouter:
         """Log records (newest last); with ``follow`` an NDJSON stream that stays open."""
         if name_problem(name):
             raise InvalidInput(f"invalid deployment name {name!r}")
-        await run_in_threadpool(services.deployments.get, name)  # 404 for unknown deployments
+        # 404 for unknown deployments, and identically for those outside the key's scope
+        see_deployment(who, await run_in_threadpool(services.deployments.get, name))
         where = LogFilter(replica, parse_since(since, datetime.now(UTC)), level)
         folder = services.settings.log_dir / name
         if not follow:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Annotated
 
@@ -12,8 +13,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from modelplane.api.deps import allow
 from modelplane.api.services import Services
 from modelplane.domain import Principal
-from modelplane.security.policy import Action
+from modelplane.domain.auth import ALL_MODELS
+from modelplane.security.policy import Action, in_scope
 from modelplane.telemetry.metrics import ReplicaSample, Snapshot
+
+MODEL_LABEL = re.compile(rb'[{,]model="([^"]*)"')
+
+
+def _scoped(text: bytes, who: Principal) -> bytes:
+    """Without the series of models outside the key's scope."""
+    if who.models == ALL_MODELS:
+        return text
+    kept = []
+    for line in text.split(b"\n"):
+        found = MODEL_LABEL.search(line)
+        if found is None or in_scope(who, found.group(1).decode()):
+            kept.append(line)
+    return b"\n".join(kept)
 
 
 def create_router(services: Services) -> APIRouter:
@@ -21,7 +37,7 @@ def create_router(services: Services) -> APIRouter:
     gateway, controller, metrics = services.gateway, services.controller, services.metrics
 
     @router.get("/metrics", response_class=Response)
-    async def prometheus(_: Annotated[Principal, Depends(allow(Action.METRICS))]) -> Response:
+    async def prometheus(who: Annotated[Principal, Depends(allow(Action.METRICS))]) -> Response:
         replicas = {r.id: r for r in controller.all_replicas()}
         samples = []
         for route in list(gateway.table.routes.values()):
@@ -36,6 +52,7 @@ def create_router(services: Services) -> APIRouter:
         states = Counter(r.state.value for r in replicas.values())
         states["pending"] = controller.pending_count()
         metrics.snapshot = Snapshot(samples, dict(states), gateway.in_flight())
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        text = generate_latest(metrics.registry)
+        return Response(_scoped(text, who), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from modelplane.api.deps import allow
+from modelplane.api.deps import allow, see_model
 from modelplane.api.schemas import (
     AliasIn,
     ConversionOut,
@@ -19,10 +19,10 @@ from modelplane.api.schemas import (
 )
 from modelplane.api.services import Services
 from modelplane.domain import ModelRef, ModelVersion, Principal, parse_pairs
-from modelplane.errors import InvalidInput
+from modelplane.errors import InvalidInput, PermissionDenied
 from modelplane.registry.conversions import ConversionOptions
 from modelplane.registry.service import PushRequest
-from modelplane.security.policy import Action, authorize
+from modelplane.security.policy import Action, authorize, in_scope
 
 
 def _tags(raw: list[str]) -> dict[str, str]:
@@ -42,6 +42,12 @@ def _shape(raw: str | None) -> tuple[int, ...] | None:
     if not dims or any(d < 1 for d in dims):
         raise InvalidInput(f"invalid input_shape {raw!r}: use positive integers, e.g. 1,3,32,32")
     return dims
+
+
+def declared_size(request: Request) -> int | None:
+    """The body size the client declared (``Content-Length``), if it declared one."""
+    raw = request.headers.get("content-length", "")
+    return int(raw) if raw.isdigit() else None
 
 
 def create_router(services: Services) -> APIRouter:
@@ -86,6 +92,8 @@ def create_router(services: Services) -> APIRouter:
         """Upload a model file as the request body (streamed; never held whole in memory).
         ONNX becomes a version at once (201); other formats start a conversion (202) that
         ``GET /api/v1/conversions/{id}`` follows."""
+        if not in_scope(who, name):
+            raise PermissionDenied(f"this key's model scope does not include {name!r}")
         if trust_pickle:
             authorize(who, Action.TRUST_PICKLE)
         push_request = PushRequest(
@@ -97,6 +105,7 @@ def create_router(services: Services) -> APIRouter:
             created_by=who.name or who.key_id,
             trust_pickle=trust_pickle,
             allow_duplicate=allow_duplicate,
+            declared_size=declared_size(request),
         )
         options = ConversionOptions(samples, tolerance, force, _shape(input_shape))
         try:
@@ -114,11 +123,14 @@ def create_router(services: Services) -> APIRouter:
         return JSONResponse(ConversionOut.of(result).model_dump(mode="json"), 202)
 
     @router.get("", response_model=list[ModelOut])
-    def list_models(_: Annotated[Principal, Depends(allow(Action.READ))]) -> list[ModelOut]:
-        return [ModelOut.of(m) for m in registry.list_models()]
+    def list_models(who: Annotated[Principal, Depends(allow(Action.READ))]) -> list[ModelOut]:
+        return [ModelOut.of(m) for m in registry.list_models() if in_scope(who, m.name)]
 
     @router.get("/{name}", response_model=ModelDetail)
-    def show_model(name: str, _: Annotated[Principal, Depends(allow(Action.READ))]) -> ModelDetail:
+    def show_model(
+        name: str, who: Annotated[Principal, Depends(allow(Action.READ))]
+    ) -> ModelDetail:
+        see_model(who, name)
         model, versions = registry.get_model(name)
         return ModelDetail(
             **ModelOut.of(model).model_dump(), versions=[VersionOut.of(v) for v in versions]
@@ -126,9 +138,10 @@ def create_router(services: Services) -> APIRouter:
 
     @router.get("/{name}/versions/{ref}", response_model=VersionOut)
     def show_version(
-        name: str, ref: str, _: Annotated[Principal, Depends(allow(Action.READ))]
+        name: str, ref: str, who: Annotated[Principal, Depends(allow(Action.READ))]
     ) -> VersionOut:
         """``ref`` is a version number, an alias, or ``latest``."""
+        see_model(who, name)
         if ref == "latest":
             parsed = ModelRef(name)
         elif ref.isdigit():
@@ -147,6 +160,7 @@ def create_router(services: Services) -> APIRouter:
     ) -> ConversionOut:
         """Make a new version by graph optimization and/or quantization; follow the returned
         conversion for the measured speedup and the accuracy change."""
+        see_model(who, name)
         source = await run_in_threadpool(registry.resolve, ModelRef(name, version=version))
         job = services.conversions.optimize(
             source, body.level, body.quantize, who.name or who.key_id
@@ -158,28 +172,32 @@ def create_router(services: Services) -> APIRouter:
         name: str,
         alias: str,
         body: AliasIn,
-        _: Annotated[Principal, Depends(allow(Action.PUSH))],
+        who: Annotated[Principal, Depends(allow(Action.ALIAS))],
     ) -> VersionOut:
+        see_model(who, name)
         return VersionOut.of(registry.set_alias(name, body.version, alias))
 
     @router.delete("/{name}/aliases/{alias}", status_code=204)
     def delete_alias(
-        name: str, alias: str, _: Annotated[Principal, Depends(allow(Action.PUSH))]
+        name: str, alias: str, who: Annotated[Principal, Depends(allow(Action.ALIAS))]
     ) -> Response:
+        see_model(who, name)
         registry.delete_alias(name, alias)
         return Response(status_code=204)
 
     @router.delete("/{name}/versions/{version}", status_code=204)
     async def delete_version(
-        name: str, version: int, _: Annotated[Principal, Depends(allow(Action.DELETE))]
+        name: str, version: int, who: Annotated[Principal, Depends(allow(Action.DELETE))]
     ) -> Response:
+        see_model(who, name)
         await run_in_threadpool(registry.delete_version, name, version)
         return Response(status_code=204)
 
     @router.delete("/{name}", status_code=204)
     async def delete_model(
-        name: str, _: Annotated[Principal, Depends(allow(Action.DELETE))]
+        name: str, who: Annotated[Principal, Depends(allow(Action.DELETE))]
     ) -> Response:
+        see_model(who, name)
         await run_in_threadpool(registry.delete_model, name)
         return Response(status_code=204)
 
