@@ -47,6 +47,7 @@ test: install system-deps lint typecheck
 lint: install
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/ruff check src tests bench
+	$(BIN)/bandit -q -c pyproject.toml -r src
 	$(BIN)/lint-imports
 
 ## mypy over src/ and bench/ (strict) and tests/ (bodies checked, annotations optional): see
@@ -65,6 +66,7 @@ bench: install
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/convert.py
 	$(BIN)/python bench/scheduler.py
+	$(BIN)/python bench/quotas.py
 
 ## Regenerate the V2 gRPC stubs (protobuf 6 gencode, private descriptor pool: see the README there).
 PROTO_DIR := src/modelplane/protocol/grpc

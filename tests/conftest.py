@@ -52,7 +52,7 @@ async def api(platform: Platform, admin_key: str) -> AsyncIterator[httpx.AsyncCl
     transport = httpx.ASGITransport(app=platform.app)
     async with httpx.AsyncClient(
         transport=transport,
-        base_url="http://modelplane",
+        base_url="http://127.0.0.1:8000",
         headers={"Authorization": f"Bearer {admin_key}"},
     ) as client:
         yield client

@@ -16,6 +16,7 @@ import orjson
 
 from modelplane import errors
 from modelplane.client_types import (
+    AuditEntry,
     DeploymentInfo,
     KeyInfo,
     ModelDetail,
@@ -29,6 +30,7 @@ from modelplane.protocol.datatypes import V2_TO_NUMPY, v2_datatype
 from modelplane.settings import ClientSettings
 
 __all__ = [
+    "AuditEntry",
     "Client",
     "DeploymentInfo",
     "KeyInfo",
@@ -454,6 +456,38 @@ class Client:
         result: dict[str, Any] = self._request("POST", "/api/v1/admin/rotate-master-key").json()
         return result
 
+    def audit(
+        self,
+        *,
+        since: str | None = None,
+        key: str | None = None,
+        action: str | None = None,
+        limit: int = 100,
+    ) -> list[AuditEntry]:
+        """The audit trail, newest last (admin keys only): ``since`` 10m or an ISO time,
+        ``key`` a key id, ``action`` e.g. ``deploy`` or ``denied``."""
+        params = {k: v for k, v in {"since": since, "key": key, "action": action,
+                                    "limit": limit}.items() if v is not None}  # fmt: skip
+        result: list[AuditEntry] = self._request("GET", "/api/v1/audit", params=params).json()
+        return result
+
+    def follow_audit(
+        self, *, since: str | None = None, key: str | None = None, action: str | None = None
+    ) -> Iterator[AuditEntry]:
+        """Audit entries as they are recorded (stops when the caller stops iterating)."""
+        params = {k: v for k, v in {"since": since, "key": key, "action": action,
+                                    "follow": "true"}.items() if v is not None}  # fmt: skip
+        try:
+            with self._http.stream("GET", "/api/v1/audit", params=params, timeout=None) as response:
+                if not response.is_success:
+                    response.read()
+                    _raise_for(response)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield orjson.loads(line)
+        except httpx.TransportError as exc:
+            raise errors.Unavailable(f"audit stream ended: {type(exc).__name__}") from None
+
     def deployments(self) -> list[DeploymentInfo]:
         result: list[DeploymentInfo] = self._request("GET", "/api/v1/deployments").json()
         return result
@@ -519,11 +553,17 @@ class Client:
         *,
         models: Sequence[str] | None = None,
         expires: str | None = None,
+        rate_limit: float | None = None,
+        burst: int | None = None,
+        max_concurrent: int | None = None,
+        daily: int | None = None,
     ) -> KeyInfo:
         """A new key; ``secret`` in the result is shown this once. ``models``: names or globs
-        (default every model); ``expires``: ``30d``, ``12h`` or an ISO time."""
+        (default every model); ``expires``: ``30d``, ``12h`` or an ISO time; the limits:
+        requests per second (with ``burst``), in flight at once, and per UTC day."""
         body = {"name": name, "role": role, "models": list(models) if models else None,
-                "expires": expires}  # fmt: skip
+                "expires": expires, "rate_limit": rate_limit, "burst": burst,
+                "max_concurrent": max_concurrent, "daily": daily}  # fmt: skip
         result: KeyInfo = self._request("POST", "/api/v1/keys", json=body).json()
         return result
 
@@ -535,10 +575,17 @@ class Client:
         role: str | None = None,
         models: Sequence[str] | None = None,
         expires: str | None = None,
+        rate_limit: float | None = None,
+        burst: int | None = None,
+        max_concurrent: int | None = None,
+        daily: int | None = None,
     ) -> KeyInfo:
-        """Change a key (None keeps a field); ``expires="never"`` removes its expiry."""
+        """Change a key (None keeps a field); ``expires="never"`` removes its expiry, a limit
+        of 0 removes that limit."""
         body = {k: v for k, v in {"name": name, "role": role, "expires": expires,
-                                  "models": list(models) if models else None}.items()
+                                  "models": list(models) if models else None,
+                                  "rate_limit": rate_limit, "burst": burst,
+                                  "max_concurrent": max_concurrent, "daily": daily}.items()
                 if v is not None}  # fmt: skip
         result: KeyInfo = self._request("PATCH", f"/api/v1/keys/{key_id}", json=body).json()
         return result

@@ -92,4 +92,22 @@ class KeyInfo(TypedDict, total=False):
     last_used_at: str | None
     rotated_at: str | None
     previous_expires_at: str | None
+    rate_limit: float | None
+    burst: int | None
+    max_concurrent: int | None
+    daily: int | None
     secret: str  # only in the answers to create_key and rotate_key
+
+
+class AuditEntry(TypedDict):
+    """One entry of the audit trail: when, who (key id and name), from where, what, result."""
+
+    id: int
+    at: str
+    action: str  # push, deploy, key.create, ..., or denied
+    key_id: str | None
+    key_name: str | None
+    source: str  # the client's address
+    target: str
+    result: str  # the HTTP status answered
+    detail: str

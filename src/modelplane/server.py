@@ -23,6 +23,7 @@ from modelplane.api.services import Services
 from modelplane.cluster.executor import ReplicaExecutor
 from modelplane.cluster.local import LocalExecutor
 from modelplane.domain import Role
+from modelplane.registry.audit import AuditLog
 from modelplane.registry.blobs import LocalBlobStore
 from modelplane.registry.conversions import ConversionService, load_checker
 from modelplane.registry.db import make_engine, make_sessions, migrate
@@ -32,12 +33,17 @@ from modelplane.registry.nodes import NodeStore
 from modelplane.registry.service import RegistryService
 from modelplane.scheduler.controller import Controller
 from modelplane.security.blobkeys import BlobKeys, MasterKeyError, load_master_key
+from modelplane.security.detection import AttackDetector, rules_from
+from modelplane.security.limiter import Quotas
 from modelplane.security.tls import TlsFileError, TlsFiles, grpc_credentials, tls_files
 from modelplane.security.tls import uvicorn_options as tls_options
 from modelplane.serving.gateway import Gateway
 from modelplane.serving.grpc import create_grpc_server
+from modelplane.serving.heap import return_large_blocks
+from modelplane.serving.http_protocol import GatheringHttpProtocol
 from modelplane.serving.routing import RoutingTable
 from modelplane.settings import Settings
+from modelplane.telemetry.audit import AuditCollector, AuditTrail
 from modelplane.telemetry.logs import Flusher, LogWriter, json_logging
 from modelplane.telemetry.metrics import Metrics
 
@@ -152,9 +158,15 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
     interrupted = conversions.fail_interrupted()
     if interrupted:
         log.info("%d conversion(s) were interrupted by the last stop; push them again", interrupted)
+    audit_log = AuditLog(sessions)
+    audit = AuditTrail(audit_log)
+    metrics.registry.register(AuditCollector(audit))  # dropped entries, in /metrics
+    detector = AttackDetector(rules_from(settings.detection), metrics, audit)
+    quotas = Quotas(metrics.key_limited, audit)  # one holder: HTTP and gRPC count together
     services = Services(
         settings, registry, deployments, keys, controller, conversions, gateway, metrics, nodes,
-        blob_keys=blob_keys,
+        audit=audit, audit_log=audit_log, blob_keys=blob_keys, detector=detector,
+        quotas=quotas,
     )  # fmt: skip
 
     grpc_address = f"{settings.server.host}:{settings.server.grpc_port}"
@@ -164,8 +176,9 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # grpc.aio binds to the running loop, so the server is made here, not in build()
         grpc_server = create_grpc_server(
-            gateway, keys, __version__, settings.serving.max_request_bytes
-        )
+            gateway, keys, __version__, settings.serving.max_request_bytes,
+            detector=detector, audit=audit, quotas=quotas,
+        )  # fmt: skip
         try:
             if tls is None:
                 grpc_server.add_insecure_port(grpc_address)
@@ -177,6 +190,7 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
                 "Choose another with --grpc-port"
             ) from None
         await grpc_server.start()
+        audit.start()
         controller.start()
         usage = asyncio.create_task(flush_usage_forever(keys))  # keys' last use, in batches
         if settings.demo:
@@ -202,6 +216,7 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
             usage.cancel()
             await controller.stop()
             await gateway.close()
+            await asyncio.to_thread(audit.stop)  # what is still queued is written
 
     app = create_app(services, gateway, lifespan)
     return Platform(services, gateway, app, created)
@@ -258,6 +273,7 @@ def _curl_tls(settings: Settings) -> str:
 
 
 def serve(settings: Settings) -> None:
+    return_large_blocks()  # an idle server holds no freed upload or model buffers
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -286,6 +302,7 @@ def serve(settings: Settings) -> None:
             proxy_headers=False,
             server_header=False,
             date_header=False,
+            http=GatheringHttpProtocol,  # one send per response, not two
             **(tls_options(tls) if tls is not None else {}),
         )
         uvicorn.Server(config).run(sockets=[sock])

@@ -7,10 +7,10 @@ environment.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_HOME = Path.home() / ".modelplane"
 GIB = 1024**3
@@ -28,6 +28,47 @@ class ServerSettings(BaseModel):
     tls_client_ca: Path | None = Field(
         None, description="PEM CA: clients must present a certificate it signed (mTLS)"
     )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names (NAME or NAME:PORT, comma-separated) the HTTP port answers to "
+        "besides HOST:PORT, localhost:PORT and 127.0.0.1:PORT; '*' turns the check off",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins (https://app.example.com, comma-separated) whose pages may call "
+        "the HTTP API with a bearer key (CORS); none by default",
+    )
+
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if "/" in host or " " in host:
+                raise ValueError(
+                    f"{host!r} is not a host name; give names as clients type them in URLs, "
+                    "e.g. models.example.com,models.example.com:8443"
+                )
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            scheme, sep, rest = origin.partition("://")
+            bad_origin = not sep or scheme not in ("http", "https") or "/" in rest.rstrip("/")
+            if origin != "*" and (bad_origin or not rest):
+                raise ValueError(
+                    f"{origin!r} is not an origin; give scheme://host[:port] with no path, "
+                    "e.g. https://app.example.com"
+                )
+        return value
 
 
 class RegistrySettings(BaseModel):
@@ -61,6 +102,32 @@ class TelemetrySettings(BaseModel):
     request_log: bool = Field(True, description="A JSON log line per inference request")
     request_metrics: bool = Field(
         True, description="Per-request series (requests, latency, in flight) in /metrics"
+    )
+
+
+class DetectionSettings(BaseModel):
+    """Attack detectors: N events within a window trip one; a trip blocks for ``*_block_s``
+    seconds (0 = counted in /metrics and audited, never blocked)."""
+
+    auth_failures: int = Field(
+        20, ge=1, description="Failed authentications from one address that trip its block"
+    )
+    auth_window_s: float = Field(60.0, gt=0, description="Window of auth_failures")
+    auth_block_s: float = Field(
+        300.0, ge=0, description="How long an address is refused after auth_failures; 0 = never"
+    )
+    scan_names: int = Field(
+        20, ge=1, description="Distinct unknown model names one key (or address) may ask for"
+    )
+    scan_window_s: float = Field(60.0, gt=0, description="Window of scan_names")
+    scan_block_s: float = Field(0.0, ge=0, description="How long a scanning key is refused")
+    malformed: int = Field(
+        50, ge=1, description="Malformed (400/422) or oversized (413) requests from one key"
+    )
+    malformed_window_s: float = Field(60.0, gt=0, description="Window of malformed")
+    malformed_block_s: float = Field(0.0, ge=0, description="How long such a key is refused")
+    max_tracked: int = Field(
+        100_000, ge=100, description="Addresses or keys each detector tracks at once"
     )
 
 
@@ -106,6 +173,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = SchedulerSettings()
     convert: ConvertSettings = ConvertSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    detection: DetectionSettings = DetectionSettings()
     demo: bool = Field(False, description="Train, push and deploy the iris demo on first start")
     master_key_file: Path | None = Field(
         None, description="Master key of blob encryption; default $MODELPLANE_HOME/master.key"

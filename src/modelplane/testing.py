@@ -197,7 +197,8 @@ class RayCluster:
 def ray_cluster(nodes: int = 2) -> Iterator[RayCluster]:
     """Nodes 127.0.0.2 (head, zone-a, $0.10/h), 127.0.0.3 (zone-b, $0.20/h), ..."""
     # a short path: Ray's Unix sockets live under it
-    cluster = RayCluster(Path(tempfile.mkdtemp(prefix="mpray-", dir="/tmp")))
+    # mkdtemp makes a private (0700) folder with a random name: safe in /tmp
+    cluster = RayCluster(Path(tempfile.mkdtemp(prefix="mpray-", dir="/tmp")))  # nosec B108
     try:
         for n in range(nodes):
             zone = "zone-" + "abcdefgh"[n]

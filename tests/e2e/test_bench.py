@@ -64,3 +64,13 @@ def test_serving_benchmark_without_mlserver(tmp_path: Path) -> None:
     assert all(r["requests_s"] > 0 and r["errors"] == 0 for r in rows)
     assert result["telemetry"]["rounds"] == 1
     assert not result["mlserver"]
+
+
+def test_quotas_benchmark(tmp_path: Path) -> None:
+    out, result = run_bench("quotas.py", tmp_path, "--smoke")
+    assert "| key | limits | requests/s |" in out
+    assert "cost of limits not reached" in out
+    rows = {r["key"]: r for r in result["rows"]}
+    assert set(rows) == {"free-a", "free-b", "limited"}
+    assert all(r["requests_s"] > 0 and r["errors"] == 0 for r in rows.values())
+    assert isinstance(result["cost_pct"], float)

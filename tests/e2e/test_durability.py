@@ -65,7 +65,7 @@ def test_kill_9_during_a_push_leaves_a_consistent_registry(server_factory, iris_
     # an upload that announces 64 MiB, sends 2 MiB, and is cut off by the crash
     with socket.create_connection(("127.0.0.1", server.port)) as conn:
         head = (
-            f"POST /api/v1/models/iris/versions HTTP/1.1\r\nHost: x\r\n"
+            f"POST /api/v1/models/iris/versions HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
             f"Authorization: Bearer {server.key}\r\nContent-Type: application/octet-stream\r\n"
             f"Content-Length: {64 << 20}\r\n\r\n"
         )

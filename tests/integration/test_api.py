@@ -12,6 +12,9 @@ import pytest
 from modelplane.server import Platform, build
 from modelplane.settings import Settings
 
+URL = "http://127.0.0.1:8000"  # what the default allowed hosts include
+SAME_ORIGIN = {"Origin": URL}  # what a browser sends with the pages' own form posts
+
 
 async def test_admin_key_is_written_once_with_mode_0600(platform: Platform, settings) -> None:
     path = settings.admin_key_path
@@ -26,7 +29,7 @@ async def test_admin_key_is_written_once_with_mode_0600(platform: Platform, sett
 
 async def test_only_health_is_public(platform: Platform) -> None:
     transport = httpx.ASGITransport(app=platform.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://m") as anon:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as anon:
         assert (await anon.get("/v2/health/live")).status_code == 200
         assert (await anon.get("/v2/health/ready")).status_code == 200
         for method, path in [
@@ -57,7 +60,7 @@ async def test_only_health_is_public(platform: Platform) -> None:
 
 async def test_browser_login_sets_a_cookie_that_authenticates(platform, admin_key) -> None:
     transport = httpx.ASGITransport(app=platform.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://m") as browser:
+    async with httpx.AsyncClient(transport=transport, base_url=URL, headers=SAME_ORIGIN) as browser:
         assert (await browser.get("/login")).status_code == 200
         response = await browser.post("/login", data={"key": admin_key})
         assert response.status_code == 303
@@ -67,7 +70,7 @@ async def test_browser_login_sets_a_cookie_that_authenticates(platform, admin_ke
 
 async def test_browser_login_with_a_wrong_key_stays_on_the_form_with_a_message(platform) -> None:
     transport = httpx.ASGITransport(app=platform.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://m") as browser:
+    async with httpx.AsyncClient(transport=transport, base_url=URL, headers=SAME_ORIGIN) as browser:
         for key in ["mpk_x_y", "   "]:
             response = await browser.post("/login", data={"key": key})
             assert response.status_code == 401
@@ -80,8 +83,8 @@ async def test_browser_login_with_a_wrong_key_stays_on_the_form_with_a_message(p
 
 async def test_a_page_load_with_a_dead_cookie_goes_to_sign_in_and_drops_it(platform) -> None:
     transport = httpx.ASGITransport(app=platform.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://m") as browser:
-        browser.cookies.set("modelplane_key", "mpk_revoked_key", domain="m.local")
+    async with httpx.AsyncClient(transport=transport, base_url=URL, headers=SAME_ORIGIN) as browser:
+        browser.cookies.set("modelplane_key", "mpk_revoked_key", domain="127.0.0.1")
         page = await browser.get("/", headers={"Accept": "text/html"})
         assert page.status_code == 303
         assert page.headers["location"] == "/login?reason=invalid"
@@ -99,7 +102,7 @@ async def test_a_page_load_with_a_dead_cookie_goes_to_sign_in_and_drops_it(platf
 
 async def test_sign_out_expires_the_cookie(platform, admin_key) -> None:
     transport = httpx.ASGITransport(app=platform.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://m") as browser:
+    async with httpx.AsyncClient(transport=transport, base_url=URL, headers=SAME_ORIGIN) as browser:
         await browser.post("/login", data={"key": admin_key})
         assert (await browser.get("/api/v1/models")).status_code == 200
         response = await browser.post("/logout")
@@ -131,7 +134,9 @@ async def test_api_docs_load_nothing_from_other_hosts(api: httpx.AsyncClient) ->
         assert got.status_code == 200, asset
         expected = ASSET_TYPES[asset[asset.rindex(".") :]]
         assert got.headers["content-type"].split(";")[0] == expected, asset
-    spec = re.search(r"""url: ["']([^"']+)["']""", html)
+    # no inline script (the page runs under a CSP without 'unsafe-inline'): it is a file
+    assert re.findall(r"<script(?![^>]*\bsrc=)", html) == []
+    spec = re.search(r"""url: ["']([^"']+)["']""", (await api.get("/docs/init.js")).text)
     assert spec is not None
     assert spec.group(1) == "/openapi.json"
     assert (await api.get("/redoc")).status_code == 404  # ReDoc's bundle fetches its logo online
@@ -187,7 +192,9 @@ async def test_upload_limit_is_413(settings: Settings, tmp_path, iris_bytes) -> 
     key = small.admin_key_path.read_text().strip()
     transport = httpx.ASGITransport(app=platform.app)
     async with httpx.AsyncClient(
-        transport=transport, base_url="http://m", headers={"Authorization": f"Bearer {key}"}
+        transport=transport,
+        base_url="http://127.0.0.1:8000",
+        headers={"Authorization": f"Bearer {key}"},
     ) as api:
         response = await api.post("/api/v1/models/iris/versions", content=iris_bytes)
         assert response.status_code == 413

@@ -35,7 +35,7 @@ async def test_a_push_without_its_extra_is_422_with_the_pip_command(
             archive.writestr(name, b"x")
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app),
-        base_url="http://modelplane",
+        base_url="http://127.0.0.1:8000",
         headers={"Authorization": f"Bearer {admin_key}"},
     ) as api:
         response = await api.post(

@@ -66,7 +66,9 @@ async def test_a_bug_answers_500_in_the_one_shape_without_its_text(
     monkeypatch.setattr(platform.services.registry, "list_models", broken)
     transport = httpx.ASGITransport(app=platform.app, raise_app_exceptions=False)
     headers = {"Authorization": f"Bearer {admin_key}"}
-    async with httpx.AsyncClient(transport=transport, base_url="http://m", headers=headers) as c:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://127.0.0.1:8000", headers=headers
+    ) as c:
         answer = await c.get("/api/v1/models")
     assert_error_shape(answer, 500)
     assert "/srv/secret" not in answer.text

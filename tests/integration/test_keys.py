@@ -19,7 +19,7 @@ from modelplane.server import Platform
 def _client(platform: Platform, key: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=platform.app),
-        base_url="http://modelplane",
+        base_url="http://127.0.0.1:8000",
         headers={"Authorization": f"Bearer {key}"},
     )
 

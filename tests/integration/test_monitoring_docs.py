@@ -34,3 +34,17 @@ def test_dashboard_and_alerts_use_series_modelplane_exports() -> None:
     used = set(SERIES.findall(" ".join(exprs) + (DOCS / "alerts.yml").read_text()))
     assert used, "no modelplane series referenced"
     assert used <= known_series(), used - known_series()
+
+
+def test_attack_detection_rules_pass_promtool_and_use_real_series() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool comes with Debian's prometheus package: apt-get install prometheus"
+    rules = DOCS / "security-alerts.yml"
+    result = subprocess.run([promtool, "check", "rules", str(rules)],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 rules found" in result.stdout
+    used = set(SERIES.findall(rules.read_text()))
+    assert used <= known_series(), used - known_series()
+    for detector in ("auth_failures", "model_scan", "malformed"):
+        assert f'detector="{detector}"' in rules.read_text()

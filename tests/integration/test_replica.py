@@ -273,3 +273,36 @@ async def test_a_model_that_crashes_is_a_logged_and_counted_500(tmp_path: Path) 
     assert (crash["level"], crash["request_id"], crash["replica"]) == ("error", "req-9", "r1")
     assert "Traceback" in crash["message"]
     assert "RuntimeError: kernel crashed reading /srv/secret/weights.bin" in crash["message"]
+
+
+@pytest.mark.parametrize("action", ["log", "flag", "reject"])
+async def test_input_guard_logs_flags_or_rejects_an_outlier(tmp_path: Path, action: str) -> None:
+    from modelplane.security.inputguard import InputGuard, input_stats
+    from modelplane.serving.gateway import _flagged
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(identity_onnx("FP32", [-1, 3]))
+    rng = np.random.default_rng(0)
+    stats = input_stats({"x": rng.normal(0.0, 1.0, (200, 3)).astype(np.float32)})
+    guard = InputGuard(stats, 6.0)
+    runtime = BatchingRuntime(OnnxRuntime(path), BatchingConfig())
+    plane = DataPlane("m", "1", runtime, Limits(max_elements=10_000), guard=(guard, action))
+    plane.load()
+    core = ReplicaCore(plane)
+    far = stats["x"]["max"][0] + 50 * stats["x"]["std"][0]
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [far, 0, 0]}]}
+    normal = await core.infer({"inputs": [{**body["inputs"][0], "data": [0.1, 0, 0]}]})
+    assert normal.status_code == 200
+    reply = await core.infer(body)
+    if action == "reject":
+        assert reply.status_code == 422
+        assert "input 'x' feature 0" in reply.json()["error"]
+        assert "50.0 standard deviations" in reply.json()["error"]
+    elif action == "flag":
+        assert reply.status_code == 200 | frames.OUTLIER
+        forwarded = _flagged(frames.ResponseFrame(1, reply.status_code, None, reply.content))
+        assert (forwarded.status, forwarded.outlier) == (200, "x")
+        assert orjson.loads(forwarded.body)["outputs"][0]["name"]
+    else:
+        assert reply.status_code == 200
+    assert plane.stats()["input_outliers"] == 1

@@ -8,26 +8,35 @@ from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from modelplane import __version__
-from modelplane.api.routers import admin, conversions, deployments, keys, logs, metrics, models
+from modelplane.api.docs import add_docs
+from modelplane.api.routers import (
+    admin,
+    audit,
+    conversions,
+    deployments,
+    keys,
+    logs,
+    metrics,
+    models,
+)
 from modelplane.api.schemas import error_doc
 from modelplane.api.services import Services
 from modelplane.dashboard.pages import create_router as dashboard_router
 from modelplane.errors import ModelplaneError, error_for_status
+from modelplane.security.auditing import AuditMiddleware
+from modelplane.security.detection_asgi import DetectionMiddleware, KeyBlockGate
 from modelplane.security.middleware import AuthMiddleware
+from modelplane.security.web import WebGuard, web_policy
 from modelplane.serving.gateway import Gateway
 from modelplane.serving.http import V2Surface
 
 log = logging.getLogger("modelplane.api")
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
-# Swagger UI as the fastapi-offline package ships it, so /docs works offline
-DOCS_ASSETS = "/docs/static"
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
@@ -39,32 +48,13 @@ def _describe(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def _add_docs(app: FastAPI) -> None:
-    """/docs with its script, style and icon served from here, not from a CDN. (There is no
-    /redoc: ReDoc's bundle always loads its logo from the internet.)"""
-    assets = StaticFiles(packages=[("fastapi_offline", "static")])
-    app.mount(DOCS_ASSETS, assets, name="docs-assets")
-    openapi_url = app.openapi_url or "/openapi.json"
-    favicon = f"{DOCS_ASSETS}/favicon.png"
-
-    @app.get("/docs", include_in_schema=False)
-    def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=openapi_url,
-            title=f"{app.title}: API docs",
-            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
-            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-            swagger_favicon_url=favicon,
-        )
-
-
 def create_app(services: Services, gateway: Gateway, lifespan: Lifespan | None = None) -> ASGIApp:
     app = FastAPI(
         title="modelplane",
         version=__version__,
         description="Management API (/api/v1) and KServe V2 inference API (/v2).",
         lifespan=lifespan,
-        docs_url=None,  # served by _add_docs, from local assets
+        docs_url=None,  # served by api/docs.py, from local assets
         redoc_url=None,
     )
 
@@ -107,8 +97,21 @@ def create_app(services: Services, gateway: Gateway, lifespan: Lifespan | None =
     app.include_router(logs.create_router(services))
     app.include_router(keys.create_router(services))
     app.include_router(admin.create_router(services))
-    app.include_router(dashboard_router(services.keys))
-    _add_docs(app)
+    app.include_router(audit.create_router(services))
+    app.include_router(dashboard_router(services.keys, services.audit))
+    add_docs(app)
     max_body = services.settings.serving.max_request_bytes
     surface = V2Surface(app, gateway, __version__, max_body, services.metrics)
-    return AuthMiddleware(surface, services.keys)
+    detector = services.detector
+    quotas = services.quotas  # keys' limits, after authentication (security/limiter.py)
+    if detector is None:
+        guarded: ASGIApp = AuditMiddleware(AuthMiddleware(surface, services.keys, quotas=quotas),
+                               services.audit)  # fmt: skip
+    else:
+        # a blocked address is refused before authentication, a blocked key right after it
+        authed = AuthMiddleware(KeyBlockGate(surface, detector), services.keys, quotas=quotas)
+        guarded = AuditMiddleware(DetectionMiddleware(authed, detector), services.audit)
+    # outermost: Host, CSRF and CORS checks, and the security headers on every response
+    server = services.settings.server
+    policy = web_policy(server.host, server.port, server.allowed_hosts, server.cors_origins)
+    return WebGuard(guarded, policy)

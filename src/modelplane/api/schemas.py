@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -49,6 +49,7 @@ class VersionOut(BaseModel):
     aliases: list[str]
     source_digest: str | None = None
     report: dict[str, Any] | None = None
+    input_stats: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, v: ModelVersion) -> VersionOut:
@@ -68,6 +69,7 @@ class VersionOut(BaseModel):
             aliases=list(v.aliases),
             source_digest=v.source_digest,
             report=v.report,
+            input_stats=v.input_stats,
         )
 
 
@@ -110,6 +112,14 @@ class ServingConfigIn(BaseModel):
     )
     payload_log_rate: float = Field(
         0.0, ge=0.0, le=1.0, description="share of request/response bodies logged; 0 = off"
+    )
+    input_guard: Literal["off", "log", "flag", "reject"] = Field(
+        "off",
+        description="inputs far outside the version's sample statistics: log them, flag them "
+        "(Modelplane-Input-Outlier header) or reject them (422)",
+    )
+    input_guard_sigmas: float = Field(
+        6.0, gt=0, le=1e6, description="how far beyond the samples' range is an outlier, in std"
     )
 
 
@@ -395,6 +405,16 @@ class KeyIn(BaseModel):
     expires: str | None = Field(
         None, description="30d, 12h, 10m, 30s or an ISO time (default: never)", examples=["30d"]
     )
+    rate_limit: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="requests per second (token bucket)",
+        examples=[50],
+    )  # fmt: skip
+    burst: int | None = Field(
+        None, ge=1, description="requests at once above the rate (default: one second's worth)",
+        examples=[100],
+    )  # fmt: skip
+    max_concurrent: int | None = Field(None, ge=1, description="requests in flight at once")
+    daily: int | None = Field(None, ge=1, description="requests per UTC day (per gateway)")
 
 
 class KeyUpdateIn(BaseModel):
@@ -402,6 +422,10 @@ class KeyUpdateIn(BaseModel):
     role: Role | None = None
     models: list[str] | None = Field(None, description='["*"] for every model')
     expires: str | None = Field(None, description="30d, an ISO time, or never")
+    rate_limit: float | None = Field(None, ge=0, allow_inf_nan=False, description="0 removes it")
+    burst: int | None = Field(None, ge=0, description="0 removes it")
+    max_concurrent: int | None = Field(None, ge=0, description="0 removes it")
+    daily: int | None = Field(None, ge=0, description="0 removes it")
 
 
 class RotateIn(BaseModel):
@@ -424,6 +448,10 @@ class KeyOut(BaseModel):
     previous_expires_at: datetime | None = Field(
         description="until when the secret replaced by the last rotation still works"
     )
+    rate_limit: float | None = Field(None, description="requests per second; null: no limit")
+    burst: int | None = Field(None, description="null: one second's worth of the rate")
+    max_concurrent: int | None = None
+    daily: int | None = Field(None, description="requests per UTC day, counted per gateway")
 
     @classmethod
     def of(cls, key: ApiKey, now: datetime) -> KeyOut:
@@ -440,6 +468,10 @@ class KeyOut(BaseModel):
             last_used_at=key.last_used_at,
             rotated_at=key.rotated_at,
             previous_expires_at=previous if previous is not None and previous > now else None,
+            rate_limit=key.rate_limit,
+            burst=key.burst,
+            max_concurrent=key.max_concurrent,
+            daily=key.daily,
         )
 
 

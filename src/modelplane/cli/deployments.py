@@ -40,6 +40,13 @@ def deploy(
     payload_log_rate: Annotated[
         float | None, typer.Option(help="Share of request/response bodies to log (0-1). [0]")
     ] = None,
+    input_guard: Annotated[
+        str | None,
+        typer.Option(help="Inputs far outside the version's samples: off|log|flag|reject. [off]"),
+    ] = None,
+    input_guard_sigmas: Annotated[
+        float | None, typer.Option(help="Std beyond the samples' range that is too far. [6]")
+    ] = None,
     cpu: Annotated[
         float | None, typer.Option(help=f"CPU cores per replica. [{DEFAULT_REQUEST.cpu:g}]")
     ] = None,
@@ -108,6 +115,8 @@ def deploy(
         "preferred_batch_sizes": preferred_batch_size,
         "max_queued_requests": max_queued,
         "payload_log_rate": payload_log_rate,
+        "input_guard": input_guard,
+        "input_guard_sigmas": input_guard_sigmas,
     }
     config = _given(given)
     with handled(), Client() as client:

@@ -20,6 +20,29 @@ Models = Annotated[
     ),
 ]
 Expires = Annotated[str | None, typer.Option(help="30d, 12h or an ISO time.")]
+RateLimit = Annotated[
+    float | None, typer.Option("--rate-limit", help="Requests per second (a token bucket).")
+]
+Burst = Annotated[
+    int | None,
+    typer.Option(help="Requests at once above the rate (default: one second's worth)."),
+]
+MaxConcurrent = Annotated[
+    int | None, typer.Option("--max-concurrent", help="Requests in flight at once.")
+]
+Daily = Annotated[int | None, typer.Option(help="Requests per UTC day (counted per gateway).")]
+
+
+def _limits(key: KeyInfo) -> str:
+    """``50/s burst 100, 8 at once, 100000/day``, or ``-`` for a key without limits."""
+    parts = []
+    if key.get("rate_limit") is not None:
+        parts.append(f"{key['rate_limit']:g}/s burst {key.get('burst') or 'auto'}")
+    if key.get("max_concurrent") is not None:
+        parts.append(f"{key['max_concurrent']} at once")
+    if key.get("daily") is not None:
+        parts.append(f"{key['daily']}/day")
+    return ", ".join(parts) or "-"
 
 
 def _globs(raw: list[str] | None) -> list[str] | None:
@@ -30,7 +53,8 @@ def _globs(raw: list[str] | None) -> list[str] | None:
 
 def _show_secret(key: KeyInfo, what: str) -> None:
     console.print(f"{what} key {key['id']} ({key['name']}, {key['role']}, models: "
-                  f"{', '.join(key['models'])})", highlight=False)  # fmt: skip
+                  f"{', '.join(key['models'])}, limits: {_limits(key)})",
+                  highlight=False)  # fmt: skip
     console.print("\nThe key (shown this once; store it now):\n", highlight=False)
     console.print(key["secret"], highlight=False, soft_wrap=True)
 
@@ -41,11 +65,19 @@ def keys_create(
     role: Annotated[str, typer.Option(help="admin, operator, publisher, invoker or viewer.")],
     models: Models = None,
     expires: Expires = None,
+    rate_limit: RateLimit = None,
+    burst: Burst = None,
+    max_concurrent: MaxConcurrent = None,
+    daily: Daily = None,
     as_json: Json = False,
 ) -> None:
-    """Create a key; its secret is printed once and never again."""
+    """Create a key; its secret is printed once and never again. Limits are optional:
+    --rate-limit 50 --burst 100 --max-concurrent 8 --daily 100000."""
     with handled(), Client() as client:
-        key = client.create_key(name, role, models=_globs(models), expires=expires)
+        key = client.create_key(
+            name, role, models=_globs(models), expires=expires, rate_limit=rate_limit,
+            burst=burst, max_concurrent=max_concurrent, daily=daily,
+        )  # fmt: skip
     if as_json:
         _print_json(key)
         return
@@ -61,7 +93,7 @@ def keys_list(as_json: Json = False) -> None:
         _print_json(items)
         return
     table(
-        ["ID", "NAME", "ROLE", "MODELS", "STATE", "CREATED", "EXPIRES", "LAST USED"],
+        ["ID", "NAME", "ROLE", "MODELS", "STATE", "LIMITS", "CREATED", "EXPIRES", "LAST USED"],
         [
             [
                 k["id"],
@@ -69,6 +101,7 @@ def keys_list(as_json: Json = False) -> None:
                 k["role"],
                 ",".join(k["models"]),
                 state_style(k["state"])(k["state"]),
+                _limits(k),
                 (k["created_at"] or "")[:19],
                 (k["expires_at"] or "never")[:19],
                 (k["last_used_at"] or "-")[:19],
@@ -85,15 +118,21 @@ def keys_update(
     role: Annotated[str | None, typer.Option(help="A new role.")] = None,
     models: Models = None,
     expires: Annotated[str | None, typer.Option(help="30d, an ISO time, or never.")] = None,
+    rate_limit: RateLimit = None,
+    burst: Burst = None,
+    max_concurrent: MaxConcurrent = None,
+    daily: Daily = None,
 ) -> None:
-    """Change a key's name, role, model scope (--models '*' for all) or expiry."""
+    """Change a key's name, role, model scope (--models '*' for all), expiry or limits (0
+    removes a limit)."""
     with handled(), Client() as client:
         key = client.update_key(
-            key_id, name=name, role=role, models=_globs(models), expires=expires
-        )
+            key_id, name=name, role=role, models=_globs(models), expires=expires,
+            rate_limit=rate_limit, burst=burst, max_concurrent=max_concurrent, daily=daily,
+        )  # fmt: skip
     console.print(f"{key['id']}: {key['name']}, {key['role']}, models: "
-                  f"{', '.join(key['models'])}, expires {key['expires_at'] or 'never'} "
-                  "(in effect within 5 s)", highlight=False)  # fmt: skip
+                  f"{', '.join(key['models'])}, expires {key['expires_at'] or 'never'}, "
+                  f"limits: {_limits(key)} (in effect within 5 s)", highlight=False)  # fmt: skip
 
 
 @keys_app.command("rotate")

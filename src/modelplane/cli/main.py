@@ -13,14 +13,14 @@ import typer
 from rich.markup import escape
 
 from modelplane import errors
-from modelplane.cli import admin, deployments, keys, models, nodes
+from modelplane.cli import admin, audit, deployments, keys, models, nodes
 from modelplane.cli.apps import app
 from modelplane.cli.apps import print_json as _print_json
 from modelplane.cli.output import err_console, handled
 from modelplane.client import Client
 from modelplane.settings import CliSettings
 
-__all__ = ["admin", "app", "deployments", "keys", "main", "models", "nodes"]
+__all__ = ["admin", "app", "audit", "deployments", "keys", "main", "models", "nodes"]
 
 
 @app.command()
@@ -44,6 +44,17 @@ def serve(
         Path | None,
         typer.Option(help="PEM CA: require client certificates it signed (mTLS)."),
     ] = None,
+    allowed_hosts: Annotated[
+        str | None,
+        typer.Option(
+            help="Host names the HTTP port answers to, comma-separated, besides HOST:PORT, "
+            "localhost and 127.0.0.1 (DNS-rebinding defence; '*' turns it off)."
+        ),
+    ] = None,
+    cors_origins: Annotated[
+        str | None,
+        typer.Option(help="Origins whose pages may call the API (CORS), comma-separated."),
+    ] = None,
 ) -> None:
     """Start the control plane and gateway (default 127.0.0.1:8000)."""
     from modelplane.server import serve as run_server
@@ -60,6 +71,8 @@ def serve(
                 "tls_cert": tls_cert,
                 "tls_key": tls_key,
                 "tls_client_ca": tls_client_ca,
+                "allowed_hosts": _listed("allowed_hosts", allowed_hosts, "--allowed-hosts"),
+                "cors_origins": _listed("cors_origins", cors_origins, "--cors-origins"),
             }.items()
             if v is not None
         }
@@ -75,6 +88,21 @@ def serve(
     if scheduler:
         update["scheduler"] = settings.scheduler.model_copy(update=scheduler)
     run_server(settings.model_copy(update=update))
+
+
+def _listed(field: str, value: str | None, flag: str) -> list[str] | None:
+    """A comma-separated server setting given on the command line, checked like the setting."""
+    from pydantic import ValidationError
+
+    from modelplane.settings import ServerSettings
+
+    if value is None:
+        return None
+    try:
+        listed: list[str] = getattr(ServerSettings.model_validate({field: value}), field)
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc.errors()[0]["msg"]), param_hint=flag) from None
+    return listed
 
 
 @app.command()

@@ -6,7 +6,7 @@ import ssl
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from modelplane.domain import (
     DEFAULT_REQUEST,
@@ -33,6 +33,7 @@ class ReplicaSpec:
     config: ServingConfig = field(default_factory=ServingConfig)
     node: str = ""
     resources: Resources = DEFAULT_REQUEST
+    input_stats: dict[str, Any] | None = None  # the version's, for config.input_guard
 
 
 class ReplicaExecutor(Protocol):

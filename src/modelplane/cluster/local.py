@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import socket
@@ -44,6 +45,10 @@ def replica_arguments(settings: Settings, spec: ReplicaSpec, log_file: Path) -> 
         arguments.append("--no-request-log")
     if spec.config.payload_log_rate > 0:
         arguments += ["--payload-log-rate", str(spec.config.payload_log_rate)]
+    if spec.config.input_guard != "off" and spec.input_stats:
+        arguments += ["--input-guard", spec.config.input_guard,
+                      "--input-guard-sigmas", str(spec.config.input_guard_sigmas),
+                      "--input-stats", json.dumps(spec.input_stats)]  # fmt: skip
     for size in spec.config.preferred_batch_sizes:
         arguments += ["--preferred-batch-size", str(size)]
     return arguments

@@ -49,7 +49,8 @@ def convert(source: Path, workdir: Path, options: ConvertOptions) -> Converted:
     root = find_root(extract(source, workdir / "upload", options.unpack), "config.json")
     if not (root / "tokenizer.json").exists():
         raise UnsupportedModel("the model directory has no tokenizer.json (a fast tokenizer)")
-    config = AutoConfig.from_pretrained(root, local_files_only=True)
+    # a local folder (local_files_only): nothing is downloaded from the Hub
+    config = AutoConfig.from_pretrained(root, local_files_only=True)  # nosec B615
     classifier = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
     loader = AutoModelForSequenceClassification if classifier else AutoModel
     model = loader.from_pretrained(root, local_files_only=True).eval()

@@ -11,9 +11,11 @@ from modelplane.domain import Principal
 from modelplane.errors import Unauthenticated
 from modelplane.security.middleware import COOKIE, INVALID_KEY_REASON, Authenticator
 from modelplane.security.policy import Action, authorize
+from modelplane.telemetry.audit import AuditTrail
 
 STATIC = files("modelplane.dashboard") / "static"
-ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+# files, never inline: the pages run under a Content-Security-Policy without inline script/style
+ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css", "login.css": "text/css"}
 # fixed texts only: nothing the caller sends is ever written into the page
 INVALID_KEY = "That key is not valid or was revoked. Check it and paste it again."
 ERROR_SLOT = "<!-- error -->"
@@ -27,8 +29,15 @@ def _login_page(error: str | None = None, status: int = 200) -> HTMLResponse:
     return HTMLResponse(html, status_code=status, headers=headers)
 
 
-def create_router(authenticator: Authenticator) -> APIRouter:
+def create_router(authenticator: Authenticator, audit: AuditTrail | None = None) -> APIRouter:
     router = APIRouter(include_in_schema=False)
+
+    def record(request: Request, action: str, who: Principal | None, result: str) -> None:
+        if audit is not None:
+            client = request.client.host if request.client else "unknown"
+            audit.record(action, key_id=who.key_id if who else None,
+                         key_name=who.name if who else None, source=client, target="dashboard",
+                         result=result)  # fmt: skip
 
     @router.get("/")
     def index(request: Request) -> HTMLResponse:
@@ -50,16 +59,20 @@ def create_router(authenticator: Authenticator) -> APIRouter:
         return _login_page(INVALID_KEY if reason == INVALID_KEY_REASON else None)
 
     @router.post("/login")
-    def login(key: str = Form(...)) -> Response:
+    def login(request: Request, key: str = Form(...)) -> Response:
         key = key.strip()
-        if not key or authenticator.authenticate(key) is None:
+        who = authenticator.authenticate(key) if key else None
+        record(request, "sign_in", who, "303" if who else "401")
+        if who is None:
             return _login_page(INVALID_KEY, status=401)
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(COOKIE, key, httponly=True, samesite="strict")
         return response
 
     @router.post("/logout")
-    def logout() -> Response:
+    def logout(request: Request) -> Response:
+        cookie = request.cookies.get(COOKIE)
+        record(request, "sign_out", authenticator.authenticate(cookie) if cookie else None, "303")
         # the cookie is HttpOnly, so only the server can remove it
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, httponly=True, samesite="strict")

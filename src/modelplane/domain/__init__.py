@@ -1,6 +1,6 @@
 """Pure data of modelplane: no I/O, imports nothing else of ours."""
 
-from modelplane.domain.auth import ApiKey, Principal, Role
+from modelplane.domain.auth import ApiKey, Limits, Principal, Role
 from modelplane.domain.deployment import Deployment, Replica, ReplicaState, ServingConfig
 from modelplane.domain.model import (
     Artifact,
@@ -28,6 +28,7 @@ __all__ = [
     "Autoscaling",
     "Conversion",
     "Deployment",
+    "Limits",
     "Model",
     "ModelRef",
     "ModelVersion",

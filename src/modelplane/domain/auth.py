@@ -20,14 +20,26 @@ class Role(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """A key's quotas (``modelplane.security.quotas``): ``rate`` requests per second with
+    ``burst`` at once, ``max_concurrent`` in flight, ``daily`` per UTC day; None is no limit."""
+
+    rate: float | None = None
+    burst: int = 1
+    max_concurrent: int | None = None
+    daily: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
     """An authenticated caller. ``models`` are the names or globs (``fraud-*``) its key may
-    see; ``("*",)`` is every model."""
+    see; ``("*",)`` is every model. ``limits`` is None for a key without quotas."""
 
     key_id: str
     role: Role
     name: str
     models: tuple[str, ...] = ALL_MODELS
+    limits: Limits | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,9 @@ class ServingConfig:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queued_requests: int = 256
     payload_log_rate: float = 0.0  # share of requests whose bodies are logged (off by default)
+    # inputs far outside the version's sample statistics: off, log, flag (header) or reject (422)
+    input_guard: str = "off"
+    input_guard_sigmas: float = 6.0  # how far beyond the samples' range, in their std
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -46,6 +49,8 @@ class ServingConfig:
             "preferred_batch_sizes": list(self.preferred_batch_sizes),
             "max_queued_requests": self.max_queued_requests,
             "payload_log_rate": self.payload_log_rate,
+            "input_guard": self.input_guard,
+            "input_guard_sigmas": self.input_guard_sigmas,
         }
 
     @classmethod
@@ -57,6 +62,8 @@ class ServingConfig:
             preferred_batch_sizes=tuple(int(x) for x in data.get("preferred_batch_sizes", ())),
             max_queued_requests=int(data.get("max_queued_requests", default.max_queued_requests)),
             payload_log_rate=float(data.get("payload_log_rate", default.payload_log_rate)),
+            input_guard=str(data.get("input_guard", default.input_guard)),
+            input_guard_sigmas=float(data.get("input_guard_sigmas", default.input_guard_sigmas)),
         )
 
 

@@ -123,6 +123,7 @@ class ModelVersion:
     aliases: tuple[str, ...] = ()
     source_digest: str | None = None
     report: dict[str, Any] | None = None
+    input_stats: dict[str, Any] | None = None  # of the samples pushed with it, for input_guard
 
     @property
     def ref(self) -> str:

@@ -23,6 +23,9 @@ READY = 2
 METADATA = 3
 STATS = 4
 NO_HEADER = 0xFFFFFFFF
+# response status bit: the replica flagged the request's input as an outlier (input_guard=flag);
+# the payload then starts with the input's name and a NUL byte
+OUTLIER = 0x8000
 MAX_FRAME = 1 << 31
 
 _LEN = struct.Struct("!I")

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +28,7 @@ from modelplane.errors import InvalidInput, ModelplaneError, NotFound
 from modelplane.registry.blobs import DIGEST_RE, BlobStore
 from modelplane.registry.service import PushRequest, RegistryService, Upload, now
 from modelplane.registry.tables import ConversionRow
+from modelplane.security.inputguard import input_stats, load_samples
 from modelplane.settings import Settings
 from modelplane.telemetry.metrics import Metrics
 
@@ -157,6 +159,27 @@ class ConversionService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return _to_conversion(row)
+
+    def input_stats(self, samples_digest: str) -> dict[str, Any]:
+        """Per-input statistics of uploaded samples, kept with the version pushed with them
+        (for a deployment's input guard). Raises NotFound for unknown samples, InvalidInput
+        for samples that cannot be read."""
+        if not DIGEST_RE.match(samples_digest) or not self._blobs.path(samples_digest).is_file():
+            raise NotFound(
+                f"no uploaded samples with digest {samples_digest!r}; upload them with "
+                "POST /api/v1/samples first"
+            )
+        workdir = scratch_dir(self._settings)
+        workdir.mkdir(mode=0o700, parents=True)
+        try:
+            self._blobs.export(samples_digest, workdir / "samples")
+            data = (workdir / "samples").read_bytes()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        limit = (
+            self._settings.convert.memory_limit_bytes or self._settings.registry.max_upload_bytes
+        )
+        return input_stats(load_samples(data, min(limit, self._settings.registry.max_upload_bytes)))
 
     def optimize(
         self, source: ModelVersion, level: str | None, quantize: str | None, created_by: str

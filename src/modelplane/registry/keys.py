@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -21,11 +22,12 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelplane.domain import ApiKey, Principal, Role
+from modelplane.domain import ApiKey, Limits, Principal, Role
 from modelplane.domain.auth import ALL_MODELS
 from modelplane.errors import InvalidInput, NotFound
 from modelplane.registry.service import now
 from modelplane.registry.tables import ApiKeyRow
+from modelplane.security.quotas import default_burst
 
 PREFIX = "mpk_"
 CACHE_SECONDS = 5.0
@@ -41,6 +43,18 @@ class KeySpec:
     name: str = ""
     models: Sequence[str] | None = None
     expires_at: datetime | None = None
+    quota: Quota | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A key's limits as given (``keys create``/``update``): None leaves one as it is (unset
+    at creation), 0 removes it. ``rate_limit`` is requests per second."""
+
+    rate_limit: float | None = None
+    burst: int | None = None
+    max_concurrent: int | None = None
+    daily: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +66,7 @@ class KeyChange:
     models: Sequence[str] | None = None  # ["*"] for every model
     expires_at: datetime | None = None
     never_expires: bool = False
+    quota: Quota | None = None
 
 
 def _hash(secret: str) -> str:
@@ -84,6 +99,36 @@ def _models(raw: Sequence[str] | None) -> list[str] | None:
                 f"invalid model scope {glob!r}: give model names or globs, e.g. --models 'fraud-*'"
             )
     return sorted(set(globs))
+
+
+def _set_quota(row: ApiKeyRow, quota: Quota) -> None:
+    """Apply ``quota`` to the row (0 clears a limit), checked as a whole."""
+    given = {"rate_limit": quota.rate_limit, "burst": quota.burst,
+             "max_concurrent": quota.max_concurrent, "daily": quota.daily}  # fmt: skip
+    for field, value in given.items():
+        if value is None:
+            continue
+        whole = field == "rate_limit" or value == int(value)
+        if not math.isfinite(value) or value < 0 or not whole:
+            raise InvalidInput(
+                f"invalid {field.replace('_', '-')} {value!r}: give a positive number (0 "
+                "removes the limit), e.g. --rate-limit 50 --burst 100 --max-concurrent 8 "
+                "--daily 100000"
+            )
+        setattr(row, field, (float(value) if field == "rate_limit" else int(value)) or None)
+    if row.rate_limit is None and quota.burst is None:
+        row.burst = None  # a rate removed takes its burst with it
+    if row.burst is not None and row.rate_limit is None:
+        raise InvalidInput("--burst needs a rate: e.g. --rate-limit 50 --burst 100")
+
+
+def _limits(row: ApiKeyRow) -> Limits | None:
+    """What the hot path enforces: None for a key without limits (it pays nothing)."""
+    rate, concurrent, daily = row.rate_limit, row.max_concurrent, row.daily
+    if rate is None and concurrent is None and daily is None:
+        return None
+    burst = row.burst or (default_burst(rate) if rate is not None else 1)
+    return Limits(rate, burst, concurrent, daily)
 
 
 def _to_key(row: ApiKeyRow) -> ApiKey:
@@ -162,7 +207,7 @@ class KeyStore:
                 if valid_s <= 0:
                     return None, self._cache_s
             models = tuple(row.models) if row.models else ALL_MODELS
-            return Principal(row.id, Role(row.role), row.name, models), valid_s
+            return Principal(row.id, Role(row.role), row.name, models, _limits(row)), valid_s
 
     def flush_usage(self) -> int:
         """Write when each key used since the last flush was last used (one batch); returns
@@ -194,6 +239,8 @@ class KeyStore:
             models=_models(spec.models),
             expires_at=spec.expires_at,
         )
+        if spec.quota is not None:
+            _set_quota(row, spec.quota)
         with self._sessions.begin() as session:
             session.add(row)
             key = _to_key(row)
@@ -247,6 +294,8 @@ class KeyStore:
                 row.expires_at = None
             elif change.expires_at is not None:
                 row.expires_at = change.expires_at
+            if change.quota is not None:
+                _set_quota(row, change.quota)
             key = _to_key(row)
         self._cache.clear()
         return key

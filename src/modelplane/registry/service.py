@@ -45,6 +45,7 @@ class PushRequest:
     trust_pickle: bool = False
     allow_duplicate: bool = False
     declared_size: int | None = None  # the body's Content-Length, when the client sent one
+    input_stats: dict[str, Any] | None = None  # of the samples given with the push
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,7 @@ def to_version(row: VersionRow) -> ModelVersion:
         aliases=tuple(sorted(a.alias for a in row.model.aliases if a.version_id == row.id)),
         source_digest=row.source_digest,
         report=row.report,
+        input_stats=row.input_stats,
     )
 
 
@@ -246,6 +248,7 @@ class RegistryService:
                         parent=request.parent,
                         source_digest=source_digest,
                         report=report,
+                        input_stats=request.input_stats,
                     )
                     session.add(row)
                     session.flush()

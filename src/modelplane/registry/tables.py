@@ -46,6 +46,8 @@ class VersionRow(Base):
     parent: Mapped[str | None] = mapped_column(String(128), nullable=True)
     source_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     report: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
+    # per-input statistics of the samples pushed with it (security/inputguard.py)
+    input_stats: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
 
     model: Mapped[ModelRow] = relationship(back_populates="versions")
 
@@ -125,3 +127,19 @@ class NodeCordonRow(Base):
     reason: Mapped[str] = mapped_column(String(256), default="")
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditRow(Base):
+    """One audit entry. Append-only: the code inserts these and never updates or deletes one."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    key_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    source: Mapped[str] = mapped_column(String(200))
+    target: Mapped[str] = mapped_column(String(500))
+    result: Mapped[str] = mapped_column(String(100))
+    detail: Mapped[str] = mapped_column(String(500), default="")

@@ -336,6 +336,7 @@ class Controller:
             config=d.config,
             node=action.node,
             resources=d.resources,
+            input_stats=version.input_stats,
         )
         self._placements[spec.replica_id] = action.reason
         self._event(spec.deployment, "start", spec.replica_id, f"{version.ref} on {action.reason}")

@@ -16,10 +16,12 @@ from starlette.responses import RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelplane.domain import Principal
+from modelplane.security.limiter import Quotas, serve_limited
 
 PUBLIC_PATHS = frozenset(
-    {"/v2/health/live", "/v2/health/ready", "/login", "/logout", "/favicon.ico"}
-)
+    {"/v2/health/live", "/v2/health/ready", "/login", "/logout", "/favicon.ico",
+     "/static/login.css"}
+)  # fmt: skip
 COOKIE = "modelplane_key"
 INVALID_KEY_REASON = "invalid"  # /login?reason=invalid: the sign-in page says the key failed
 
@@ -46,10 +48,19 @@ def _token(scope: Scope) -> tuple[str | None, bool]:
     return None, False
 
 
+def authenticates_by_cookie(scope: Scope) -> bool:
+    """Whether the request's key is the sign-in cookie's (it carries no usable bearer key): the
+    CSRF check (security/web.py) applies exactly to these."""
+    return _token(scope)[1]
+
+
 class AuthMiddleware:
-    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
+    def __init__(
+        self, app: ASGIApp, authenticator: Authenticator, *, quotas: Quotas | None = None
+    ) -> None:
         self._app = app
         self._auth = authenticator
+        self._quotas = quotas if quotas is not None else Quotas()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
@@ -61,7 +72,10 @@ class AuthMiddleware:
             await self._deny(scope, receive, send, token is not None, from_cookie)
             return
         scope.setdefault("state", {})["principal"] = principal
-        await self._app(scope, receive, send)
+        if principal.limits is None:  # a key without quotas pays nothing more
+            await self._app(scope, receive, send)
+        else:
+            await serve_limited(self._quotas, principal, self._app, scope, receive, send)
 
     @staticmethod
     async def _deny(

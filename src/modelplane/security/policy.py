@@ -27,6 +27,7 @@ class Action(enum.StrEnum):
     LOGS = "logs"
     METRICS = "metrics"  # /metrics
     MANAGE_KEYS = "manage_keys"
+    AUDIT = "audit"  # the audit trail (admin only)
     TRUST_PICKLE = "trust_pickle"
 
 

@@ -16,6 +16,7 @@ import orjson
 from modelplane.errors import DeadlineExceeded, InvalidInput, ModelplaneError, Unavailable
 from modelplane.protocol import frames, v2
 from modelplane.runtime import BatchStats, Runtime
+from modelplane.security.inputguard import InputGuard, InputOutlier
 from modelplane.telemetry.histogram import Histogram
 from modelplane.telemetry.logs import LogWriter, now_iso
 from modelplane.telemetry.usage import Usage
@@ -33,7 +34,7 @@ class PayloadLog:
         self._rate = rate
 
     def maybe(self, request_id: str, request: bytes, response: bytes, status: int) -> None:
-        if random.random() >= self._rate:  # noqa: S311 (sampling, not security)
+        if random.random() >= self._rate:  # noqa: S311  # nosec B311  # sampling, not security
             return
         self._writer.write({"time": now_iso(), "request_id": request_id or None,
                             "status": status, "request": _text(request),
@@ -59,6 +60,7 @@ def _text(body: bytes) -> dict[str, str]:
 class EncodedResponse:
     body: bytes
     header_length: int | None
+    outlier: str = ""  # the input flagged as an outlier (input_guard=flag)
 
 
 def _timeout_s(request: v2.InferenceRequest, frame_timeout_ms: int) -> float | None:
@@ -86,7 +88,10 @@ class DataPlane:
         limits: v2.Limits,
         request_log: Callable[[str, str | None, str, Any], None] | None = None,
         payload_log: PayloadLog | None = None,
+        guard: tuple[InputGuard, str] | None = None,
     ) -> None:
+        self._guard = guard  # (check, action: log|flag|reject); None: no statistics or off
+        self.input_outliers = 0
         self._request_log = request_log
         self._payload_log = payload_log
         self.name = name
@@ -132,6 +137,8 @@ class DataPlane:
             doc["queue_seconds"] = batching.queue_seconds.snapshot()
             doc["compute_seconds"] = batching.compute_seconds.snapshot()
             doc["queue_depth"] = batching.queue_depth
+        if self._guard is not None:
+            doc["input_outliers"] = self.input_outliers
         doc.update(self._usage.report())
         return doc
 
@@ -140,6 +147,7 @@ class DataPlane:
     ) -> EncodedResponse:
         signature = self._runtime.signature
         request = v2.decode_request(body, header_length, signature, self._limits)
+        outlier = "" if self._guard is None else self._check_inputs(request.inputs)
         names = v2.output_names(request, signature)
         timeout = _timeout_s(request, deadline_ms)
         try:
@@ -152,7 +160,24 @@ class DataPlane:
                 else "the request timed out"
             ) from None
         payload, length = v2.encode_response(self.name, self.version, request, results, names)
-        return EncodedResponse(payload, length)
+        return EncodedResponse(payload, length, outlier)
+
+    def _check_inputs(self, inputs: dict[str, Any]) -> str:
+        """The deployment's input guard: the outlying input's name when it is to be flagged;
+        raises InputOutlier (422) when it is to be rejected; logs it in every case."""
+        assert self._guard is not None
+        guard, action = self._guard
+        found = guard.check(inputs)
+        if found is None:
+            return ""
+        self.input_outliers += 1
+        log.warning("input outlier (%s) for %s:%s: %s", action, self.name, self.version,
+                    found.message())  # fmt: skip
+        if action == "reject":
+            raise InputOutlier(
+                f"{found.message()}; this deployment rejects such inputs (input_guard=reject)"
+            )
+        return found.input if action == "flag" else ""
 
     async def _answer_infer(self, frame: frames.RequestFrame) -> frames.ResponseFrame:
         """Infer, and log and count the outcome as the client sees it: an error of ours keeps its
@@ -193,6 +218,10 @@ class DataPlane:
                 self._request_log(level, frame.request_id, "infer", fields)
         if self._payload_log is not None:
             self._payload_log.maybe(frame.request_id, frame.payload, result.body, JSON_OK)
+        if result.outlier:  # flagged: the gateway turns this into a response header
+            body = result.outlier.encode() + b"\0" + result.body
+            return frames.ResponseFrame(frame.id, JSON_OK | frames.OUTLIER, result.header_length,
+                                        body)  # fmt: skip
         return frames.ResponseFrame(frame.id, JSON_OK, result.header_length, result.body)
 
     async def handle(self, frame: frames.RequestFrame) -> frames.ResponseFrame:

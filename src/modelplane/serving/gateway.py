@@ -42,6 +42,13 @@ class Forwarded:
     status: int
     body: bytes
     header_length: int | None
+    outlier: str = ""  # an input the replica flagged (input_guard=flag)
+
+
+def _flagged(reply: frames.ResponseFrame) -> Forwarded:
+    name, _, payload = reply.payload.partition(b"\0")
+    outlier = name.decode("ascii", "replace")
+    return Forwarded(reply.status & ~frames.OUTLIER, payload, reply.header_len, outlier)
 
 
 class Gateway:
@@ -201,6 +208,8 @@ class Gateway:
             counts = self.traffic[endpoint.replica_id]
             counts[0] += len(body)
             counts[1] += len(reply.payload)
+            if reply.status & frames.OUTLIER:
+                return _flagged(reply)
             return Forwarded(reply.status, reply.payload, reply.header_len)
         raise Unavailable(
             f"model {route.name!r} has no ready replica ({len(route.endpoints)} of "

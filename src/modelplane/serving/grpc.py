@@ -15,15 +15,26 @@ import grpc
 import orjson
 
 from modelplane.domain import Principal
-from modelplane.errors import InvalidInput, ModelplaneError, Unauthenticated, error_for_status
+from modelplane.errors import (
+    InvalidInput,
+    ModelplaneError,
+    NotFound,
+    Overloaded,
+    Unauthenticated,
+    error_for_status,
+)
 from modelplane.protocol.grpc import grpc_predict_v2_pb2 as pb
 from modelplane.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelplane.protocol.v2 import EXTENSIONS
+from modelplane.security.auditing import DENIED_STATUSES, claimed_key_id
+from modelplane.security.detection import MALFORMED_STATUSES, AttackDetector, detected_principal
+from modelplane.security.limiter import Quotas
 from modelplane.security.middleware import Authenticator
 from modelplane.security.policy import Action, authorize
 from modelplane.serving.access import visible_route
 from modelplane.serving.gateway import Gateway
 from modelplane.serving.routing import Route
+from modelplane.telemetry.audit import DENIED, AuditTrail
 
 log = logging.getLogger("modelplane.grpc")
 STATUS_CODES = {
@@ -125,13 +136,39 @@ def from_rest(body: bytes, header_length: int | None) -> pb.ModelInferResponse:
     return response
 
 
+def peer_address(peer: str) -> str:
+    """The address in a gRPC peer string (``ipv4:1.2.3.4:567``, ``ipv6:[::1]:567``)."""
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return peer
+    return rest.rpartition(":")[0].strip("[]")
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, gateway: Gateway, auth: Authenticator, version: str) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        auth: Authenticator,
+        version: str,
+        *,
+        quotas: Quotas | None = None,
+        detector: AttackDetector | None = None,
+        audit: AuditTrail | None = None,
+    ) -> None:
+        self._detector = detector
+        self._audit = audit
         self._gateway = gateway
         self._auth = auth
         self._version = version
+        self._quotas = quotas if quotas is not None else Quotas()
 
     def _principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        if self._detector is None:
+            return self._authenticate(context)
+        return detected_principal(self._detector, peer_address(context.peer()),
+                                  lambda: self._authenticate(context))  # fmt: skip
+
+    def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 text = value.decode() if isinstance(value, bytes) else value
@@ -139,6 +176,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if scheme.lower() == "bearer" and token:
                     principal = self._auth.authenticate(token.strip())
                     if principal is not None:
+                        if principal.limits is not None:  # none: nothing more to pay
+                            self._admit(principal, context)
                         return principal
                     raise Unauthenticated("invalid or revoked API key")
         raise Unauthenticated(
@@ -146,15 +185,58 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             "$MODELPLANE_HOME/admin.key; MODELPLANE_API_KEY holds it for the CLI and SDK)"
         )
 
+    def _admit(self, who: Principal, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """The key's quotas (the same ones as over HTTP): RESOURCE_EXHAUSTED when over one,
+        with ``retry-after`` in the trailing metadata."""
+        denial = self._quotas.admit(who)
+        if denial is None:
+            if who.limits is not None and who.limits.max_concurrent is not None:
+                context.add_done_callback(lambda _: self._quotas.release(who))
+            return
+        self._quotas.refuse(who, denial, peer_address(context.peer()), "grpc")
+        context.set_trailing_metadata((("retry-after", str(denial.retry_after_s)),))
+        raise Overloaded(denial.message)
+
     def _route(self, context: grpc.aio.ServicerContext[Any, Any], name: str, version: str) -> Route:
         """The route an invoking key may see (else the error a name never deployed gets)."""
-        who = self._principal(context)
-        authorize(who, Action.INFER)
-        return visible_route(self._gateway, who, name, version or None)
+        return self._visible(context, self._principal(context), name, version)
 
-    @staticmethod
-    async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: ModelplaneError) -> None:
+    def _visible(
+        self, context: grpc.aio.ServicerContext[Any, Any], who: Principal, name: str, version: str
+    ) -> Route:
+        authorize(who, Action.INFER)
+        try:
+            return visible_route(self._gateway, who, name, version or None)
+        except NotFound:
+            if self._detector is not None:
+                source = peer_address(context.peer())
+                self._detector.unknown_model(who.key_id, who.name, source, name)
+            raise
+
+    async def _abort(
+        self, context: grpc.aio.ServicerContext[Any, Any], exc: ModelplaneError
+    ) -> None:
+        if self._audit is not None and exc.status in DENIED_STATUSES:
+            self._record_denial(context, exc.status)
         await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+
+    def _record_denial(self, context: grpc.aio.ServicerContext[Any, Any], status: int) -> None:
+        """A 401 or 403 in the audit trail: who (never the key itself), from where."""
+        token = ""  # nosec B105  # not a password: no key was sent yet
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                token = (value.decode() if isinstance(value, bytes) else value).partition(" ")[2]
+        who = self._auth.authenticate(token.strip()) if token.strip() else None
+        assert self._audit is not None
+        self._audit.record(
+            DENIED,
+            key_id=who.key_id if who else claimed_key_id(token),
+            key_name=who.name if who else None,
+            source=peer_address(context.peer()),
+            target="gRPC",
+            result=str(status),
+            detail="infer",
+        )
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -195,15 +277,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )  # fmt: skip
 
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
+        who = None
         try:
-            route = self._route(context, request.model_name, request.model_version)
+            who = self._principal(context)
+            route = self._visible(context, who, request.model_name, request.model_version)
             body, header_length = to_rest(request)
             result = await self._gateway.infer(route, body, header_length)
             if result.status != 200:
                 message = orjson.loads(result.body).get("error", "inference failed")
                 raise error_for_status(result.status, message)
+            if result.outlier:
+                context.set_trailing_metadata((("modelplane-input-outlier", result.outlier),))
             return from_rest(result.body, result.header_length)
         except ModelplaneError as exc:
+            if who is not None and self._detector is not None and exc.status in MALFORMED_STATUSES:
+                self._detector.bad_request(who.key_id, who.name, peer_address(context.peer()),
+                                           request.model_name, exc.status)  # fmt: skip
             await self._abort(context, exc)
             raise  # unreachable: abort raises
         except Exception:  # a bug: no Python text to the client, the details in the log
@@ -213,7 +302,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 def create_grpc_server(
-    gateway: Gateway, auth: Authenticator, version: str, max_message_bytes: int
+    gateway: Gateway,
+    auth: Authenticator,
+    version: str,
+    max_message_bytes: int,
+    *,
+    quotas: Quotas | None = None,
+    detector: AttackDetector | None = None,
+    audit: AuditTrail | None = None,
 ) -> grpc.aio.Server:
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -221,6 +317,7 @@ def create_grpc_server(
     ]
     server = grpc.aio.server(options=options)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]  # generated stub
-        InferenceServicer(gateway, auth, version), server
+        InferenceServicer(gateway, auth, version, quotas=quotas, detector=detector, audit=audit),
+        server,
     )
     return server

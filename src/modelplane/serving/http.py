@@ -146,6 +146,8 @@ class V2Surface:
         body = await self._read_body(receive)
         result = await self._gateway.infer(route, body, header_length, request_id)
         extra = [(b"x-request-id", request_id.encode())]
+        if result.outlier:
+            extra.append((b"modelplane-input-outlier", result.outlier.encode()))
         if result.header_length is None:
             await _reply(send, result.status, result.body, JSON, extra)
         else:

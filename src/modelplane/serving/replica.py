@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -24,8 +25,10 @@ from modelplane.protocol.v2 import Limits
 from modelplane.runtime.batching import BatchingConfig, BatchingRuntime
 from modelplane.runtime.onnx import OnnxRuntime
 from modelplane.runtime.text import TokenizingRuntime
+from modelplane.security.inputguard import ACTIONS, guard_from
 from modelplane.security.replica_tls import replica_server_context
 from modelplane.serving.dataplane import DataPlane, PayloadLog
+from modelplane.serving.heap import return_large_blocks
 from modelplane.serving.replica_server import ReplicaProtocol
 from modelplane.settings import ReplicaSettings
 from modelplane.telemetry.logs import Flusher, LogWriter, RequestLog, json_logging
@@ -53,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--replica-id", default="")
     parser.add_argument("--no-request-log", action="store_true")
     parser.add_argument("--payload-log-rate", type=float, default=0.0)
+    parser.add_argument("--input-guard", choices=ACTIONS, default="off")
+    parser.add_argument("--input-guard-sigmas", type=float, default=6.0)
+    parser.add_argument("--input-stats", type=json.loads, default=None, help="JSON")
     return parser
 
 
@@ -112,6 +118,7 @@ def _logging(args: argparse.Namespace, stack: contextlib.ExitStack) -> _Logs:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return_large_blocks()  # the model's bytes go back to the system once it is loaded
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     with contextlib.ExitStack() as stack:  # the logs are flushed and closed however main ends
@@ -136,9 +143,11 @@ def _run(args: argparse.Namespace, logs: _Logs) -> int:
     )
     runtime = BatchingRuntime(TokenizingRuntime(OnnxRuntime(model, args.threads)), config)
     del model  # the runtime lets go of the bytes once loaded
+    guard = guard_from(args.input_stats, args.input_guard, args.input_guard_sigmas)
     plane = DataPlane(
-        args.name, args.version, runtime, Limits(args.max_elements), logs.requests, logs.payloads
-    )
+        args.name, args.version, runtime, Limits(args.max_elements), logs.requests, logs.payloads,
+        None if guard is None else (guard, args.input_guard),
+    )  # fmt: skip
     started = time.perf_counter()
     plane.load()
     log.info(

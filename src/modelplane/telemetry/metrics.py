@@ -79,10 +79,32 @@ class Metrics:
             "modelplane_scheduler_loop_seconds", "Duration of one reconcile step",
             buckets=LATENCY, registry=registry,
         )  # fmt: skip
+        self.key_limited = Counter(
+            "modelplane_key_requests_limited", "Requests refused by a key's quota (429)",
+            ["key_id", "limit"], registry=registry,
+        )  # fmt: skip
+        self.attacks = Counter(
+            "modelplane_attacks_detected", "Attack detector trips (security/detection.py)",
+            ["detector"], registry=registry,
+        )  # fmt: skip
+        self.attacks_refused = Counter(
+            "modelplane_attack_refused_requests",
+            "Requests refused because a detector blocked their source address or key",
+            ["detector"], registry=registry,
+        )  # fmt: skip
+        for detector in ("auth_failures", "model_scan", "malformed"):  # exported from the start
+            self.attacks.labels(detector)
+            self.attacks_refused.labels(detector)
         self.snapshot = Snapshot()
         registry.register(_ReplicaCollector(self))
         if export_requests:
             registry.register(_RequestCollector(self))
+
+    def attack_detected(self, detector: str) -> None:
+        self.attacks.labels(detector).inc()
+
+    def attack_refused(self, detector: str) -> None:
+        self.attacks_refused.labels(detector).inc()
 
     def requests(self, model: str, version: str) -> RequestSeries:
         """The request series of a routed model version (created on first use; the hot path)."""
@@ -195,6 +217,15 @@ class _ReplicaCollector(Collector):
             depth.add_metric([r.model, r.version, r.replica], s.get("queue_depth", 0))
         yield load
         yield depth
+        outliers = CounterMetricFamily(
+            "modelplane_input_outliers",
+            "Requests whose inputs were far outside the version's sample statistics",
+            labels=labels,
+        )
+        for r, s in with_stats:
+            if "input_outliers" in s:  # a replica with an input guard
+                outliers.add_metric([r.model, r.version, r.replica], s["input_outliers"])
+        yield outliers
         cpu = GaugeMetricFamily("modelplane_replica_cpu_percent", "Replica CPU (% of one core)",
                                 labels=labels)  # fmt: skip
         rss = GaugeMetricFamily("modelplane_replica_resident_memory_bytes", "Replica RSS",

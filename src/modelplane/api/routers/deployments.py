@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from modelplane.api.deps import allow, see_deployment, see_model
 from modelplane.api.schemas import CordonIn, DeployIn, DeploymentOut, NodeOut
@@ -15,6 +15,7 @@ from modelplane.errors import InvalidInput, NotFound, PermissionDenied
 from modelplane.registry.deployments import DeploymentRecord
 from modelplane.registry.nodes import Cordon
 from modelplane.scheduler.controller import under_maintenance
+from modelplane.security.auditing import note
 from modelplane.security.policy import Action, in_scope, sees_deployment
 
 
@@ -47,7 +48,7 @@ def create_router(services: Services) -> APIRouter:
 
     @router.post("", response_model=DeploymentOut)
     def deploy(
-        body: DeployIn, who: Annotated[Principal, Depends(allow(Action.DEPLOY))]
+        body: DeployIn, request: Request, who: Annotated[Principal, Depends(allow(Action.DEPLOY))]
     ) -> DeploymentOut:
         """Create or update a deployment; replicas start in the background (poll status)."""
         try:
@@ -56,6 +57,7 @@ def create_router(services: Services) -> APIRouter:
             raise InvalidInput(str(exc)) from None
         see_model(who, ref.name)
         name = body.name or ref.name
+        note(request, target=name, detail=f"model {body.model}")
         if not in_scope(who, name) or not _may_replace(who, name):
             raise PermissionDenied(f"this key may not deploy under the name {name!r}")
         replicas = body.replicas
@@ -113,10 +115,14 @@ def create_nodes_router(services: Services) -> APIRouter:
 
     @router.post("/{node}/cordon", response_model=NodeOut)
     def cordon(
-        node: str, body: CordonIn, who: Annotated[Principal, Depends(allow(Action.NODES))]
+        node: str,
+        body: CordonIn,
+        request: Request,
+        who: Annotated[Principal, Depends(allow(Action.NODES))],
     ) -> NodeOut:
         """Take a node out of placement; with ``drain``, move its replicas elsewhere (new ones
         start first, the old ones drain when they are ready)."""
+        note(request, action="node.drain" if body.drain else "node.cordon")
         found = find(node)  # 404 for a node that does not exist
         reason = body.reason or ("drained" if body.drain else "cordoned") + f" by {who.name}"
         cordon = services.nodes.cordon(node, drain=body.drain, reason=reason, by=who.name)

@@ -13,7 +13,7 @@ from modelplane.api.schemas import KeyCreated, KeyIn, KeyOut, KeyUpdateIn, Rotat
 from modelplane.api.services import Services
 from modelplane.domain import ApiKey, Principal
 from modelplane.errors import InvalidInput
-from modelplane.registry.keys import KeyChange, KeySpec
+from modelplane.registry.keys import KeyChange, KeySpec, Quota
 from modelplane.security.policy import Action
 
 DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -56,7 +56,8 @@ def create_router(services: Services) -> APIRouter:
     def create(body: KeyIn, _: Admin) -> KeyCreated:
         """A new key. Its secret is in this response only: it is stored hashed."""
         expires = parse_expiry(body.expires, datetime.now(UTC)) if body.expires else None
-        key, secret = keys.create(KeySpec(body.role, body.name, body.models, expires))
+        quota = Quota(body.rate_limit, body.burst, body.max_concurrent, body.daily)
+        key, secret = keys.create(KeySpec(body.role, body.name, body.models, expires, quota))
         return KeyCreated(**out(key).model_dump(), secret=secret)
 
     @router.get("", response_model=list[KeyOut])
@@ -70,13 +71,14 @@ def create_router(services: Services) -> APIRouter:
 
     @router.patch("/{key_id}", response_model=KeyOut)
     def change(key_id: str, body: KeyUpdateIn, _: Admin) -> KeyOut:
-        """Change a key's name, role, model scope or expiry (``never`` removes it); takes
-        effect within 5 s."""
+        """Change a key's name, role, model scope, expiry (``never`` removes it) or limits (0
+        removes one); takes effect within 5 s."""
         never = body.expires is not None and body.expires.strip().lower() == "never"
         expires = None
         if body.expires is not None and not never:
             expires = parse_expiry(body.expires, datetime.now(UTC))
-        change = KeyChange(body.name, body.role, body.models, expires, never)
+        quota = Quota(body.rate_limit, body.burst, body.max_concurrent, body.daily)
+        change = KeyChange(body.name, body.role, body.models, expires, never, quota)
         return out(keys.update(key_id, change))
 
     @router.post("/{key_id}/rotate", response_model=KeyCreated)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -107,6 +108,9 @@ def create_router(services: Services) -> APIRouter:
             allow_duplicate=allow_duplicate,
             declared_size=declared_size(request),
         )
+        if samples is not None:  # their statistics stay with the version (input guard)
+            stats = await run_in_threadpool(services.conversions.input_stats, samples)
+            push_request = replace(push_request, input_stats=stats)
         options = ConversionOptions(samples, tolerance, force, _shape(input_shape))
         try:
             result = await registry.push(

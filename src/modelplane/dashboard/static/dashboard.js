@@ -62,7 +62,7 @@ function chart(title, names, unit) {
     const pts = (series[n] || []).map((p) => `${((p.t - t0) / (HISTORY * POLL_MS) * w).toFixed(1)},${(h - p.v / max * (h - 12)).toFixed(1)}`);
     return `<polyline fill="none" stroke="${colors[i % 4]}" stroke-width="1.6" points="${pts.join(" ")}"/>`;
   }).join("");
-  const latest = names.map((n, i) => { const s = series[n]; return `<span style="color:${colors[i % 4]}">${esc(n.split(":").pop())} ${s && s.length ? fmt(s[s.length - 1].v, unit) : "-"}</span>`; }).join(" · ");
+  const latest = names.map((n, i) => { const s = series[n]; return `<span class="c${i % 4}">${esc(n.split(":").pop())} ${s && s.length ? fmt(s[s.length - 1].v, unit) : "-"}</span>`; }).join(" · ");
   return `<div class="chart" data-chart="${esc(title)}"><h3>${esc(title)}</h3><svg viewBox="0 0 ${w} ${h}" width="100%" height="${h}">
     <line x1="0" y1="${h - 0.5}" x2="${w}" y2="${h - 0.5}" stroke="#ccd"/><text x="2" y="10">${esc(fmt(max, unit))}</text>${lines}</svg>
     <div class="muted">${latest}</div></div>`;
@@ -162,6 +162,31 @@ async function nodesPage(view) {
     <div class="charts">${chart("Node CPU and memory", ["node:cpu %", "node:memory %"], "%")}</div></div>`));
 }
 
+async function keysPage(view) {
+  // each key's limits (/api/v1/keys: admin keys only) and its refusals (429s) from /metrics
+  const r = await fetch("/api/v1/keys", {credentials: "same-origin"});
+  if (r.status === 401) { location.href = "/login"; return; }
+  if (!r.ok) { view.replaceChildren($(`<div><h2>Keys</h2><p class="muted">Only an admin key can list keys (${r.status}).</p></div>`)); return; }
+  const [keys, ms] = await Promise.all([r.json(), last ? last.ms : sample()]);
+  const limited = (id, limit) => sum(ms, "modelplane_key_requests_limited_total", (l) => l.key_id === id && (!limit || l.limit === limit));
+  const limits = (k) => [k.rate_limit != null ? `${k.rate_limit}/s burst ${k.burst ?? "auto"}` : "", k.max_concurrent != null ? `${k.max_concurrent} at once` : "", k.daily != null ? `${k.daily}/day` : ""].filter(Boolean).join(", ") || "-";
+  view.replaceChildren($(`<div><h2>Keys</h2><table id="keys"><thead><tr><th>id</th><th>name</th><th>role</th><th>models</th><th>state</th><th>limits</th><th>limited (rate / concurrency / daily)</th><th>last used</th></tr></thead><tbody>
+    ${keys.map((k) => `<tr data-key="${esc(k.id)}"><td>${esc(k.id)}</td><td>${esc(k.name)}</td><td>${esc(k.role)}</td><td>${esc(k.models.join(", "))}</td><td>${esc(k.state)}</td><td>${esc(limits(k))}</td><td class="limited">${limited(k.id)} (${limited(k.id, "rate")} / ${limited(k.id, "concurrency")} / ${limited(k.id, "daily")})</td><td>${esc(k.last_used_at || "-")}</td></tr>`).join("")}</tbody></table>
+    <p class="muted">Limited: requests refused with 429 since the server started. Change a key's limits with <code>modelplane keys update ID --rate-limit N --burst N --max-concurrent N --daily N</code> (0 removes one).</p></div>`));
+}
+
+async function auditPage(view) {
+  // the newest audit entries (/api/v1/audit: admin keys only); never a secret in them
+  const r = await fetch("/api/v1/audit?limit=200", {credentials: "same-origin"});
+  if (r.status === 401) { location.href = "/login"; return; }
+  if (!r.ok) { view.replaceChildren($(`<div><h2>Audit</h2><p class="muted">Only an admin key can read the audit trail (${r.status}).</p></div>`)); return; }
+  const entries = (await r.json()).reverse();
+  const who = (e) => e.key_id ? `${esc(e.key_name || "?")} (${esc(e.key_id)})` : "anonymous";
+  view.replaceChildren($(`<div><h2>Audit</h2><table id="audit"><thead><tr><th>time</th><th>action</th><th>result</th><th>key</th><th>source</th><th>target</th><th>detail</th></tr></thead><tbody>
+    ${entries.map((e) => `<tr class="${e.action === "denied" ? "denied" : ""}"><td>${esc(e.at)}</td><td>${esc(e.action)}</td><td>${esc(e.result)}</td><td>${who(e)}</td><td>${esc(e.source)}</td><td>${esc(e.target)}</td><td>${esc(e.detail)}</td></tr>`).join("")}</tbody></table>
+    <p class="muted">Newest first: management changes and denied requests. Filter and follow with <code>modelplane audit --since 1h --key ID --action denied --follow</code>.</p></div>`));
+}
+
 async function render() {
   const view = document.getElementById("view");
   const [, page, name] = (location.hash || "#/").match(/^#\/?([^/]*)\/?(.*)$/) || [];
@@ -169,6 +194,8 @@ async function render() {
     if (page === "models" && name) await modelPage(view, decodeURIComponent(name));
     else if (page === "deployments" && name) await deploymentPage(view, decodeURIComponent(name));
     else if (page === "nodes") await nodesPage(view);
+    else if (page === "keys") await keysPage(view);
+    else if (page === "audit") await auditPage(view);
     else await overview(view);
     document.getElementById("status").textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (e) {

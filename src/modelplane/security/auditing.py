@@ -1,0 +1,159 @@
+"""The HTTP side of the audit trail: an ASGI middleware in front of every route that records
+each management change (a non-GET request under ``/api/``) and each denied request (401, 403 or
+429, from authentication, authorization, a quota or the web checks), whatever its outcome.
+
+What an entry holds comes from the request line, the authenticated principal and the response
+status, never from headers or bodies: no key, cookie or payload reaches the trail. A route that
+knows more (the deployment name a ``POST /api/v1/deployments`` created, whether a cordon
+drains) adds it with ``note``. The inference path pays one wrapped ``send`` and nothing else; a
+denial is queued in memory (``AuditTrail.record``), never written to the database per request.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelplane.domain import Principal
+from modelplane.telemetry.audit import DENIED, AuditTrail
+
+DENIED_STATUSES = frozenset({401, 403})  # a quota's 429 is recorded by the quotas themselves
+SELF_RECORDED = frozenset({"/login", "/logout"})  # the dashboard's sign-in records itself
+NOTE = "audit"  # the key in the scope's state where ``note`` keeps what a route adds
+_KEY_ID = re.compile(r"mpk_([0-9a-f]{1,32})_")
+
+_NAME = r"([^/]+)"
+# (method, path pattern, action); the target is the pattern's groups joined with ':'
+ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
+    (method, re.compile(f"^/api/v1/{pattern}$"), action)
+    for method, pattern, action in (
+        ("POST", f"models/{_NAME}/versions", "push"),
+        ("POST", "samples", "samples"),
+        ("POST", f"models/{_NAME}/versions/{_NAME}/optimize", "optimize"),
+        ("PUT", f"models/{_NAME}/aliases/{_NAME}", "alias"),
+        ("DELETE", f"models/{_NAME}/aliases/{_NAME}", "unalias"),
+        ("DELETE", f"models/{_NAME}/versions/{_NAME}", "delete"),
+        ("DELETE", f"models/{_NAME}", "delete"),
+        ("POST", "deployments", "deploy"),
+        ("DELETE", f"deployments/{_NAME}", "undeploy"),
+        ("POST", f"nodes/{_NAME}/cordon", "node.cordon"),
+        ("DELETE", f"nodes/{_NAME}/cordon", "node.uncordon"),
+        ("POST", "keys", "key.create"),
+        ("PATCH", f"keys/{_NAME}", "key.update"),
+        ("POST", f"keys/{_NAME}/rotate", "key.rotate"),
+        ("DELETE", f"keys/{_NAME}", "key.revoke"),
+        ("POST", "admin/rotate-master-key", "master_key.rotate"),
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    action: str
+    target: str
+
+
+def classify(method: str, path: str) -> Classified | None:
+    """The audited action a request is (None for reads and everything outside ``/api/``)."""
+    if method in ("GET", "HEAD", "OPTIONS") or not path.startswith("/api/"):
+        return None
+    for route_method, pattern, action in ROUTES:
+        if route_method == method:
+            found = pattern.match(path)
+            if found:
+                return Classified(action, ":".join(found.groups()))
+    return Classified(f"{method.lower()} {path}"[:64], path)  # a route this table lacks
+
+
+def note(
+    request: Request,
+    *,
+    action: str | None = None,
+    target: str | None = None,
+    detail: str | None = None,
+) -> None:
+    """Let a route name what the request did more precisely than its path says (never a
+    secret: the entry is shown to admins and kept forever)."""
+    noted: dict[str, str] = request.scope.setdefault("state", {}).setdefault(NOTE, {})
+    for field, value in (("action", action), ("target", target), ("detail", detail)):
+        if value is not None:
+            noted[field] = value
+
+
+def source(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def claimed_key_id(text: str) -> str | None:
+    """The id part of a key in ``text`` (public, like a user name; never the secret)."""
+    found = _KEY_ID.search(text)
+    return found.group(1) if found else None
+
+
+def _claimed_key_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name in (b"authorization", b"cookie"):
+            found = claimed_key_id(value.decode("latin-1"))
+            if found:
+                return found
+    return None
+
+
+def _read_or_infer(path: str) -> str:
+    return "infer" if path.startswith("/v2/") else "read"
+
+
+class AuditMiddleware:
+    def __init__(self, app: ASGIApp, trail: AuditTrail) -> None:
+        self._app = app
+        self._trail = trail
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in SELF_RECORDED:
+            await self._app(scope, receive, send)
+            return
+        status = 500  # what the client gets when the app fails before answering
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._app(scope, receive, capture)
+        finally:
+            if status in DENIED_STATUSES or scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+                self._record(scope, status)
+
+    def _record(self, scope: Scope, status: int) -> None:
+        method, path = scope["method"], scope["path"]
+        classified = classify(method, path)
+        state: dict[str, Any] = scope.get("state") or {}
+        who = state.get("principal")
+        key_id, key_name = (who.key_id, who.name) if isinstance(who, Principal) else (None, None)
+        if key_id is None and status == 401:
+            key_id = _claimed_key_id(scope)
+        if status in DENIED_STATUSES:
+            attempted = classified.action if classified else _read_or_infer(path)
+            action, target, detail = DENIED, f"{method} {path}", attempted
+        elif classified is not None:
+            noted: dict[str, str] = state.get(NOTE) or {}
+            action = noted.get("action", classified.action)
+            target, detail = noted.get("target", classified.target), noted.get("detail", "")
+        else:
+            return  # a non-GET outside /api/ that was not denied: inference, not management
+        self._trail.record(
+            action,
+            key_id=key_id,
+            key_name=key_name,
+            source=source(scope),
+            target=target,
+            result=str(status),
+            detail=detail,
+        )
