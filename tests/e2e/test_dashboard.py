@@ -170,3 +170,54 @@ def test_api_docs_render_without_the_internet(shared_server) -> None:
         assert "/api/v1/models" in page.inner_text(".swagger-ui")
         assert elsewhere == []
         assert errors == []
+
+
+def test_keys_are_created_and_revoked_from_the_keys_page(shared_server) -> None:
+    server = shared_server
+    with offline_page(server.url) as (page, elsewhere):
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.context.add_cookies([{"name": COOKIE, "value": server.key, "url": server.url}])
+        page.goto(server.url + "/#/keys")
+        page.wait_for_selector("#key-create", timeout=20_000)
+        page.fill("#key-create [name=name]", "from-page")
+        page.select_option("#key-create [name=role]", "viewer")
+        page.fill("#key-create [name=models]", "iris, fraud-*")
+        page.fill("#key-create [name=expires]", "30d")
+        page.fill("#key-create [name=rate_limit]", "10")
+        page.click("#key-create button[type=submit]")
+        page.wait_for_selector("#key-secret:not([hidden])", timeout=10_000)
+        secret = page.inner_text("#key-secret-value").strip()
+        key_id = page.inner_text("#key-secret-id").strip()
+        assert secret.startswith(f"mpk_{key_id}_")
+        page.wait_for_selector(f'#keys tr[data-key="{key_id}"]', timeout=10_000)
+        row = page.inner_text(f'#keys tr[data-key="{key_id}"]')
+        for shown in ("viewer", "fraud-*, iris", "10/s"):
+            assert shown in row, row
+        page.wait_for_timeout(2500)  # a refresh of the page keeps the secret on screen
+        assert page.inner_text("#key-secret-value").strip() == secret
+        stored = page.evaluate(
+            "() => JSON.stringify([localStorage, sessionStorage, document.cookie])"
+        )
+        assert secret not in stored
+        assert all(secret not in c["value"] for c in page.context.cookies())
+
+        auth = {"Authorization": f"Bearer {secret}"}
+        assert httpx.get(f"{server.url}/api/v1/models", headers=auth).status_code == 200
+
+        page.click(f'#keys tr[data-key="{key_id}"] button[data-revoke]')
+        page.click(f'#keys tr[data-key="{key_id}"] >> text=Confirm revoke')
+        clicked = time.monotonic()
+        page.wait_for_selector(f'#keys tr[data-key="{key_id}"] >> td.revoked', timeout=10_000)
+        while (status := httpx.get(f"{server.url}/api/v1/models", headers=auth).status_code) != 401:
+            assert time.monotonic() - clicked < 5, f"still {status} after 5 s"
+            time.sleep(0.1)
+        # leaving the page forgets the secret
+        page.goto(server.url + "/#/nodes")
+        page.wait_for_selector("#nodes")
+        page.goto(server.url + "/#/keys")
+        page.wait_for_selector(f'#keys tr[data-key="{key_id}"]')
+        assert page.is_hidden("#key-secret")
+        assert secret not in page.content()
+        assert elsewhere == []
+        assert errors == []

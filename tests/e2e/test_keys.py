@@ -115,3 +115,19 @@ def test_rotate_and_update_from_the_cli(server_factory) -> None:
     assert "a, b*" in updated.stdout
     wrong = server.cli("keys", "create", "--name", "x", "--role", "root")
     assert wrong.returncode != 0
+
+
+def test_the_cli_refuses_to_remove_the_last_admin_key(server_factory) -> None:
+    server = server_factory()
+    server.start()
+    admin_id = server.key.split("_")[1]
+    for command in (("revoke", admin_id), ("update", admin_id, "--role", "viewer"),
+                    ("update", admin_id, "--expires", "1d")):  # fmt: skip
+        refused = server.cli("keys", *command)
+        assert refused.returncode == 5, refused.stdout  # conflict
+        assert "last active admin key; create another admin key first" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    made = server.cli("keys", "create", "--name", "next", "--role", "admin", "--json")
+    other = json.loads(made.stdout)
+    revoked = server.cli("keys", "revoke", admin_id, env={"MODELPLANE_API_KEY": other["secret"]})
+    assert revoked.returncode == 0, revoked.stderr

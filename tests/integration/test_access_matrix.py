@@ -300,3 +300,39 @@ async def test_every_grpc_method_role_and_scope(worlds: tuple[World, World]) -> 
     finally:
         for server in servers:
             await server.stop(None)
+
+
+async def test_lineage_and_nodes_name_no_model_outside_the_scope(
+    platform: Platform, admin_key: str, iris_bytes: bytes
+) -> None:
+    viewer = platform.services.keys.create(KeySpec(Role.VIEWER, "v", ["fraud-*"]))[1]
+    transport = httpx.ASGITransport(app=platform.app)
+    async with (
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000",
+                          headers={"Authorization": f"Bearer {admin_key}"}) as admin,
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000",
+                          headers={"Authorization": f"Bearer {viewer}"}) as scoped,
+    ):  # fmt: skip
+        for name, parent in (("secret-base", None), ("fraud-a", "secret-base:1"),
+                             ("fraud-b", "fraud-a:1")):  # fmt: skip
+            query = {"allow_duplicate": "true", **({"parent": parent} if parent else {})}
+            pushed = await admin.post(f"/api/v1/models/{name}/versions", params=query,
+                                      content=iris_bytes)  # fmt: skip
+            assert pushed.status_code == 201, pushed.text
+        assert (await admin.post("/api/v1/deployments", json={"model": "secret-base"})).is_success
+        assert (await admin.get("/api/v1/models/fraud-a")).json()["versions"][0][
+            "parent"
+        ] == "secret-base:1"  # the admin sees the lineage
+        seen = [
+            await scoped.get("/api/v1/models/fraud-a"),
+            await scoped.get("/api/v1/models/fraud-a/versions/1"),
+            await scoped.get("/api/v1/models/fraud-a/versions/latest"),
+            await scoped.get("/api/v1/nodes"),
+        ]
+        assert all(r.status_code == 200 for r in seen), [r.text for r in seen]
+        assert not any("secret" in r.text for r in seen), [r.text for r in seen]
+        assert seen[1].json()["parent"] is None
+        in_scope = await scoped.get("/api/v1/models/fraud-b/versions/1")
+        assert in_scope.json()["parent"] == "fraud-a:1"  # lineage inside the scope stays
+        for node in seen[3].json():  # replicas per node: a count, never a name
+            assert isinstance(node["replicas"], int)

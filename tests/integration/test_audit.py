@@ -169,3 +169,23 @@ async def test_dashboard_sign_in_and_out_are_audited(platform: Platform, admin_k
     ]  # fmt: skip
     assert [e["key_name"] for e in entries] == [None, "admin", "admin"]
     assert admin_key.split("_", 2)[2] not in str(entries)
+
+
+async def test_host_and_csrf_refusals_are_audited(platform: Platform, admin_key: str) -> None:
+    admin_id = admin_key.split("_")[1]
+    async with _client(platform, None, host="evil.example:8000") as rebinding:
+        assert (await rebinding.get("/api/v1/models")).status_code == 400
+    async with _client(platform, None, origin="https://evil.example") as forged:
+        forged.cookies.set("modelplane_key", admin_key)
+        made = await forged.post("/api/v1/keys", json={"name": "x", "role": "admin"})
+        assert made.status_code == 403
+    async with _client(platform, admin_key) as api:
+        denied = await _entries(api, action="denied")
+    by_result = {e["result"]: e for e in denied}
+    host = by_result["400"]
+    assert (host["target"], host["source"]) == ("GET /api/v1/models", "10.1.2.3")
+    assert host["detail"] == "host not allowed: evil.example:8000"
+    csrf = by_result["403"]
+    assert (csrf["target"], csrf["key_id"]) == ("POST /api/v1/keys", admin_id)
+    assert csrf["detail"] == "cross-origin: https://evil.example"
+    assert admin_key.split("_", 2)[2] not in str(denied)

@@ -153,3 +153,28 @@ def test_old_user_keys_become_invokers(tmp_path: Path) -> None:
     with engine.connect() as connection:
         row = connection.execute(sa.text("SELECT role, models FROM api_keys")).one()
     assert tuple(row) == ("invoker", None)
+
+
+async def test_the_last_active_admin_key_cannot_be_revoked_expired_or_demoted(
+    platform: Platform, admin_key: str
+) -> None:
+    admin_id = admin_key.split("_")[1]
+    async with _client(platform, admin_key) as api:
+        for method, body in (("DELETE", None), ("PATCH", {"role": "operator"}),
+                             ("PATCH", {"expires": "30d"})):  # fmt: skip
+            refused = await api.request(method, f"/api/v1/keys/{admin_id}", json=body)
+            assert refused.status_code == 409, refused.text
+            assert (
+                "last active admin key; create another admin key first" in refused.json()["error"]
+            )
+        # a revoked or expired admin is no stand-in; an active one is
+        spent = (await api.post("/api/v1/keys", json={"name": "old", "role": "admin"})).json()
+        assert (await api.delete(f"/api/v1/keys/{spent['id']}")).status_code == 200
+        assert (await api.delete(f"/api/v1/keys/{admin_id}")).status_code == 409
+        made = await api.post("/api/v1/keys", json={"name": "next", "role": "admin"})
+        other = made.json()
+        assert (await api.patch(f"/api/v1/keys/{admin_id}", json={"expires": "1d"})).is_success
+        assert (await api.patch(f"/api/v1/keys/{admin_id}", json={"role": "viewer"})).is_success
+    async with _client(platform, other["secret"]) as api:
+        assert (await api.delete(f"/api/v1/keys/{other['id']}")).status_code == 409
+        assert (await api.delete(f"/api/v1/keys/{admin_id}")).status_code == 200  # not an admin

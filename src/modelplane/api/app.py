@@ -114,4 +114,4 @@ def create_app(services: Services, gateway: Gateway, lifespan: Lifespan | None =
     # outermost: Host, CSRF and CORS checks, and the security headers on every response
     server = services.settings.server
     policy = web_policy(server.host, server.port, server.allowed_hosts, server.cors_origins)
-    return WebGuard(guarded, policy)
+    return WebGuard(guarded, policy, services.audit)

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelplane.domain import ApiKey, Limits, Principal, Role
 from modelplane.domain.auth import ALL_MODELS
-from modelplane.errors import InvalidInput, NotFound
+from modelplane.errors import Conflict, InvalidInput, NotFound
 from modelplane.registry.service import now
 from modelplane.registry.tables import ApiKeyRow
 from modelplane.security.quotas import default_burst
@@ -258,6 +258,7 @@ class KeyStore:
     def revoke(self, key_id: str) -> ApiKey:
         with self._sessions.begin() as session:
             row = self._row(session, key_id)
+            self._keep_an_admin(session, row, "revoke")
             row.revoked = True
             key = _to_key(row)
         self._cache.clear()
@@ -284,6 +285,10 @@ class KeyStore:
     def update(self, key_id: str, change: KeyChange) -> ApiKey:
         with self._sessions.begin() as session:
             row = self._row(session, key_id)
+            if change.role not in (None, Role.ADMIN):
+                self._keep_an_admin(session, row, "demote")
+            if change.expires_at is not None and not change.never_expires:
+                self._keep_an_admin(session, row, "set an expiry on")
             if change.name is not None:
                 row.name = change.name
             if change.role is not None:
@@ -303,6 +308,27 @@ class KeyStore:
     def count(self) -> int:
         with self._sessions() as session:
             return len(session.scalars(select(ApiKeyRow.id)).all())
+
+    def _active_admin(self, row: ApiKeyRow) -> bool:
+        expires = _aware(row.expires_at)
+        return (
+            row.role == Role.ADMIN.value
+            and not row.revoked
+            and (expires is None or expires > self._clock())
+        )
+
+    def _keep_an_admin(self, session: Session, row: ApiKeyRow, what: str) -> None:
+        """Refuse a change that would leave no active admin key (no one could manage keys)."""
+        if not self._active_admin(row):
+            return
+        admins = session.scalars(
+            select(ApiKeyRow).where(ApiKeyRow.role == Role.ADMIN.value, ~ApiKeyRow.revoked)
+        ).all()
+        if not any(self._active_admin(r) for r in admins if r.id != row.id):
+            raise Conflict(
+                f"cannot {what} API key {row.id!r}: it is the last active admin key; create "
+                "another admin key first (modelplane keys create --name NAME --role admin)"
+            )
 
     @staticmethod
     def _row(session: Session, key_id: str) -> ApiKeyRow:

@@ -95,7 +95,8 @@ def claimed_key_id(text: str) -> str | None:
     return found.group(1) if found else None
 
 
-def _claimed_key_id(scope: Scope) -> str | None:
+def claimed_key(scope: Scope) -> str | None:
+    """The key id a request's bearer header or cookie names (never the secret)."""
     for name, value in scope["headers"]:
         if name in (b"authorization", b"cookie"):
             found = claimed_key_id(value.decode("latin-1"))
@@ -138,7 +139,7 @@ class AuditMiddleware:
         who = state.get("principal")
         key_id, key_name = (who.key_id, who.name) if isinstance(who, Principal) else (None, None)
         if key_id is None and status == 401:
-            key_id = _claimed_key_id(scope)
+            key_id = claimed_key(scope)
         if status in DENIED_STATUSES:
             attempted = classified.action if classified else _read_or_infer(path)
             action, target, detail = DENIED, f"{method} {path}", attempted

@@ -246,6 +246,15 @@ def rules_from(settings: DetectionSettings) -> Rules:
     )
 
 
+class Blocked(Overloaded):
+    """A request refused because its address or key is blocked; ``retry_after_s`` goes to the
+    client (HTTP ``Retry-After``, gRPC ``retry-after`` trailing metadata)."""
+
+    def __init__(self, block: Block, who: str, now: float) -> None:
+        super().__init__(block.message(who))
+        self.retry_after_s = block.retry_after(now)
+
+
 def detected_principal(
     detector: AttackDetector, source: str, authenticate: Callable[[], Principal]
 ) -> Principal:
@@ -253,7 +262,7 @@ def detected_principal(
     (429, ``RESOURCE_EXHAUSTED``) and a failed authentication is counted against the address."""
     block = detector.source_block(source)
     if block is not None:
-        raise Overloaded(block.message(f"source address {source}"))
+        raise Blocked(block, f"source address {source}", detector.now())
     try:
         who = authenticate()
     except Unauthenticated:
@@ -261,5 +270,5 @@ def detected_principal(
         raise
     block = detector.key_block(who.key_id)
     if block is not None:
-        raise Overloaded(block.message(f"key {who.key_id}"))
+        raise Blocked(block, f"key {who.key_id}", detector.now())
     return who

@@ -9,6 +9,9 @@
   style, no framing), ``X-Frame-Options: DENY``, ``nosniff`` and ``Referrer-Policy``.
 - **CORS** only for configured origins, answered with that origin, never with credentials.
 
+Each refusal is recorded in the audit trail (action ``denied``, the reason in the detail), queued
+in memory like every denial: never a database write on the request path.
+
 The decisions are pure functions; the middleware reads the headers once and adds precomputed
 header lists (it runs on the inference hot path).
 """
@@ -21,7 +24,9 @@ from dataclasses import dataclass, field
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelplane.security.auditing import claimed_key, source
 from modelplane.security.middleware import COOKIE, authenticates_by_cookie
+from modelplane.telemetry.audit import DENIED, AuditTrail
 
 Headers = tuple[tuple[bytes, bytes], ...]
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -167,13 +172,24 @@ def web_policy(
     )
 
 
-class WebGuard:
-    """The middleware: refuses by :func:`refusal`, answers CORS preflights for configured
-    origins, and adds the security headers to every response."""
+def refusal_detail(scope: Scope, refused: Refusal) -> str:
+    """Why a request was refused, for the audit trail: the Host or Origin it sent."""
+    headers: dict[bytes, bytes] = dict(scope["headers"])
+    if refused is BAD_HOST:
+        return "host not allowed: " + headers.get(b"host", b"(none)").decode("latin-1")[:200]
+    sent = headers.get(b"origin") or headers.get(b"referer") or b"(none)"
+    return "cross-origin: " + sent.decode("latin-1")[:200]
 
-    def __init__(self, app: ASGIApp, policy: WebPolicy) -> None:
+
+class WebGuard:
+    """The middleware: refuses by :func:`refusal` (recording each refusal in ``audit``),
+    answers CORS preflights for configured origins, and adds the security headers to every
+    response."""
+
+    def __init__(self, app: ASGIApp, policy: WebPolicy, audit: AuditTrail | None = None) -> None:
         self._app = app
         self._policy = policy
+        self._audit = audit
         self._any_origin = policy.cors.get(b"*")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -190,6 +206,8 @@ class WebGuard:
                     return
                 extra = cors
         if refused is not None:
+            if self._audit is not None:
+                self._record(scope, refused)
             await _refuse(send, refused, extra)
             return
 
@@ -199,6 +217,18 @@ class WebGuard:
             await send(message)
 
         await self._app(scope, receive, send_with_headers)
+
+    def _record(self, scope: Scope, refused: Refusal) -> None:
+        assert self._audit is not None
+        self._audit.record(
+            DENIED,
+            key_id=claimed_key(scope),
+            key_name=None,
+            source=source(scope),
+            target=f"{scope['method']} {scope['path']}",
+            result=str(refused[0]),
+            detail=refusal_detail(scope, refused),
+        )
 
 
 def _is_preflight(scope: Scope) -> bool:

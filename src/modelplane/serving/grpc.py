@@ -27,7 +27,12 @@ from modelplane.protocol.grpc import grpc_predict_v2_pb2 as pb
 from modelplane.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelplane.protocol.v2 import EXTENSIONS
 from modelplane.security.auditing import DENIED_STATUSES, claimed_key_id
-from modelplane.security.detection import MALFORMED_STATUSES, AttackDetector, detected_principal
+from modelplane.security.detection import (
+    MALFORMED_STATUSES,
+    AttackDetector,
+    Blocked,
+    detected_principal,
+)
 from modelplane.security.limiter import Quotas
 from modelplane.security.middleware import Authenticator
 from modelplane.security.policy import Action, authorize
@@ -218,6 +223,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> None:
         if self._audit is not None and exc.status in DENIED_STATUSES:
             self._record_denial(context, exc.status)
+        if isinstance(exc, Blocked):
+            context.set_trailing_metadata((("retry-after", str(exc.retry_after_s)),))
         await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
 
     def _record_denial(self, context: grpc.aio.ServicerContext[Any, Any], status: int) -> None:

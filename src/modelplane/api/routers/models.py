@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Annotated, Any
 
@@ -43,6 +44,15 @@ def _shape(raw: str | None) -> tuple[int, ...] | None:
     if not dims or any(d < 1 for d in dims):
         raise InvalidInput(f"invalid input_shape {raw!r}: use positive integers, e.g. 1,3,32,32")
     return dims
+
+
+def shown(version: ModelVersion, who: Principal) -> VersionOut:
+    """A version as ``who`` may see it: lineage naming a model outside the key's scope is left
+    out, as if the version had none (a key learns nothing of models it may not see)."""
+    out = VersionOut.of(version)
+    if out.parent and not in_scope(who, re.split(r"[:@]", out.parent, maxsplit=1)[0]):
+        out.parent = None
+    return out
 
 
 def declared_size(request: Request) -> int | None:
@@ -123,7 +133,7 @@ def create_router(services: Services) -> APIRouter:
             raise
         services.metrics.pushes.labels("accepted").inc()
         if isinstance(result, ModelVersion):
-            return VersionOut.of(result)
+            return shown(result, who)
         return JSONResponse(ConversionOut.of(result).model_dump(mode="json"), 202)
 
     @router.get("", response_model=list[ModelOut])
@@ -137,7 +147,7 @@ def create_router(services: Services) -> APIRouter:
         see_model(who, name)
         model, versions = registry.get_model(name)
         return ModelDetail(
-            **ModelOut.of(model).model_dump(), versions=[VersionOut.of(v) for v in versions]
+            **ModelOut.of(model).model_dump(), versions=[shown(v, who) for v in versions]
         )
 
     @router.get("/{name}/versions/{ref}", response_model=VersionOut)
@@ -152,7 +162,7 @@ def create_router(services: Services) -> APIRouter:
             parsed = ModelRef(name, version=int(ref))
         else:
             parsed = ModelRef(name, alias=ref)
-        return VersionOut.of(registry.resolve(parsed))
+        return shown(registry.resolve(parsed), who)
 
     @router.post("/{name}/versions/{version}/optimize", status_code=202,
                  response_model=ConversionOut)  # fmt: skip
@@ -179,7 +189,7 @@ def create_router(services: Services) -> APIRouter:
         who: Annotated[Principal, Depends(allow(Action.ALIAS))],
     ) -> VersionOut:
         see_model(who, name)
-        return VersionOut.of(registry.set_alias(name, body.version, alias))
+        return shown(registry.set_alias(name, body.version, alias), who)
 
     @router.delete("/{name}/aliases/{alias}", status_code=204)
     def delete_alias(

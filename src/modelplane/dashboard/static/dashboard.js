@@ -162,6 +162,75 @@ async function nodesPage(view) {
     <div class="charts">${chart("Node CPU and memory", ["node:cpu %", "node:memory %"], "%")}</div></div>`));
 }
 
+// ---- keys: list, create (the secret is shown once, in the page only), revoke ----------------
+const ROLES = ["invoker", "viewer", "publisher", "operator", "admin"];
+let confirmRevoke = null;      // the key id whose Revoke button asks for a second click
+async function send(method, path, body) {
+  // the page's own fetch: the browser adds this origin's Origin header, so the CSRF check passes
+  const r = await fetch(path, {method, credentials: "same-origin",
+    headers: body ? {"content-type": "application/json"} : {}, body: body ? JSON.stringify(body) : undefined});
+  if (r.status === 401) { location.href = "/login"; throw new Error("signed out"); }
+  const doc = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(doc.error || `${path}: ${r.status}`);
+  return doc;
+}
+function keyForm() {
+  return $(`<div id="keys-page"><h2>Keys</h2>
+    <form id="key-create" class="key-form" autocomplete="off"><strong>New key</strong>
+      <label>name <input name="name" required maxlength="128" placeholder="ci"></label>
+      <label>role <select name="role">${ROLES.map((r) => `<option>${r}</option>`).join("")}</select></label>
+      <label>models <input name="models" placeholder="fraud-*, iris (empty: every model)"></label>
+      <label>expires <input name="expires" placeholder="30d (empty: never)"></label>
+      <label>rate/s <input name="rate_limit" type="number" min="0" step="any"></label>
+      <label>burst <input name="burst" type="number" min="1" step="1"></label>
+      <label>at once <input name="max_concurrent" type="number" min="1" step="1"></label>
+      <label>per day <input name="daily" type="number" min="1" step="1"></label>
+      <button type="submit">Create</button></form>
+    <p id="key-error" class="failed" hidden></p>
+    <div id="key-secret" class="secret" hidden><p>The secret of key <code id="key-secret-id"></code>, shown this once (only its hash is kept; leaving this page forgets it):</p>
+      <pre id="key-secret-value"></pre><button type="button" id="key-secret-hide">Done</button></div>
+    <div id="keys-list"></div>
+    <p class="muted">Limited: requests refused with 429 since the server started. Change a key's limits with <code>modelplane keys update ID --rate-limit N --burst N --max-concurrent N --daily N</code> (0 removes one).</p></div>`);
+}
+function keyError(message) {
+  const el = document.getElementById("key-error");
+  el.textContent = message || "";
+  el.hidden = !message;
+}
+async function createKey(event) {
+  event.preventDefault();
+  const form = event.target;
+  const f = Object.fromEntries(new FormData(form));
+  const body = {name: f.name.trim(), role: f.role};
+  const models = f.models.split(",").map((m) => m.trim()).filter(Boolean);
+  if (models.length) body.models = models;
+  if (f.expires.trim()) body.expires = f.expires.trim();
+  for (const k of ["rate_limit", "burst", "max_concurrent", "daily"]) if (f[k] !== "") body[k] = Number(f[k]);
+  try {
+    const made = await send("POST", "/api/v1/keys", body);
+    keyError("");
+    form.reset();
+    document.getElementById("key-secret-id").textContent = made.id;
+    document.getElementById("key-secret-value").textContent = made.secret;
+    document.getElementById("key-secret").hidden = false;
+    await render();
+  } catch (e) { keyError(e.message); }
+}
+async function onKeyClick(event) {
+  const button = event.target.closest("button");
+  if (!button) return;
+  if (button.id === "key-secret-hide") {
+    document.getElementById("key-secret-value").textContent = "";
+    document.getElementById("key-secret").hidden = true;
+  } else if (button.dataset.revoke) {
+    const id = button.dataset.revoke;
+    if (confirmRevoke !== id) { confirmRevoke = id; await render(); return; }
+    confirmRevoke = null;
+    try { await send("DELETE", `/api/v1/keys/${encodeURIComponent(id)}`); keyError(""); } catch (e) { keyError(e.message); }
+    await render();
+  } else if (button.dataset.cancel) { confirmRevoke = null; await render(); }
+}
+
 async function keysPage(view) {
   // each key's limits (/api/v1/keys: admin keys only) and its refusals (429s) from /metrics
   const r = await fetch("/api/v1/keys", {credentials: "same-origin"});
@@ -170,9 +239,19 @@ async function keysPage(view) {
   const [keys, ms] = await Promise.all([r.json(), last ? last.ms : sample()]);
   const limited = (id, limit) => sum(ms, "modelplane_key_requests_limited_total", (l) => l.key_id === id && (!limit || l.limit === limit));
   const limits = (k) => [k.rate_limit != null ? `${k.rate_limit}/s burst ${k.burst ?? "auto"}` : "", k.max_concurrent != null ? `${k.max_concurrent} at once` : "", k.daily != null ? `${k.daily}/day` : ""].filter(Boolean).join(", ") || "-";
-  view.replaceChildren($(`<div><h2>Keys</h2><table id="keys"><thead><tr><th>id</th><th>name</th><th>role</th><th>models</th><th>state</th><th>limits</th><th>limited (rate / concurrency / daily)</th><th>last used</th></tr></thead><tbody>
-    ${keys.map((k) => `<tr data-key="${esc(k.id)}"><td>${esc(k.id)}</td><td>${esc(k.name)}</td><td>${esc(k.role)}</td><td>${esc(k.models.join(", "))}</td><td>${esc(k.state)}</td><td>${esc(limits(k))}</td><td class="limited">${limited(k.id)} (${limited(k.id, "rate")} / ${limited(k.id, "concurrency")} / ${limited(k.id, "daily")})</td><td>${esc(k.last_used_at || "-")}</td></tr>`).join("")}</tbody></table>
-    <p class="muted">Limited: requests refused with 429 since the server started. Change a key's limits with <code>modelplane keys update ID --rate-limit N --burst N --max-concurrent N --daily N</code> (0 removes one).</p></div>`));
+  const action = (k) => k.state === "revoked" ? "" : confirmRevoke === k.id
+    ? `<button type="button" data-revoke="${esc(k.id)}">Confirm revoke</button> <button type="button" data-cancel="1">Cancel</button>`
+    : `<button type="button" data-revoke="${esc(k.id)}">Revoke</button>`;
+  // the form and a shown secret stay put across the 2 s refresh: only the table is redrawn
+  let page = view.querySelector("#keys-page");
+  if (!page) {
+    page = keyForm();
+    page.querySelector("#key-create").addEventListener("submit", createKey);
+    page.addEventListener("click", onKeyClick);
+    view.replaceChildren(page);
+  }
+  page.querySelector("#keys-list").replaceChildren($(`<table id="keys"><thead><tr><th>id</th><th>name</th><th>role</th><th>models</th><th>state</th><th>expires</th><th>limits</th><th>limited (rate / concurrency / daily)</th><th>last used</th><th></th></tr></thead><tbody>
+    ${keys.map((k) => `<tr data-key="${esc(k.id)}"><td>${esc(k.id)}</td><td>${esc(k.name)}</td><td>${esc(k.role)}</td><td>${esc(k.models.join(", "))}</td><td class="${esc(k.state)}">${esc(k.state)}</td><td>${esc(k.expires_at || "never")}</td><td>${esc(limits(k))}</td><td class="limited">${limited(k.id)} (${limited(k.id, "rate")} / ${limited(k.id, "concurrency")} / ${limited(k.id, "daily")})</td><td>${esc(k.last_used_at || "-")}</td><td>${action(k)}</td></tr>`).join("")}</tbody></table>`));
 }
 
 async function auditPage(view) {
