@@ -39,7 +39,7 @@ from modelplane.security.tls import TlsFileError, TlsFiles, grpc_credentials, tl
 from modelplane.security.tls import uvicorn_options as tls_options
 from modelplane.serving.gateway import Gateway
 from modelplane.serving.grpc import create_grpc_server
-from modelplane.serving.heap import return_large_blocks
+from modelplane.serving.heap import freeze_startup_objects, return_large_blocks
 from modelplane.serving.http_protocol import GatheringHttpProtocol
 from modelplane.serving.routing import RoutingTable
 from modelplane.settings import Settings
@@ -209,6 +209,7 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
                             "status iris`")  # fmt: skip
         if announce is not None:
             announce()
+        freeze_startup_objects()  # no full collection walks them again: no pause under load
         try:
             yield
         finally:

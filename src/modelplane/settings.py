@@ -6,6 +6,7 @@ environment.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -129,6 +130,30 @@ class DetectionSettings(BaseModel):
     max_tracked: int = Field(
         100_000, ge=100, description="Addresses or keys each detector tracks at once"
     )
+    never_block: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Addresses or CIDRs (comma-separated) whose failed authentications are "
+        "counted and audited but never blocked, e.g. a reverse proxy's 127.0.0.1; none by default",
+    )
+
+    @field_validator("never_block", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("never_block")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{network!r} is not an address or CIDR; e.g. 127.0.0.1,10.0.0.0/8,::1"
+                ) from None
+        return value
 
 
 class SchedulerSettings(BaseModel):
@@ -257,3 +282,6 @@ class ReplicaSettings(BaseSettings):
     )
     tls_cert: str = Field("", description="PEM certificate to listen with over TCP (Ray)")
     tls_key: str = Field("", description="PEM key of tls_cert")
+    parent_pid: int = Field(
+        0, ge=0, description="The process that started the replica; it exits when that one does"
+    )

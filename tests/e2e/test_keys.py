@@ -1,12 +1,16 @@
 """Acceptance: a key revoked while a client hammers with it is refused within 5 s, over HTTP
-(401) and gRPC (UNAUTHENTICATED); the key commands of the CLI, as a user runs them."""
+(401) and gRPC (UNAUTHENTICATED), whether the revocation was made through this server or behind
+its back (only the key cache's expiry can catch that); a rotated key's old secret stops at the
+end of its grace period; the key commands of the CLI, as a user runs them."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -14,6 +18,8 @@ import pytest
 
 from modelplane.protocol.grpc import grpc_predict_v2_pb2 as pb
 from modelplane.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelplane.registry.db import make_engine, make_sessions
+from modelplane.registry.keys import KeyStore
 from modelplane.testing import IRIS_REQUEST
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +43,69 @@ class Hammer(threading.Thread):
                 self.refused_at = time.monotonic()
 
 
-def test_a_key_revoked_under_load_is_refused_within_5_s(server_factory, iris_file: Path) -> None:
+class Clients:
+    """REST and gRPC inference with one key against a running server, each call answering
+    whether it was served (True) or refused as unauthenticated (False)."""
+
+    def __init__(self, server: Any, secret: str, model: str) -> None:
+        self.unexpected: list[object] = []
+        self._secret = secret
+        self._http = httpx.Client(
+            base_url=server.url, headers={"Authorization": f"Bearer {secret}"}
+        )
+        self._model = model
+        self._channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)  # type: ignore[no-untyped-call]  # generated
+        self._request = pb.ModelInferRequest(model_name=model)
+        tensor = self._request.inputs.add(name="float_input", datatype="FP32", shape=[1, 4])
+        tensor.contents.fp32_contents.extend([5.1, 3.5, 1.4, 0.2])
+
+    def rest(self) -> bool:
+        response = self._http.post(f"/v2/models/{self._model}/infer", json=IRIS_REQUEST)
+        if response.status_code not in (200, 401):
+            self.unexpected.append(response.text)
+        return response.status_code == 200
+
+    def rpc(self) -> bool:
+        metadata = (("authorization", f"Bearer {self._secret}"),)
+        try:
+            self._stub.ModelInfer(self._request, metadata=metadata, timeout=10)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                self.unexpected.append(exc)
+            return False
+        return True
+
+    def close(self) -> None:
+        self._http.close()
+        self._channel.close()
+
+
+def _refused_within(clients: Clients, act: Callable[[], None], limit_s: float) -> list[float]:
+    """Hammer over REST and gRPC, ``act``, and check both are refused within ``limit_s`` of
+    when ``act`` returned; returns when each was first refused."""
+    hammers = [Hammer(clients.rest), Hammer(clients.rpc)]
+    try:
+        for hammer in hammers:
+            hammer.start()
+        time.sleep(1.0)  # both under way
+        assert all(h.ok > 0 and h.refused_at is None for h in hammers)
+        act()
+        acted_at = time.monotonic()
+        for hammer in hammers:
+            hammer.join(timeout=limit_s + 5)
+        for hammer in hammers:
+            assert hammer.refused_at is not None
+            assert hammer.refused_at - acted_at < limit_s
+    finally:
+        for hammer in hammers:
+            hammer.stop = True
+        clients.close()
+    assert not clients.unexpected
+    return [h.refused_at for h in hammers if h.refused_at is not None]
+
+
+def _deployed_with_invoker(server_factory: Any, iris_file: Path) -> tuple[Any, dict[str, str]]:
     server = server_factory()
     server.start()
     server.push(iris_file, "fraud-iris")
@@ -45,55 +113,66 @@ def test_a_key_revoked_under_load_is_refused_within_5_s(server_factory, iris_fil
     made = server.cli("keys", "create", "--name", "app", "--role", "invoker", "--models",
                       "fraud-*", "--expires", "30d", "--json")  # fmt: skip
     assert made.returncode == 0, made.stderr
-    key = json.loads(made.stdout)
-    secret = key["secret"]
+    key: dict[str, str] = json.loads(made.stdout)
+    return server, key
+
+
+def test_a_key_revoked_under_load_is_refused_within_5_s(server_factory, iris_file: Path) -> None:
+    server, key = _deployed_with_invoker(server_factory, iris_file)
     listed = server.cli("keys", "list")
     assert key["id"] in listed.stdout
-    assert secret not in listed.stdout
+    assert key["secret"] not in listed.stdout
 
-    http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {secret}"})
-
-    def rest() -> bool:
-        response = http.post("/v2/models/fraud-iris/infer", json=IRIS_REQUEST)
-        assert response.status_code in (200, 401), response.text
-        return response.status_code == 200
-
-    unexpected: list[grpc.RpcError] = []
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-    stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]  # generated
-    request = pb.ModelInferRequest(model_name="fraud-iris")
-    tensor = request.inputs.add(name="float_input", datatype="FP32", shape=[1, 4])
-    tensor.contents.fp32_contents.extend([5.1, 3.5, 1.4, 0.2])
-
-    def rpc() -> bool:
-        try:
-            stub.ModelInfer(request, metadata=(("authorization", f"Bearer {secret}"),), timeout=10)
-        except grpc.RpcError as exc:
-            unexpected.extend([] if exc.code() == grpc.StatusCode.UNAUTHENTICATED else [exc])
-            return False
-        return True
-
-    hammers = [Hammer(rest), Hammer(rpc)]
-    try:
-        for hammer in hammers:
-            hammer.start()
-        time.sleep(1.0)  # both under way
-        assert all(h.ok > 0 and h.refused_at is None for h in hammers)
+    def revoke() -> None:
         revoked = server.cli("keys", "revoke", key["id"])
         assert revoked.returncode == 0, revoked.stderr
-        revoked_at = time.monotonic()
-        for hammer in hammers:
-            hammer.join(timeout=10)
-        for hammer in hammers:
-            assert hammer.refused_at is not None
-            assert hammer.refused_at - revoked_at < 5.0
-    finally:
-        for hammer in hammers:
-            hammer.stop = True
-        http.close()
-        channel.close()
-    assert not unexpected
+
+    _refused_within(Clients(server, key["secret"], "fraud-iris"), revoke, 5.0)
     assert "revoked" in server.cli("keys", "list").stdout
+
+
+def test_a_key_revoked_behind_the_servers_back_is_refused_within_5_s(
+    server_factory, iris_file: Path
+) -> None:
+    """Another server (here a second ``KeyStore`` on the same database) revokes the key: this
+    server's cache is not cleared, so only its 5 s expiry can refuse the key."""
+    server, key = _deployed_with_invoker(server_factory, iris_file)
+    other = KeyStore(make_sessions(make_engine(f"sqlite:///{server.home / 'modelplane.db'}")))
+
+    def revoke_elsewhere() -> None:
+        assert other.revoke(key["id"]).revoked
+
+    _refused_within(Clients(server, key["secret"], "fraud-iris"), revoke_elsewhere, 5.0)
+
+
+def test_a_rotated_keys_old_secret_stops_when_its_grace_ends(
+    server_factory, iris_file: Path
+) -> None:
+    server, key = _deployed_with_invoker(server_factory, iris_file)
+    grace_s = 2.0
+    started: list[float] = []
+
+    def rotate() -> None:
+        started.append(time.monotonic())
+        rotated = server.cli("keys", "rotate", key["id"], "--grace", "2s", "--json")
+        assert rotated.returncode == 0, rotated.stderr
+        new = json.loads(rotated.stdout)["secret"]
+        check = Clients(server, new, "fraud-iris")
+        try:
+            assert check.rest()  # the new secret works at once
+            assert check.rpc()
+        finally:
+            check.close()
+
+    refused = _refused_within(Clients(server, key["secret"], "fraud-iris"), rotate, grace_s + 1.5)
+    # the old secret kept working through the grace period, on both surfaces
+    assert all(at - started[0] >= grace_s - 0.05 for at in refused), (refused, started)
+    old = Clients(server, key["secret"], "fraud-iris")
+    try:
+        assert not old.rest()
+        assert not old.rpc()
+    finally:
+        old.close()
 
 
 def test_rotate_and_update_from_the_cli(server_factory) -> None:

@@ -22,7 +22,7 @@ from modelplane.domain import ModelRef, Role
 from modelplane.protocol.grpc import grpc_predict_v2_pb2 as pb
 from modelplane.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelplane.registry.keys import KeySpec
-from modelplane.security.policy import ALLOWED, Action
+from modelplane.security.policy import ALLOWED, UNSCOPED_ONLY, Action
 from modelplane.server import Platform, build
 from modelplane.serving.grpc import create_grpc_server
 from modelplane.serving.routing import Route
@@ -129,7 +129,9 @@ def _body(method: str, path: str, name: str) -> dict[str, Any]:
     if path == "/api/v1/deployments":
         return {"model": name}
     if path == "/api/v1/keys":
-        return {"name": "made", "role": "viewer"}
+        return {"name": "made", "role": "admin"}  # unscoped: refused to every scoped key
+    if path == "/api/v1/keys/{key_id}":
+        return {"models": ["*"]}
     if "/infer" in path:
         return IRIS_REQUEST
     return {}
@@ -169,9 +171,10 @@ async def worlds(tmp_path: Path, iris_bytes: bytes) -> AsyncIterator[tuple[World
 
 
 def _may(role: Role | None, action: Any) -> bool:
+    """What a key of ``role`` scoped to ``fraud-*`` (every key of the matrix) may do."""
     if action is PUBLIC:
         return True
-    if role is None:
+    if role is None or action in UNSCOPED_ONLY:  # keys and the master key: unscoped admins only
         return False
     return action is ANY_KEY or action in ALLOWED[role]
 
@@ -336,3 +339,80 @@ async def test_lineage_and_nodes_name_no_model_outside_the_scope(
         assert in_scope.json()["parent"] == "fraud-a:1"  # lineage inside the scope stays
         for node in seen[3].json():  # replicas per node: a count, never a name
             assert isinstance(node["replicas"], int)
+
+
+async def test_a_scoped_admin_can_neither_widen_a_key_nor_touch_keys(
+    platform: Platform, admin_key: str
+) -> None:
+    keys = platform.services.keys
+    scoped, secret = keys.create(KeySpec(Role.ADMIN, "fraud-admin", ["fraud-*"]))
+    victim = keys.create(KeySpec(Role.INVOKER, "app", ["fraud-a"]))[0]
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=platform.app),
+        base_url="http://127.0.0.1:8000",
+        headers={"Authorization": f"Bearer {secret}"},
+    ) as api:
+        calls = [
+            ("POST", "/api/v1/keys", {"name": "wide", "role": "admin"}),
+            ("POST", "/api/v1/keys", {"name": "narrow", "role": "invoker", "models": ["fraud-a"]}),
+            ("PATCH", f"/api/v1/keys/{scoped.id}", {"models": ["*"]}),
+            ("PATCH", f"/api/v1/keys/{victim.id}", {"models": ["*"]}),
+            ("POST", f"/api/v1/keys/{victim.id}/rotate", {}),
+            ("DELETE", f"/api/v1/keys/{victim.id}", None),
+            ("GET", "/api/v1/keys", None),
+            ("GET", f"/api/v1/keys/{victim.id}", None),
+            ("POST", "/api/v1/admin/rotate-master-key", None),
+        ]
+        for method, url, body in calls:
+            answer = await api.request(method, url, json=body)
+            assert answer.status_code == 403, (method, url, answer.text)
+            assert "without a model scope" in answer.json()["error"]
+    assert keys.get(scoped.id).models == ("fraud-*",)
+    assert keys.get(victim.id) == victim  # neither widened, rotated nor revoked
+    assert [k.name for k in keys.list()].count("wide") == 0
+    # and the last unscoped admin cannot be scoped (nobody could manage keys after)
+    admin_id = admin_key.split("_")[1]
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=platform.app),
+        base_url="http://127.0.0.1:8000",
+        headers={"Authorization": f"Bearer {admin_key}"},
+    ) as admin:
+        narrowed = await admin.patch(f"/api/v1/keys/{admin_id}", json={"models": ["fraud-*"]})
+        assert narrowed.status_code == 409, narrowed.text
+
+
+async def test_errors_name_no_deployment_outside_the_scope(
+    platform: Platform, admin_key: str, iris_bytes: bytes
+) -> None:
+    keys = platform.services.keys
+    publisher = keys.create(KeySpec(Role.PUBLISHER, "p", ["fraud-*"]))[1]
+    operator = keys.create(KeySpec(Role.OPERATOR, "o", ["fraud-*"]))[1]
+    transport = httpx.ASGITransport(app=platform.app)
+
+    def client(key: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000",
+                                 headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+
+    async with client(admin_key) as admin, client(publisher) as pub, client(operator) as op:
+        for name in ("fraud-a", "hidden-model"):
+            pushed = await admin.post(f"/api/v1/models/{name}/versions", content=iris_bytes,
+                                      params={"allow_duplicate": "true"})  # fmt: skip
+            assert pushed.status_code == 201, pushed.text
+        # an in-scope version served under a name the publisher cannot see
+        made = await admin.post("/api/v1/deployments", json={"model": "fraud-a:1",
+                                                             "name": "hidden-name"})  # fmt: skip
+        assert made.is_success, made.text
+        # an in-scope name serving a model the operator cannot see
+        made = await admin.post("/api/v1/deployments", json={"model": "hidden-model",
+                                                             "name": "fraud-x"})  # fmt: skip
+        assert made.is_success, made.text
+        for url in ("/api/v1/models/fraud-a/versions/1", "/api/v1/models/fraud-a"):
+            refused = await pub.delete(url)
+            assert refused.status_code == 409, refused.text
+            assert "hidden" not in refused.text
+            assert "1 deployment" in refused.text
+        assert (await op.get("/api/v1/deployments/fraud-x")).status_code == 404
+        over = await op.post("/api/v1/deployments", json={"model": "fraud-a", "name": "fraud-x"})
+        assert over.status_code in (404, 409), over.text
+        assert "hidden" not in over.text
+        assert (await admin.get("/api/v1/deployments/fraud-x")).json()["model"] == "hidden-model"

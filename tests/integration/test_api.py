@@ -118,6 +118,33 @@ async def test_sign_out_expires_the_cookie(platform, admin_key) -> None:
         assert (await browser.post("/logout")).status_code == 303
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_the_sign_in_cookie_is_secure_over_https(platform, admin_key, scheme) -> None:
+    url = f"{scheme}://127.0.0.1:8000"
+    name = "__Host-modelplane_key" if scheme == "https" else "modelplane_key"
+    transport = httpx.ASGITransport(app=platform.app)
+    async with httpx.AsyncClient(transport=transport, base_url=url,
+                                 headers={"Origin": url}) as browser:  # fmt: skip
+        signed_in = await browser.post("/login", data={"key": admin_key})
+        assert signed_in.status_code == 303, signed_in.text
+        cookie = signed_in.headers["set-cookie"]
+        assert cookie.startswith(f"{name}="), cookie
+        attributes = [a.strip().lower() for a in cookie.split(";")]
+        assert ("secure" in attributes) == (scheme == "https"), cookie
+        assert "path=/" in attributes
+        assert not any(a.startswith("domain") for a in attributes)
+        assert (await browser.get("/api/v1/models")).status_code == 200  # the cookie works
+        changed = await browser.post("/api/v1/keys", json={"name": "c", "role": "viewer"})
+        assert changed.status_code == 201, changed.text  # same-origin change by cookie
+        signed_out = await browser.post("/logout")
+        assert signed_out.status_code == 303
+        gone = signed_out.headers["set-cookie"]
+        assert gone.startswith(f'{name}="";'), gone
+        assert "max-age=0" in gone.lower(), gone
+        assert ("secure" in gone.lower()) == (scheme == "https"), gone
+        assert (await browser.get("/api/v1/models")).status_code == 401
+
+
 ASSET_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
 
 
@@ -231,7 +258,7 @@ async def test_deploy_records_desired_state_and_blocks_deletion(api, iris_bytes)
     assert deployment["endpoint"] == "/v2/models/iris/infer"
     conflict = await api.delete("/api/v1/models/iris/versions/1")
     assert conflict.status_code == 409
-    assert "deployment(s) iris" in conflict.json()["error"]
+    assert "used by 1 deployment;" in conflict.json()["error"]
     assert (await api.delete("/api/v1/deployments/iris")).status_code == 204
     assert (await api.delete("/api/v1/models/iris/versions/1")).status_code == 204
 

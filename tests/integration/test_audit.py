@@ -189,3 +189,24 @@ async def test_host_and_csrf_refusals_are_audited(platform: Platform, admin_key:
     assert (csrf["target"], csrf["key_id"]) == ("POST /api/v1/keys", admin_id)
     assert csrf["detail"] == "cross-origin: https://evil.example"
     assert admin_key.split("_", 2)[2] not in str(denied)
+
+
+async def test_refused_changes_are_denials_never_management_entries(
+    platform: Platform, api: httpx.AsyncClient
+) -> None:
+    limited = await api.post(
+        "/api/v1/keys", json={"name": "slow", "role": "publisher", "rate_limit": 0.001}
+    )
+    async with _client(platform, limited.json()["secret"]) as slow:
+        first = await slow.post("/api/v1/models/m/versions", content=b"not a model")
+        assert first.status_code not in (401, 403, 429)  # reached its route: a failed push
+        assert (await slow.post("/api/v1/models/m/versions", content=b"x")).status_code == 429
+    entries = await _entries(api, limit=1000)
+    assert [e["result"] for e in entries if e["action"] == "push"] == [str(first.status_code)]
+    denied = [
+        e["detail"]
+        for e in entries
+        if (e["action"], e["result"], e["target"][:4]) == ("denied", "429", "POST")
+    ]
+    assert denied == ["quota: rate"]  # once: by the quotas, not again by the middleware
+    assert platform.services.audit.dropped_by_kind["management"] == 0

@@ -4,7 +4,9 @@ and leaves no scratch folder behind a restart."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -18,7 +20,7 @@ import pytest
 
 from modelplane.convert.archive import UnpackLimits
 from modelplane.convert.runner import ConversionRunner, ConversionSpec
-from modelplane.errors import UnsupportedModel
+from modelplane.errors import ModelplaneError, UnsupportedModel
 from modelplane.registry.db import make_engine, make_sessions
 from modelplane.registry.tables import ConversionRow
 from modelplane.server import build
@@ -99,3 +101,36 @@ def test_scratch_folders_of_interrupted_conversions_are_removed_at_start(tmp_pat
     assert (work / "artifacts").is_dir()
     assert restarted.services.conversions.get("0123456789abcdef").state == "failed"
     assert json.dumps(sorted(p.name for p in work.iterdir())) == '["artifacts"]'
+
+
+async def test_the_worker_holds_no_secret_no_descriptor_and_works_in_its_scratch_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELPLANE_MASTER_KEY", "bWFzdGVy")
+    monkeypatch.setenv("MODELPLANE_DATABASE_URL", "postgresql://u:secret@db/modelplane")
+    monkeypatch.setenv("MODELPLANE_API_KEY", "mpk_0_secret")
+    probe = tmp_path / "probe.json"
+    code = (
+        "import json, os, contextlib; fds = []\n"
+        "for fd in os.listdir('/proc/self/fd'):\n"
+        "    with contextlib.suppress(OSError): fds.append(os.readlink('/proc/self/fd/' + fd))\n"
+        f"open({str(probe)!r}, 'w').write(json.dumps({{'env': dict(os.environ),"
+        " 'cwd': os.getcwd(), 'fds': fds, 'stdin': os.readlink('/proc/self/fd/0')}))"
+    )
+    source = tmp_path / "probe.pkl"
+    source.write_bytes(pickle.dumps(Runs(code), protocol=4))
+    held = open(tmp_path / "held", "w")  # noqa: SIM115  (a descriptor the server holds open)
+    os.set_inheritable(held.fileno(), True)
+    try:
+        runner = ConversionRunner(120, 0, 0, UnpackLimits(1 << 20))
+        spec = ConversionSpec(source, "sklearn", tmp_path / "job", trust_pickle=True)
+        with contextlib.suppress(ModelplaneError):  # the probe is no model
+            await asyncio.wait_for(runner.run(spec), 120)
+    finally:
+        held.close()
+    seen = json.loads(probe.read_text())
+    assert not [k for k in seen["env"] if k.startswith("MODELPLANE")]
+    assert "secret" not in json.dumps(seen["env"])
+    assert seen["cwd"] == str(tmp_path / "job")
+    assert str(tmp_path / "held") not in seen["fds"]  # nothing of the server's is open
+    assert seen["stdin"] == "/dev/null"

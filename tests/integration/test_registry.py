@@ -109,7 +109,7 @@ async def test_deployed_versions_cannot_be_deleted(stores, iris_bytes) -> None:
     await registry.push(PushRequest("iris"), chunks(iris_bytes))
     await registry.push(PushRequest("iris"), chunks(iris_bytes[:-1] + b"\x00"))
     deployments.apply(ModelRef("iris", version=1), replicas=1)
-    with pytest.raises(Conflict, match="used by deployment"):
+    with pytest.raises(Conflict, match="used by 1 deployment;"):
         registry.delete_version("iris", 1)
     with pytest.raises(Conflict):
         registry.delete_model("iris")

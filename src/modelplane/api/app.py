@@ -28,7 +28,7 @@ from modelplane.api.schemas import error_doc
 from modelplane.api.services import Services
 from modelplane.dashboard.pages import create_router as dashboard_router
 from modelplane.errors import ModelplaneError, error_for_status
-from modelplane.security.auditing import AuditMiddleware
+from modelplane.security.auditing import AuditMiddleware, Reached
 from modelplane.security.detection_asgi import DetectionMiddleware, KeyBlockGate
 from modelplane.security.middleware import AuthMiddleware
 from modelplane.security.web import WebGuard, web_policy
@@ -98,10 +98,12 @@ def create_app(services: Services, gateway: Gateway, lifespan: Lifespan | None =
     app.include_router(keys.create_router(services))
     app.include_router(admin.create_router(services))
     app.include_router(audit.create_router(services))
-    app.include_router(dashboard_router(services.keys, services.audit))
+    tls = services.settings.server.tls_cert is not None
+    app.include_router(dashboard_router(services.keys, services.audit, tls=tls))
     add_docs(app)
     max_body = services.settings.serving.max_request_bytes
-    surface = V2Surface(app, gateway, __version__, max_body, services.metrics)
+    # Reached: what answers from here on passed every gate (the audit trail tells them apart)
+    surface = Reached(V2Surface(app, gateway, __version__, max_body, services.metrics))
     detector = services.detector
     quotas = services.quotas  # keys' limits, after authentication (security/limiter.py)
     if detector is None:

@@ -61,6 +61,7 @@ def replica_environment(
     (its token and the data key of its own artifact only)."""
     env = {k: v for k, v in os.environ.items() if k != "MODELPLANE_MASTER_KEY"}
     env["MODELPLANE_REPLICA_TOKEN"] = token
+    env["MODELPLANE_REPLICA_PARENT_PID"] = str(os.getpid())  # known before the replica starts
     key = artifact_keys(digest) if artifact_keys is not None else None
     if key is not None:
         env["MODELPLANE_REPLICA_ARTIFACT_KEY"] = key.hex()

@@ -64,7 +64,8 @@ class ReplicaActor:
             stdout=self.output, stderr=subprocess.STDOUT,
             env={**os.environ, "MODELPLANE_REPLICA_TOKEN": token,
                  "MODELPLANE_REPLICA_TLS_CERT": tls[0], "MODELPLANE_REPLICA_TLS_KEY": tls[1],
-                 "MODELPLANE_REPLICA_ARTIFACT_KEY": artifact_key},
+                 "MODELPLANE_REPLICA_ARTIFACT_KEY": artifact_key,
+                 "MODELPLANE_REPLICA_PARENT_PID": str(os.getpid())},
         )  # fmt: skip
 
     @staticmethod

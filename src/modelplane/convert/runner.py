@@ -102,7 +102,8 @@ class ConversionRunner:
                    TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")  # fmt: skip
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "modelplane.convert.worker", str(spec.workdir / "spec.json"),
-            cwd=spec.workdir, env=env, stdout=asyncio.subprocess.PIPE,
+            cwd=spec.workdir, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, start_new_session=True,
         )  # fmt: skip
         try:

@@ -9,6 +9,7 @@ Progress goes to stdout as JSON lines (``{"stage": ...}``); the result to ``repo
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -128,8 +129,20 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
+def _shed(workdir: Path) -> None:
+    """Drop what the model's code could use and the conversion does not need: every file
+    descriptor but stdin, stdout and stderr (the runner passes none), and a working directory
+    outside the scratch folder. Not a sandbox: the process keeps the server's OS user."""
+    for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
+        if int(name) > 2:
+            with contextlib.suppress(OSError):  # the listing's own descriptor is gone already
+                os.close(int(name))
+    os.chdir(workdir)
+
+
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
+    _shed(Path(spec["workdir"]))
     # the parent dead: this process group (the worker and anything it started) goes too
     watch_parent(int(spec["parent_pid"]), lambda: os.killpg(0, signal.SIGKILL))
     limit = int(spec.get("memory_limit_bytes", 0))

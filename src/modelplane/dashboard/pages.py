@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from modelplane.domain import Principal
 from modelplane.errors import Unauthenticated
-from modelplane.security.middleware import COOKIE, INVALID_KEY_REASON, Authenticator
+from modelplane.security.middleware import INVALID_KEY_REASON, Authenticator, cookie_name
 from modelplane.security.policy import Action, authorize
 from modelplane.telemetry.audit import AuditTrail
 
@@ -29,8 +29,15 @@ def _login_page(error: str | None = None, status: int = 200) -> HTMLResponse:
     return HTMLResponse(html, status_code=status, headers=headers)
 
 
-def create_router(authenticator: Authenticator, audit: AuditTrail | None = None) -> APIRouter:
+def create_router(
+    authenticator: Authenticator, audit: AuditTrail | None = None, *, tls: bool = False
+) -> APIRouter:
+    """``tls``: the server speaks TLS itself (the cookie is then ``Secure`` whatever the
+    request's scheme says; a request over https gets a ``Secure`` cookie either way)."""
     router = APIRouter(include_in_schema=False)
+
+    def secure(request: Request) -> bool:
+        return tls or request.url.scheme == "https"
 
     def record(request: Request, action: str, who: Principal | None, result: str) -> None:
         if audit is not None:
@@ -66,16 +73,18 @@ def create_router(authenticator: Authenticator, audit: AuditTrail | None = None)
         if who is None:
             return _login_page(INVALID_KEY, status=401)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(COOKIE, key, httponly=True, samesite="strict")
+        https = secure(request)
+        response.set_cookie(cookie_name(https), key, httponly=True, samesite="strict", secure=https)
         return response
 
     @router.post("/logout")
     def logout(request: Request) -> Response:
-        cookie = request.cookies.get(COOKIE)
+        https = secure(request)
+        cookie = request.cookies.get(cookie_name(True)) or request.cookies.get(cookie_name(False))
         record(request, "sign_out", authenticator.authenticate(cookie) if cookie else None, "303")
         # the cookie is HttpOnly, so only the server can remove it
         response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(COOKIE, httponly=True, samesite="strict")
+        response.delete_cookie(cookie_name(https), httponly=True, samesite="strict", secure=https)
         return response
 
     return router

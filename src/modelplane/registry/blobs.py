@@ -52,6 +52,7 @@ class BlobStore(Protocol):
     def clean_staging(self) -> int: ...
     def data_key(self, digest: str) -> bytes | None: ...
     def export(self, digest: str, target: Path) -> None: ...
+    def read(self, digest: str, max_bytes: int) -> bytes: ...
 
 
 def _fsync_dir(path: Path) -> None:
@@ -217,6 +218,25 @@ class LocalBlobStore:
         except BaseException:
             target.unlink(missing_ok=True)
             raise
+
+    def read(self, digest: str, max_bytes: int) -> bytes:
+        """The blob's plaintext in memory (nothing written to disk), verified against its
+        digest; ``PayloadTooLarge`` as soon as it passes ``max_bytes``."""
+        found, data = hashlib.sha256(), bytearray()
+        try:
+            for chunk in self._plaintext(digest):
+                if len(data) + len(chunk) > max_bytes:
+                    raise PayloadTooLarge(f"the blob is larger than {max_bytes} bytes")
+                found.update(chunk)
+                data += chunk
+            if found.hexdigest() != digest:
+                raise ArtifactBroken("its content does not match its digest")
+        except ArtifactBroken as exc:
+            raise ModelplaneError(
+                f"the stored blob sha256:{digest[:12]} failed verification ({exc}); it was "
+                "damaged or tampered with on the server's disk: push it again"
+            ) from None
+        return bytes(data)
 
     def stage(self, max_bytes: int) -> LocalStagedBlob:
         return LocalStagedBlob(self, max_bytes)

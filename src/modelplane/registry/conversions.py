@@ -7,7 +7,9 @@ import asyncio
 import logging
 import re
 import shutil
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,9 @@ log = logging.getLogger("modelplane.conversions")
 OPTIMIZE = "optimize"  # the worker's operation for a version that is already ONNX
 CHUNK = 1 << 20
 SCRATCH_NAME = re.compile(r"[0-9a-f]{16}")
+SAMPLES_MAX_BYTES = 64 << 20  # one upload to POST /api/v1/samples
+SAMPLES_MAX_UNPACKED = 256 << 20  # what a .npz of samples may unpack to in the server
+SAMPLES_REMEMBERED = 10_000  # uploads a server remembers (the oldest is forgotten beyond)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,37 @@ class ConversionOptions:
     input_shape: tuple[int, ...] | None = None
     level: str | None = None
     quantize: str | None = None
+
+
+class SampleUploads:
+    """The samples each key uploaded to this server (``POST /api/v1/samples``): a push may name
+    only those, so a key can neither read statistics of another blob nor learn which digests
+    exist. In memory and bounded: after a restart, samples are uploaded again."""
+
+    def __init__(self, limit: int = SAMPLES_REMEMBERED) -> None:
+        self._limit = limit
+        self._sizes: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._lock = threading.Lock()  # uploads on the event loop, reads in the thread pool
+
+    def add(self, key_id: str, digest: str, size: int) -> None:
+        with self._lock:
+            self._sizes.pop((key_id, digest), None)
+            self._sizes[(key_id, digest)] = size
+            while len(self._sizes) > self._limit:
+                self._sizes.popitem(last=False)
+
+    def size(self, key_id: str, digest: str) -> int | None:
+        """The size of the samples ``key_id`` uploaded as ``digest``; None if it did not."""
+        with self._lock:
+            return self._sizes.get((key_id, digest))
+
+
+def unknown_samples(digest: str) -> NotFound:
+    """What samples a key did not upload answer, whether the digest exists or not."""
+    return NotFound(
+        f"no samples with digest {digest[:64]!r} were uploaded with this key; upload them with "
+        "POST /api/v1/samples first (the server forgets the digests it gave when it restarts)"
+    )
 
 
 def missing_conversion(conversion_id: str) -> NotFound:
@@ -130,6 +166,11 @@ class ConversionService:
         self._settings = settings
         self._runner = make_runner(settings)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._samples = SampleUploads()
+
+    def samples_uploaded(self, key_id: str, digest: str, size: int) -> None:
+        """Remember that ``key_id`` uploaded samples as ``digest`` (``POST /api/v1/samples``)."""
+        self._samples.add(key_id, digest, size)
 
     def start(self, request: PushRequest, upload: Upload, options: ConversionOptions) -> Conversion:
         require_extra(upload.source_format, self._is_importable)  # 422 naming the pip command
@@ -160,26 +201,16 @@ class ConversionService:
         task.add_done_callback(self._tasks.discard)
         return _to_conversion(row)
 
-    def input_stats(self, samples_digest: str) -> dict[str, Any]:
-        """Per-input statistics of uploaded samples, kept with the version pushed with them
-        (for a deployment's input guard). Raises NotFound for unknown samples, InvalidInput
-        for samples that cannot be read."""
-        if not DIGEST_RE.match(samples_digest) or not self._blobs.path(samples_digest).is_file():
-            raise NotFound(
-                f"no uploaded samples with digest {samples_digest!r}; upload them with "
-                "POST /api/v1/samples first"
-            )
-        workdir = scratch_dir(self._settings)
-        workdir.mkdir(mode=0o700, parents=True)
-        try:
-            self._blobs.export(samples_digest, workdir / "samples")
-            data = (workdir / "samples").read_bytes()
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        limit = (
-            self._settings.convert.memory_limit_bytes or self._settings.registry.max_upload_bytes
-        )
-        return input_stats(load_samples(data, min(limit, self._settings.registry.max_upload_bytes)))
+    def input_stats(self, key_id: str, samples_digest: str) -> dict[str, Any]:
+        """Per-input statistics of samples ``key_id`` uploaded, kept with the version pushed
+        with them (for a deployment's input guard). Raises NotFound for samples this key did
+        not upload (the same whether the digest exists or not), InvalidInput for samples that
+        cannot be read. Read in memory, within the samples' limits, never unpickled."""
+        size = self._samples.size(key_id, samples_digest)
+        if size is None or size > SAMPLES_MAX_BYTES or not DIGEST_RE.match(samples_digest):
+            raise unknown_samples(samples_digest)
+        data = self._blobs.read(samples_digest, SAMPLES_MAX_BYTES)
+        return input_stats(load_samples(data, SAMPLES_MAX_UNPACKED))
 
     def optimize(
         self, source: ModelVersion, level: str | None, quantize: str | None, created_by: str

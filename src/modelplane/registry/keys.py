@@ -1,7 +1,9 @@
 """API keys, stored hashed. A key reads ``mpk_<id>_<secret>``; only sha256(secret) is kept.
 
 Checks are cached for ``cache_s`` (5 s) so the hot path does not reach the database on every
-request: a revocation, an expiry or the end of a rotation's grace period takes effect within
+request (keyed by the sha256 of the token, never the token; at most ``CACHE_ENTRIES``, the least
+recently used forgotten first; a token too long or without the ``mpk_`` prefix is refused before
+either): a revocation, an expiry or the end of a rotation's grace period takes effect within
 that time on every route and on gRPC (a change made through this store clears the cache at
 once). When a key was last used is noted in memory and written in one batch by
 ``flush_usage``, which the server calls every few seconds: never a write per request.
@@ -14,7 +16,9 @@ import hashlib
 import hmac
 import math
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,6 +36,7 @@ from modelplane.security.quotas import default_burst
 PREFIX = "mpk_"
 CACHE_SECONDS = 5.0
 CACHE_ENTRIES = 10_000
+MAX_TOKEN_CHARS = 200  # a key is ~60 characters; anything much longer is refused unread
 USAGE_FLUSH_SECONDS = 5.0
 
 
@@ -158,26 +163,45 @@ class KeyStore:
         sessions: sessionmaker[Session],
         clock: Callable[[], datetime] = now,
         cache_s: float = CACHE_SECONDS,
+        cache_entries: int = CACHE_ENTRIES,
     ) -> None:
         self._sessions = sessions
         self._clock = clock
         self._cache_s = cache_s
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        # sha256(token) -> (valid until, principal): never the token itself; least recently
+        # used first, so a full cache forgets the oldest entry, not every entry
+        self._cache: OrderedDict[bytes, tuple[float, Principal | None]] = OrderedDict()
+        self._cache_entries = cache_entries
+        self._lock = threading.Lock()  # gRPC and HTTP threads share the cache
         self._used: dict[str, float] = {}  # key id -> monotonic time of its last use
 
     # ---- the hot path -------------------------------------------------------------------------
     def authenticate(self, token: str) -> Principal | None:
+        if len(token) > MAX_TOKEN_CHARS or not token.startswith(PREFIX):
+            return None  # no key: neither cached nor looked up
         moment = time.monotonic()
-        cached = self._cache.get(token)
+        cache = self._cache
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        with self._lock:
+            cached = cache.get(digest)
+            if cached is not None:
+                cache.move_to_end(digest)
         if cached is None or cached[0] <= moment:
             principal, valid_s = self._check(token)
-            if len(self._cache) >= CACHE_ENTRIES:
-                self._cache.clear()
             cached = (moment + min(self._cache_s, valid_s), principal)
-            self._cache[token] = cached
+            with self._lock:
+                cache[digest] = cached
+                cache.move_to_end(digest)
+                while len(cache) > self._cache_entries:
+                    cache.popitem(last=False)
         if cached[1] is not None:
             self._used[cached[1].key_id] = moment
         return cached[1]
+
+    def _forget(self) -> None:
+        """Drop every cached check (after a change made here: it takes effect at once)."""
+        with self._lock:
+            self._cache.clear()
 
     def _check(self, token: str) -> tuple[Principal | None, float]:
         """The principal (None if the token is no valid key) and for how long it stays valid."""
@@ -261,7 +285,7 @@ class KeyStore:
             self._keep_an_admin(session, row, "revoke")
             row.revoked = True
             key = _to_key(row)
-        self._cache.clear()
+        self._forget()
         return key
 
     def rotate(self, key_id: str, grace: timedelta = timedelta(0)) -> tuple[ApiKey, str]:
@@ -279,7 +303,7 @@ class KeyStore:
             row.secret_hash = _hash(secret)
             row.rotated_at = today
             key = _to_key(row)
-        self._cache.clear()
+        self._forget()
         return key, f"{PREFIX}{key_id}_{secret}"
 
     def update(self, key_id: str, change: KeyChange) -> ApiKey:
@@ -289,6 +313,8 @@ class KeyStore:
                 self._keep_an_admin(session, row, "demote")
             if change.expires_at is not None and not change.never_expires:
                 self._keep_an_admin(session, row, "set an expiry on")
+            if change.models is not None and _models(change.models) is not None:
+                self._keep_an_admin(session, row, "scope")
             if change.name is not None:
                 row.name = change.name
             if change.role is not None:
@@ -302,7 +328,7 @@ class KeyStore:
             if change.quota is not None:
                 _set_quota(row, change.quota)
             key = _to_key(row)
-        self._cache.clear()
+        self._forget()
         return key
 
     def count(self) -> int:
@@ -310,15 +336,18 @@ class KeyStore:
             return len(session.scalars(select(ApiKeyRow.id)).all())
 
     def _active_admin(self, row: ApiKeyRow) -> bool:
+        """An admin key that can manage keys: not revoked, not expired, without a model scope."""
         expires = _aware(row.expires_at)
         return (
             row.role == Role.ADMIN.value
             and not row.revoked
+            and not row.models
             and (expires is None or expires > self._clock())
         )
 
     def _keep_an_admin(self, session: Session, row: ApiKeyRow, what: str) -> None:
-        """Refuse a change that would leave no active admin key (no one could manage keys)."""
+        """Refuse a change that would leave no active unscoped admin key (no one could manage
+        keys)."""
         if not self._active_admin(row):
             return
         admins = session.scalars(
@@ -327,7 +356,8 @@ class KeyStore:
         if not any(self._active_admin(r) for r in admins if r.id != row.id):
             raise Conflict(
                 f"cannot {what} API key {row.id!r}: it is the last active admin key; create "
-                "another admin key first (modelplane keys create --name NAME --role admin)"
+                "another admin key first (modelplane keys create --name NAME --role admin, "
+                "with no --models: only an admin key without a model scope manages keys)"
             )
 
     @staticmethod

@@ -389,13 +389,16 @@ class RegistryService:
 
     @staticmethod
     def _refuse_if_deployed(session: Session, version_ids: list[int], what: str) -> None:
+        """Refuse to delete versions a deployment serves. The message gives a count, never the
+        deployments' names: the caller's key may not be allowed to see them."""
         names = session.scalars(
             select(DeploymentRow.name).where(DeploymentRow.version_id.in_(version_ids))
         ).all()
         if names:
+            count = "1 deployment" if len(names) == 1 else f"{len(names)} deployments"
             raise Conflict(
-                f"{what} is used by deployment(s) {', '.join(sorted(names))}; delete or redeploy "
-                "them first"
+                f"{what} is used by {count}; undeploy or redeploy them first (`modelplane "
+                "deployments list` shows those your key may see)"
             )
 
     @staticmethod

@@ -1,6 +1,11 @@
 """The HTTP side of the audit trail: an ASGI middleware in front of every route that records
-each management change (a non-GET request under ``/api/``) and each denied request (401, 403 or
-429, from authentication, authorization, a quota or the web checks), whatever its outcome.
+each management change (a non-GET request under ``/api/``) that reached its route, whatever its
+outcome, and each refused request (401, 403, 429, or a 400 that no route answered: from
+authentication, authorization, a quota, a block or the web checks) as a denial.
+
+A request refused before its route (``Reached`` marks those that got there) is only a denial,
+never the management action it tried: a blocked address or an exhausted key cannot fill the
+trail with entries of a kind that is kept longer.
 
 What an entry holds comes from the request line, the authenticated principal and the response
 status, never from headers or bodies: no key, cookie or payload reaches the trail. A route that
@@ -19,9 +24,12 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelplane.domain import Principal
-from modelplane.telemetry.audit import DENIED, AuditTrail
+from modelplane.telemetry.audit import DENIED, RECORDED, AuditTrail
 
-DENIED_STATUSES = frozenset({401, 403})  # a quota's 429 is recorded by the quotas themselves
+DENIED_STATUSES = frozenset({401, 403})  # refusals whichever layer answered them
+# refusals when no route answered them (a route's own 400 is a failed change)
+REFUSED_STATUSES = frozenset({400, 401, 403, 429})
+REACHED = "audit_reached"  # set in the scope's state once a request passed every gate
 SELF_RECORDED = frozenset({"/login", "/logout"})  # the dashboard's sign-in records itself
 NOTE = "audit"  # the key in the scope's state where ``note`` keeps what a route adds
 _KEY_ID = re.compile(r"mpk_([0-9a-f]{1,32})_")
@@ -109,6 +117,19 @@ def _read_or_infer(path: str) -> str:
     return "infer" if path.startswith("/v2/") else "read"
 
 
+class Reached:
+    """Innermost wrapper: marks a request as having passed authentication, quotas and blocks,
+    so the audit middleware can tell a route's answer from a gate's refusal."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})[REACHED] = True
+        await self._app(scope, receive, send)
+
+
 class AuditMiddleware:
     def __init__(self, app: ASGIApp, trail: AuditTrail) -> None:
         self._app = app
@@ -129,18 +150,23 @@ class AuditMiddleware:
         try:
             await self._app(scope, receive, capture)
         finally:
-            if status in DENIED_STATUSES or scope["method"] not in ("GET", "HEAD", "OPTIONS"):
-                self._record(scope, status)
+            state: dict[str, Any] = scope.get("state") or {}
+            reached = bool(state.get(REACHED))
+            refused = status in DENIED_STATUSES or (not reached and status in REFUSED_STATUSES)
+            if refused:
+                if not state.get(RECORDED):  # a quota's refusal is recorded by the quotas
+                    self._record(scope, status, state, refused=True)
+            elif reached and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+                self._record(scope, status, state, refused=False)
 
-    def _record(self, scope: Scope, status: int) -> None:
+    def _record(self, scope: Scope, status: int, state: dict[str, Any], *, refused: bool) -> None:
         method, path = scope["method"], scope["path"]
         classified = classify(method, path)
-        state: dict[str, Any] = scope.get("state") or {}
         who = state.get("principal")
         key_id, key_name = (who.key_id, who.name) if isinstance(who, Principal) else (None, None)
         if key_id is None and status == 401:
             key_id = claimed_key(scope)
-        if status in DENIED_STATUSES:
+        if refused:
             attempted = classified.action if classified else _read_or_infer(path)
             action, target, detail = DENIED, f"{method} {path}", attempted
         elif classified is not None:

@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -36,6 +37,7 @@ from modelplane.errors import Conflict
 
 log = logging.getLogger("modelplane.encryption")
 NEXT_SUFFIX = ".next"
+DAMAGED_SUFFIX = ".damaged"  # a key file a rotation could not re-wrap, kept aside for restoring
 ENV_SOURCE = "MODELPLANE_MASTER_KEY"
 
 
@@ -111,6 +113,23 @@ def load_master_key(path: Path, from_env: str | None) -> tuple[MasterKey, Master
     return _read_file_key(path), _read_file_key(pending) if pending.exists() else None
 
 
+def _read_doc(path: Path) -> dict[str, Any]:
+    """A wrapped key file's fields; ``MasterKeyError`` naming the file when it is not one
+    (truncated, not JSON, fields missing). ``FileNotFoundError`` passes through."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError):  # json.JSONDecodeError is a ValueError
+        doc = None
+    if not isinstance(doc, dict) or not all(
+        isinstance(doc.get(field), str) for field in ("master", "nonce", "wrapped")
+    ):
+        raise MasterKeyError(
+            f"the data key file {path} is damaged (not a wrapped key); restore it from a "
+            "backup of the blob folder, or push the model of that blob again"
+        )
+    return doc
+
+
 class BlobKeys:
     """Data keys of blobs, wrapped by the master key, one small file per blob."""
 
@@ -139,12 +158,24 @@ class BlobKeys:
         return self._folder.glob("*.key")
 
     def _check(self) -> None:
-        """Every wrapped key must open with a master key we hold: said once, at start."""
-        foreign = 0
+        """Every wrapped key must open with a master key we hold: said once, at start. A
+        damaged key file is named in the log, not a reason to stop: only its blob is lost."""
+        foreign, damaged = 0, []
         for path in self._files():
-            doc = json.loads(path.read_bytes())
-            if doc.get("master") not in self._known:
+            try:
+                doc = _read_doc(path)
+            except FileNotFoundError:
+                continue  # its blob was deleted meanwhile
+            except MasterKeyError:
+                damaged.append(str(path))
+                continue
+            if doc["master"] not in self._known:
                 foreign += 1
+        if damaged:
+            log.error(
+                "%d damaged data key file(s), whose blobs cannot be opened until they are "
+                "restored from a backup: %s", len(damaged), ", ".join(sorted(damaged)),
+            )  # fmt: skip
         if foreign:
             raise MasterKeyError(
                 f"the master key in {self._current.source} does not open the data keys of this "
@@ -169,10 +200,10 @@ class BlobKeys:
     def get(self, digest: str) -> bytes | None:
         """The data key of ``digest``; None when the blob has none (it is not sealed)."""
         try:
-            doc = json.loads(self._path(digest).read_bytes())
+            doc = _read_doc(self._path(digest))
         except FileNotFoundError:
             return None
-        master = self._known.get(doc.get("master"))
+        master = self._known.get(doc["master"])
         if master is None:
             raise MasterKeyError(
                 f"the data key of blob {digest[:12]} was wrapped by another master key than "
@@ -182,8 +213,10 @@ class BlobKeys:
             return AESGCM(master.key).decrypt(
                 base64.b64decode(doc["nonce"]), base64.b64decode(doc["wrapped"]), digest.encode()
             )
-        except (InvalidTag, KeyError, ValueError):
-            raise MasterKeyError(f"the data key of blob {digest[:12]} is damaged") from None
+        except (InvalidTag, ValueError):
+            raise MasterKeyError(
+                f"the data key of blob {digest[:12]} is damaged ({self._path(digest)})"
+            ) from None
 
     def delete(self, digest: str) -> None:
         self._path(digest).unlink(missing_ok=True)
@@ -216,17 +249,28 @@ class BlobKeys:
 
     def _finish_rotation(self, new: MasterKey) -> int:
         path = Path(self._current.source)
-        count = 0
+        count, damaged = 0, []
         for file in list(self._files()):
             digest = file.name.removesuffix(".key")
             try:
-                done = json.loads(file.read_bytes()).get("master") == new.check
+                done = _read_doc(file)["master"] == new.check
+                key = None if done else self.get(digest)
             except FileNotFoundError:
                 continue  # its blob was deleted meanwhile
-            key = None if done else self.get(digest)
+            except MasterKeyError:
+                # no key opens it, before or after: set aside, so it never blocks a start
+                os.replace(file, file.with_name(file.name + DAMAGED_SUFFIX))
+                damaged.append(str(file))
+                continue
             if key is not None:
                 _write_private(file, self._wrap(new, digest, key))
                 count += 1
+        if damaged:
+            log.error(
+                "master key rotation: %d damaged data key file(s) could not be re-wrapped and "
+                "were renamed to *%s; their blobs cannot be opened until they are restored "
+                "from a backup: %s", len(damaged), DAMAGED_SUFFIX, ", ".join(sorted(damaged)),
+            )  # fmt: skip
         os.replace(path.with_name(path.name + NEXT_SUFFIX), path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:

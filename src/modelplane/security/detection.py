@@ -4,7 +4,8 @@ blocks they lead to.
 Three detectors, each a ``Rule`` (how many events in how long trip it, and how long a trip
 blocks; 0 = count and audit only):
 
-- ``auth_failures``: requests refused with 401, per source address; blocks the address.
+- ``auth_failures``: requests refused with 401, per source address (an IPv6 address's /64);
+  blocks the address for requests without a valid key, unless it is in ``never_block``.
 - ``model_scan``: distinct unknown model names asked for (404), per key (or address); blocks
   the key.
 - ``malformed``: requests refused by input validation (400, 413, 422), per key (or address);
@@ -18,12 +19,14 @@ refusals in ``/metrics`` and writes each trip to the audit trail.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Protocol, TypeVar
 
 from modelplane.domain import Principal
@@ -38,6 +41,34 @@ MALFORMED = "malformed"
 DETECTORS = (AUTH_FAILURES, MODEL_SCAN, MALFORMED)
 T = TypeVar("T")
 MALFORMED_STATUSES = frozenset({400, 413, 422})
+IPV6_GROUP_BITS = 64  # one host or site holds a whole /64 and can rotate addresses within it
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@lru_cache(maxsize=4096)
+def source_group(source: str) -> str:
+    """What the address block counts and blocks: an IPv4 address itself, an IPv6 address's /64
+    (an IPv4-mapped one as its IPv4 address), anything that is no address as it is."""
+    try:
+        address = ipaddress.ip_address(source)
+    except ValueError:
+        return source
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_GROUP_BITS), strict=False))
+    return source
+
+
+def in_networks(source: str, networks: tuple[Network, ...]) -> bool:
+    """Whether ``source`` is an address inside one of ``networks``."""
+    try:
+        address = ipaddress.ip_address(source)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address.version == n.version and address in n for n in networks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +143,14 @@ class Counts(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Rules:
-    """The three detectors' rules, and how many addresses or keys each may track at once."""
+    """The three detectors' rules, how many addresses or keys each may track at once, and the
+    networks whose addresses the auth-failure block never blocks."""
 
     auth_failures: Rule
     model_scan: Rule
     malformed: Rule
     max_tracked: int = 100_000
+    never_block: tuple[Network, ...] = ()
 
 
 class AttackDetector:
@@ -145,15 +178,22 @@ class AttackDetector:
 
     # ---- refusals (checked before a request is served) ----------------------------------------
     def source_block(self, source: str) -> Block | None:
-        """The block on ``source`` now, if any (and counts the refused request)."""
+        """The block on ``source`` (its IPv6 /64) now, if any. It binds only requests without
+        a valid key: call ``refused`` for each request it turns away."""
         if not self.blocked_sources:
             return None
-        return self._active(self.blocked_sources, source)
+        return self._active(self.blocked_sources, source_group(source))
+
+    def refused(self, block: Block) -> None:
+        self._counts.attack_refused(block.detector)
 
     def key_block(self, key_id: str) -> Block | None:
         if not self.blocked_keys:
             return None
-        return self._active(self.blocked_keys, key_id)
+        block = self._active(self.blocked_keys, key_id)
+        if block is not None:
+            self.refused(block)
+        return block
 
     def _active(self, blocks: dict[str, Block], who: str) -> Block | None:
         block = blocks.get(who)
@@ -162,17 +202,19 @@ class AttackDetector:
         if block.until <= self._clock():
             del blocks[who]
             return None
-        self._counts.attack_refused(block.detector)
         return block
 
     # ---- events -------------------------------------------------------------------------------
     def auth_failed(self, source: str, target: str) -> None:
         rule = self.rules.auth_failures
-        times = self._track(self._failures, source, deque)
+        group = source_group(source)
+        times = self._track(self._failures, group, deque)
         if count_in_window(times, self._clock(), rule) >= rule.threshold:
             times.clear()
             why = f"{rule.threshold} failed authentications within {rule.window_s:g}s"
-            self._trip(AUTH_FAILURES, rule, self.blocked_sources, source, "", "", source,
+            if self.rules.never_block and in_networks(source, self.rules.never_block):
+                rule = Rule(rule.threshold, rule.window_s)  # counted and audited, not blocked
+            self._trip(AUTH_FAILURES, rule, self.blocked_sources, group, "", "", source,
                        target, why)  # fmt: skip
 
     def unknown_model(self, key_id: str, key_name: str, source: str, name: str) -> None:
@@ -243,6 +285,7 @@ def rules_from(settings: DetectionSettings) -> Rules:
         model_scan=Rule(settings.scan_names, settings.scan_window_s, settings.scan_block_s),
         malformed=Rule(settings.malformed, settings.malformed_window_s, settings.malformed_block_s),
         max_tracked=settings.max_tracked,
+        never_block=tuple(ipaddress.ip_network(n, strict=False) for n in settings.never_block),
     )
 
 
@@ -258,14 +301,16 @@ class Blocked(Overloaded):
 def detected_principal(
     detector: AttackDetector, source: str, authenticate: Callable[[], Principal]
 ) -> Principal:
-    """``authenticate()`` behind the detectors (gRPC): a blocked address or key is refused
-    (429, ``RESOURCE_EXHAUSTED``) and a failed authentication is counted against the address."""
-    block = detector.source_block(source)
-    if block is not None:
-        raise Blocked(block, f"source address {source}", detector.now())
+    """``authenticate()`` behind the detectors (gRPC): a failed authentication from a blocked
+    address is refused (429, ``RESOURCE_EXHAUSTED``), else counted against the address; a valid
+    key is served whatever its address, unless the key itself is blocked."""
     try:
         who = authenticate()
     except Unauthenticated:
+        block = detector.source_block(source)
+        if block is not None:
+            detector.refused(block)
+            raise Blocked(block, f"source address {source_group(source)}", detector.now()) from None
         detector.auth_failed(source, "grpc")
         raise
     block = detector.key_block(who.key_id)

@@ -1,8 +1,10 @@
 """The attack detectors on the HTTP surface: two thin ASGI wrappers around ``AttackDetector``.
 
-``DetectionMiddleware`` sits outside authentication: it refuses a blocked source address at once
-(429 saying until when) and, once a request is answered, tells the detector about a 401, a 404
-for a model name, or an input-validation refusal (400, 413, 422) on the inference surface.
+``DetectionMiddleware`` sits outside authentication: from a blocked source address it serves a
+request with a valid key and turns the key check's refusal (401) into the block's (429 saying
+until when), so a shared address (NAT, a proxy) never locks out the valid keys behind it; and,
+once a request is answered, it tells the detector about a 401, a 404 for a model name, or an
+input-validation refusal (400, 413, 422) on the inference surface.
 ``KeyBlockGate`` sits inside authentication and refuses a blocked key. Neither does more than a
 dict lookup while nothing is blocked.
 """
@@ -13,7 +15,12 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelplane.domain import Principal
-from modelplane.security.detection import MALFORMED_STATUSES, AttackDetector, Block
+from modelplane.security.detection import (
+    MALFORMED_STATUSES,
+    AttackDetector,
+    Block,
+    source_group,
+)
 
 HEALTH = frozenset({"/v2/health/live", "/v2/health/ready"})
 NAMED_PREFIXES = ("/v2/models/", "/api/v1/models/", "/api/v1/deployments/")
@@ -62,7 +69,7 @@ class DetectionMiddleware:
         source = source_of(scope)
         block = detector.source_block(source)
         if block is not None:
-            await refuse(send, block, f"source address {source}", detector.now())
+            await self._blocked(scope, receive, send, block, source)
             return
         status = 0
 
@@ -75,6 +82,25 @@ class DetectionMiddleware:
         await self._app(scope, receive, watch)
         if status >= 400:
             self._observe(scope, source, status)
+
+    async def _blocked(
+        self, scope: Scope, receive: Receive, send: Send, block: Block, source: str
+    ) -> None:
+        """Serve a request from a blocked address; what the key check refuses gets the 429."""
+        detector = self._detector
+        swapped = False
+
+        async def swap(message: Message) -> None:
+            nonlocal swapped
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                swapped = True
+                detector.refused(block)
+                who = f"source address {source_group(source)}"
+                await refuse(send, block, who, detector.now())
+            elif not swapped:  # the 401's body is dropped with it
+                await send(message)
+
+        await self._app(scope, receive, swap)
 
     def _observe(self, scope: Scope, source: str, status: int) -> None:
         path: str = scope["path"]

@@ -25,6 +25,8 @@ import numpy as np
 from modelplane.errors import InvalidInput, ModelplaneError
 
 MAX_FEATURES = 256
+JSON_MAX_BYTES = 16 << 20  # JSON samples: parsed in the server, larger ones go as .npz
+JSON_MAX_ARRAYS = 1 << 20  # lists and objects in JSON samples (each costs a Python object)
 ACTIONS = ("off", "log", "flag", "reject")
 HEADER = "modelplane-input-outlier"
 
@@ -63,7 +65,8 @@ def input_stats(inputs: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
 
 def load_samples(data: bytes, max_unpacked: int) -> dict[str, np.ndarray]:
     """Sample inputs as pushed (.npz, or JSON ``{name: [[...]]}``), never unpacking more than
-    ``max_unpacked`` bytes and never unpickling."""
+    ``max_unpacked`` bytes, never unpickling, and parsing JSON only within ``JSON_MAX_BYTES``
+    and ``JSON_MAX_ARRAYS``."""
     if data[:2] == b"PK":
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
@@ -73,9 +76,14 @@ def load_samples(data: bytes, max_unpacked: int) -> dict[str, np.ndarray]:
                 return {k: npz[k] for k in npz.files}
         except (zipfile.BadZipFile, ValueError, OSError) as exc:
             raise InvalidInput(f"samples are not a valid .npz file: {exc}") from None
+    if len(data) > JSON_MAX_BYTES or data.count(b"[") + data.count(b"{") > JSON_MAX_ARRAYS:
+        raise InvalidInput(
+            f"JSON samples are limited to {JSON_MAX_BYTES >> 20} MiB and {JSON_MAX_ARRAYS} "
+            "arrays; send larger samples as .npz (numpy.savez)"
+        )
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InvalidInput(f"samples must be .npz or JSON {{name: [[...]]}}: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidInput('samples JSON must be an object: {"input_name": [[...]], ...}')

@@ -25,7 +25,7 @@ from modelplane.security.quotas import (
     rate_denial,
     take_token,
 )
-from modelplane.telemetry.audit import DENIED
+from modelplane.telemetry.audit import DENIED, RECORDED
 
 
 class Recorder(Protocol):
@@ -152,6 +152,8 @@ async def serve_limited(
     client = scope.get("client")
     source = str(client[0]) if client else "unknown"
     quotas.refuse(who, denial, source, f"{scope['method']} {scope['path']}")
+    if quotas.audit is not None:
+        scope.setdefault("state", {})[RECORDED] = True  # not recorded again by the middleware
     body = too_many_body(denial)
     await send(
         {

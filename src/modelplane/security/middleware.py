@@ -1,7 +1,8 @@
 """ASGI middleware that authenticates every request except the public health checks.
 
 A caller sends ``Authorization: Bearer <key>``; a browser may instead hold the key in the
-``modelplane_key`` cookie set by ``/login`` (and removed by ``/logout``). The authenticated
+``modelplane_key`` cookie set by ``/login`` (and removed by ``/logout``); over https the cookie
+is ``Secure`` and named ``__Host-modelplane_key``, and either name is accepted. The authenticated
 ``Principal`` is put in ``scope["state"]["principal"]`` for routes to authorize against. A browser
 loading a page without a working cookie is sent to the sign-in page, never shown JSON.
 """
@@ -23,6 +24,7 @@ PUBLIC_PATHS = frozenset(
      "/static/login.css"}
 )  # fmt: skip
 COOKIE = "modelplane_key"
+SECURE_COOKIE = "__Host-" + COOKIE  # over https: Secure, Path=/, no Domain (browsers enforce it)
 INVALID_KEY_REASON = "invalid"  # /login?reason=invalid: the sign-in page says the key failed
 
 
@@ -42,10 +44,17 @@ def _token(scope: Scope) -> tuple[str | None, bool]:
         elif name == b"cookie":
             cookie_header = value.decode("latin-1")
     if cookie_header:
-        morsel = SimpleCookie(cookie_header).get(COOKIE)
-        if morsel is not None and morsel.value:
-            return str(morsel.value), True
+        cookies = SimpleCookie(cookie_header)
+        for cookie in (SECURE_COOKIE, COOKIE):
+            morsel = cookies.get(cookie)
+            if morsel is not None and morsel.value:
+                return str(morsel.value), True
     return None, False
+
+
+def cookie_name(secure: bool) -> str:
+    """The sign-in cookie's name: with the ``__Host-`` prefix when it is ``Secure``."""
+    return SECURE_COOKIE if secure else COOKIE
 
 
 def authenticates_by_cookie(scope: Scope) -> bool:
@@ -85,7 +94,10 @@ class AuthMiddleware:
             # a page load: to the sign-in page, dropping a cookie whose key no longer works
             if from_cookie:
                 redirect = RedirectResponse(f"/login?reason={INVALID_KEY_REASON}", 303)
-                redirect.delete_cookie(COOKIE, httponly=True, samesite="strict")
+                secure = scope.get("scheme") == "https"
+                redirect.delete_cookie(
+                    cookie_name(secure), httponly=True, samesite="strict", secure=secure
+                )
             else:
                 redirect = RedirectResponse("/login", 303)
             await redirect(scope, receive, send)

@@ -41,7 +41,14 @@ ALLOWED: dict[Role, frozenset[Action]] = {
 }
 
 
+# actions about the whole server, not a model: only a key without a model scope may take them
+# (a scoped admin could otherwise give itself, or a new key, every model)
+UNSCOPED_ONLY = frozenset({Action.MANAGE_KEYS})
+
+
 def allowed(principal: Principal, action: Action) -> bool:
+    if action in UNSCOPED_ONLY and principal.models != ALL_MODELS:
+        return False
     return action in ALLOWED[principal.role]
 
 
@@ -50,6 +57,11 @@ def authorize(principal: Principal, action: Action) -> None:
         raise PermissionDenied(
             f"role {principal.role.value!r} may not {action.value}; ask an admin for a key with "
             "a role that can"
+        )
+    if action in UNSCOPED_ONLY and principal.models != ALL_MODELS:
+        raise PermissionDenied(
+            f"a key scoped to some models may not {action.value}; use an admin key without a "
+            "model scope"
         )
 
 

@@ -28,7 +28,7 @@ from modelplane.runtime.text import TokenizingRuntime
 from modelplane.security.inputguard import ACTIONS, guard_from
 from modelplane.security.replica_tls import replica_server_context
 from modelplane.serving.dataplane import DataPlane, PayloadLog
-from modelplane.serving.heap import return_large_blocks
+from modelplane.serving.heap import freeze_startup_objects, return_large_blocks
 from modelplane.serving.replica_server import ReplicaProtocol
 from modelplane.settings import ReplicaSettings
 from modelplane.telemetry.logs import Flusher, LogWriter, RequestLog, json_logging
@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     with contextlib.ExitStack() as stack:  # the logs are flushed and closed however main ends
         logs = _logging(args, stack)
-        watch_parent(os.getppid(), logs.flush)
+        # the pid the starter gave, not getppid(): a starter gone already must be seen as gone
+        watch_parent(ReplicaSettings().parent_pid or os.getppid(), logs.flush)
         return _run(args, logs)
 
 
@@ -165,6 +166,7 @@ def _run(args: argparse.Namespace, logs: _Logs) -> int:
         import uvloop
 
         uvloop.install()
+    freeze_startup_objects()  # the model and the modules: no collection walks them again
     asyncio.run(_serve(args, plane, token, tls))
     return 0
 

@@ -1,8 +1,8 @@
 """Frames written to one connection in the same turn of the event loop leave in one write.
 
 A batch of 20 answers finishes at once and wakes 20 tasks; written one by one, that is 20 send
-system calls on each side. Gathered until the loop's next turn, it is one, and the reader on the
-other end parses them all from one read (see docs/architecture.md, "The hot path").
+system calls, and as many reads on the other end. Gathered until the loop's next turn, it is one
+of each, and the reader parses them all at once.
 """
 
 from __future__ import annotations

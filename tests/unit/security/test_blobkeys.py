@@ -109,3 +109,52 @@ def test_a_rotation_interrupted_halfway_is_finished_at_the_next_start(tmp_path: 
     for digest in stored:
         doc = json.loads((tmp_path / "keys" / f"{digest}.key").read_text())
         assert doc["master"] == new.check
+
+
+@pytest.mark.parametrize("content", [b"", b'{"v": 1, "mas', b"\xff\xfe not json", b"[1, 2]"])
+def test_a_damaged_key_file_is_named_in_one_line_and_does_not_stop_the_start(
+    tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = open_keys(tmp_path)
+    key = new_data_key()
+    keys.store(D1, key)
+    damaged = tmp_path / "keys" / f"{D2}.key"
+    damaged.write_bytes(content)  # truncated, not JSON, not a wrapped key
+    reopened = open_keys(tmp_path)  # the other blobs stay readable
+    assert reopened.get(D1) == key
+    assert str(damaged) in caplog.text
+    with pytest.raises(MasterKeyError) as caught:
+        reopened.get(D2)
+    message = str(caught.value)
+    assert f"the data key file {damaged} is damaged" in message
+    assert "\n" not in message
+
+
+def test_an_interrupted_rotation_finishes_around_a_damaged_key_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = open_keys(tmp_path)
+    stored = {d: new_data_key() for d in (D1, D2)}
+    for digest, key in stored.items():
+        keys.store(digest, key)
+    new = MasterKey(os.urandom(32), str(tmp_path / "master.key"))
+    pending = tmp_path / "master.key.next"
+    pending.write_bytes(base64.b64encode(new.key) + b"\n")
+    os.chmod(pending, 0o600)
+    truncated = tmp_path / "keys" / f"{D3}.key"
+    truncated.write_bytes(b'{"v": 1, "master": "')
+    # a key file that parses but does not open: its old check would refuse the next start
+    tampered = tmp_path / "keys" / f"{D2}.key"
+    doc = json.loads(tampered.read_text())
+    doc["wrapped"] = base64.b64encode(b"x" * 48).decode()
+    tampered.write_text(json.dumps(doc))
+
+    reopened = open_keys(tmp_path)
+    assert not pending.exists()
+    assert reopened.master.key == new.key
+    assert reopened.get(D1) == stored[D1]
+    assert str(truncated) in caplog.text
+    assert str(tampered) in caplog.text
+    assert tampered.with_name(tampered.name + ".damaged").exists()  # kept for restoring
+    assert reopened.get(D2) is None
+    open_keys(tmp_path)  # and the next start starts

@@ -16,7 +16,10 @@ from modelplane.security.detection import (
     count_in_window,
     detected_principal,
     distinct_in_window,
+    rules_from,
+    source_group,
 )
+from modelplane.settings import DetectionSettings
 
 
 class Clock:
@@ -85,7 +88,7 @@ def test_auth_failures_block_the_source_for_the_cool_down_only() -> None:
     assert "blocked until" in block.message("source address 10.0.0.1")
     assert d.source_block("10.0.0.2") is None  # others are not affected
     assert counts.detected == ["auth_failures"]
-    assert counts.refused == ["auth_failures"]
+    assert counts.refused == []  # a block binds requests without a valid key: callers count
     assert audit.entries[0]["action"] == "detect.auth_failures"
     assert audit.entries[0]["source"] == "10.0.0.1"
     assert audit.entries[0]["result"] == "blocked"
@@ -139,16 +142,54 @@ def test_tracked_sources_are_bounded() -> None:
     assert len(d._failures) == 100
 
 
-def test_detected_principal_refuses_blocked_sources_and_counts_failures() -> None:
-    d, _, _, _ = detector()
+def bad() -> Principal:
+    raise Unauthenticated("invalid or revoked API key")
+
+
+def test_detected_principal_refuses_wrong_keys_from_blocked_sources_only() -> None:
+    d, _, counts, _ = detector()
     who = Principal("k1", Role.INVOKER, "ci")
-
-    def bad() -> Principal:
-        raise Unauthenticated("invalid or revoked API key")
-
     for _ in range(20):
         with pytest.raises(Unauthenticated):
             detected_principal(d, "10.0.0.1", bad)
     with pytest.raises(Overloaded, match=r"10\.0\.0\.1 is blocked until"):
-        detected_principal(d, "10.0.0.1", lambda: who)
+        detected_principal(d, "10.0.0.1", bad)
+    assert counts.refused == ["auth_failures"]
+    # a valid key behind the same address (a shared NAT, a proxy) is never locked out
+    assert detected_principal(d, "10.0.0.1", lambda: who) is who
     assert detected_principal(d, "10.0.0.2", lambda: who) is who
+    assert counts.refused == ["auth_failures"]
+
+
+def test_ipv6_sources_are_grouped_by_their_64() -> None:
+    assert source_group("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert source_group("::ffff:10.0.0.1") == "10.0.0.1"
+    assert source_group("10.0.0.1") == "10.0.0.1"
+    assert source_group("unix") == "unix"
+    d, clock, _, audit = detector()
+    for i in range(20):  # a new address of the same /64 for every try
+        d.auth_failed(f"2001:db8:1:2::{i + 1:x}", "/")
+        clock.t += 1
+    block = d.source_block("2001:db8:1:2:ffff::9")
+    assert block is not None
+    assert audit.entries[0]["source"] == "2001:db8:1:2::14"  # the address that tripped it
+    assert d.source_block("2001:db8:1:3::1") is None  # the next /64 is another site
+
+
+def test_never_block_networks_are_detected_but_not_blocked() -> None:
+    clock, counts, audit = Clock(), Counts(), Audit()
+    settings = DetectionSettings(never_block="127.0.0.1, 10.1.0.0/16,::1")
+    rules = rules_from(settings)
+    d = AttackDetector(rules, counts, audit, clock)
+    for source in ("10.1.2.3", "::1", "::ffff:127.0.0.1"):
+        for _ in range(20):
+            d.auth_failed(source, "/")
+        assert d.source_block(source) is None
+    assert counts.detected == ["auth_failures"] * 3
+    assert {e["result"] for e in audit.entries} == {"detected"}
+    for _ in range(20):
+        d.auth_failed("10.2.0.1", "/")
+    assert d.source_block("10.2.0.1") is not None
+    assert DetectionSettings().never_block == []
+    with pytest.raises(ValueError, match="not an address or CIDR"):
+        DetectionSettings(never_block="proxy.local")

@@ -58,3 +58,12 @@ def test_scope_globs() -> None:
     assert sees_deployment(fraud, "fraud-prod", "fraud-model")
     assert not sees_deployment(fraud, "fraud-prod", "credit")
     assert not sees_deployment(fraud, "prod", "fraud-model")
+
+
+def test_only_an_unscoped_admin_manages_keys() -> None:
+    scoped = Principal("k", Role.ADMIN, "", ("fraud-*",))
+    assert not allowed(scoped, A.MANAGE_KEYS)
+    with pytest.raises(PermissionDenied, match="without a model scope"):
+        authorize(scoped, A.MANAGE_KEYS)
+    assert allowed(scoped, A.DEPLOY)  # everything else stays, within the scope
+    assert allowed(Principal("k", Role.ADMIN, ""), A.MANAGE_KEYS)

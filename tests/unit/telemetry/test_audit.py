@@ -1,5 +1,6 @@
 """The audit trail: a bounded queue written in batches, denials dropped (and counted) when full,
-management actions never; the table's module has no update or delete path."""
+management actions only at the hard cap; failed writes retried; the table's module has no
+update or delete path."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
 import modelplane.registry.audit as audit_table
-from modelplane.security.auditing import claimed_key_id, classify
+from modelplane.security.auditing import AuditMiddleware, Reached, claimed_key_id, classify
 from modelplane.telemetry.audit import DENIED, AuditCollector, AuditEntry, AuditTrail
 
 WHEN = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -60,9 +62,46 @@ def test_a_full_queue_drops_denials_and_counts_them_but_keeps_management_actions
     registry = CollectorRegistry()
     registry.register(AuditCollector(trail))
     text = generate_latest(registry).decode()
-    assert "modelplane_audit_entries_dropped_total 3.0" in text
+    assert 'modelplane_audit_entries_dropped_total{kind="denial"} 3.0' in text
+    assert 'modelplane_audit_entries_dropped_total{kind="management"} 0.0' in text
     assert "modelplane_audit_entries_written_total 6.0" in text
     assert "modelplane_audit_queue_depth 0.0" in text
+
+
+def test_management_actions_are_capped_too_and_counted_by_kind() -> None:
+    sink = Sink()
+    trail = AuditTrail(sink, capacity=5)
+    for i in range(14):
+        trail.record("push", key_id="a", key_name="p", source="s", target=f"m{i}", result="201")
+    _deny(trail, 2)
+    assert trail.pending == 10  # the hard cap: twice the capacity, whatever the kind
+    assert trail.dropped_by_kind == {"denial": 2, "management": 4}
+    assert trail.dropped == 6
+
+
+def test_a_failed_write_is_retried_before_the_batch_is_dropped() -> None:
+    class Flaky:
+        def __init__(self, failures: int) -> None:
+            self.failures, self.calls, self.entries = failures, 0, 0
+
+        def append(self, entries: Sequence[AuditEntry]) -> None:
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise OSError("database is locked")
+            self.entries += len(entries)
+
+    flaky = Flaky(failures=2)
+    trail = AuditTrail(flaky, retry_s=0)
+    _deny(trail, 3)
+    assert trail.flush() == 3
+    assert (flaky.calls, flaky.entries, trail.dropped) == (3, 3, 0)
+    broken = Flaky(failures=100)
+    trail = AuditTrail(broken, retry_s=0)
+    _deny(trail, 2)
+    trail.record("push", key_id="a", key_name="p", source="s", target="m", result="201")
+    assert trail.flush() == 0
+    assert broken.calls == 3
+    assert trail.dropped_by_kind == {"denial": 2, "management": 1}
 
 
 def test_the_background_writer_flushes_and_stop_writes_what_is_left() -> None:
@@ -97,7 +136,7 @@ def test_a_failing_sink_does_not_raise_into_the_caller() -> None:
         def append(self, entries: Sequence[AuditEntry]) -> None:
             raise OSError("disk full")
 
-    trail = AuditTrail(Broken())
+    trail = AuditTrail(Broken(), retry_s=0)
     _deny(trail)
     assert trail.flush() == 0
 
@@ -139,3 +178,36 @@ def test_classify_maps_management_routes_to_actions() -> None:
 def test_only_the_id_of_a_key_is_taken() -> None:
     assert claimed_key_id("Bearer mpk_0a1b2c_s3cr3t") == "0a1b2c"
     assert claimed_key_id("Bearer something-else") is None
+
+
+async def _answer(app: Any, method: str, path: str) -> None:
+    scope = {"type": "http", "method": method, "path": path, "headers": [], "state": {},
+             "client": ("10.0.0.9", 1)}  # fmt: skip
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        return None
+
+    await app(scope, receive, send)
+
+
+def _status_app(status: int) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+async def test_a_change_refused_before_its_route_is_a_denial_not_the_change() -> None:
+    sink = Sink()
+    trail = AuditTrail(sink)
+    for status in (400, 429):  # a gate (block, quota, web check) answered: no route reached
+        await _answer(AuditMiddleware(_status_app(status), trail), "POST", "/api/v1/deployments")
+    await _answer(AuditMiddleware(Reached(_status_app(400)), trail), "POST", "/api/v1/deployments")
+    trail.flush()
+    entries = [(e.action, e.result, e.detail) for b in sink.batches for e in b]
+    assert entries == [("denied", "400", "deploy"), ("denied", "429", "deploy"),
+                       ("deploy", "400", "")]  # fmt: skip

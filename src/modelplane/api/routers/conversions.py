@@ -13,10 +13,8 @@ from modelplane.api.schemas import ConversionOut, SamplesOut
 from modelplane.api.services import Services
 from modelplane.domain import Principal
 from modelplane.errors import PayloadTooLarge
-from modelplane.registry.conversions import missing_conversion
+from modelplane.registry.conversions import SAMPLES_MAX_BYTES, missing_conversion
 from modelplane.security.policy import Action, in_scope
-
-MAX_SAMPLES = 64 << 20
 
 
 def create_router(services: Services) -> APIRouter:
@@ -40,14 +38,14 @@ def create_router(services: Services) -> APIRouter:
 
     @router.post("/samples", status_code=201, response_model=SamplesOut)
     async def upload_samples(
-        request: Request, _: Annotated[Principal, Depends(allow(Action.PUSH))]
+        request: Request, who: Annotated[Principal, Depends(allow(Action.PUSH))]
     ) -> SamplesOut:
         """Store sample inputs (.npz, or JSON ``{name: [[...]]}``) for a push's parity check;
-        pass the returned digest as ``samples=`` when pushing."""
+        pass the returned digest as ``samples=`` when pushing with the same key."""
         declared = declared_size(request)
-        if declared is not None and declared > MAX_SAMPLES:
-            raise PayloadTooLarge(f"samples are limited to {MAX_SAMPLES} bytes")
-        staged = services.registry.blobs.stage(MAX_SAMPLES)
+        if declared is not None and declared > SAMPLES_MAX_BYTES:
+            raise PayloadTooLarge(f"samples are limited to {SAMPLES_MAX_BYTES} bytes")
+        staged = services.registry.blobs.stage(SAMPLES_MAX_BYTES)
         try:
             async for chunk in request.stream():
                 await run_in_threadpool(staged.write, chunk)
@@ -55,6 +53,7 @@ def create_router(services: Services) -> APIRouter:
         except BaseException:
             staged.discard()
             raise
+        conversions.samples_uploaded(who.key_id, artifact.digest, artifact.size)
         return SamplesOut(digest=artifact.digest, size=artifact.size)
 
     return router

@@ -11,7 +11,7 @@ from modelplane.api.deps import allow, see_deployment, see_model
 from modelplane.api.schemas import CordonIn, DeployIn, DeploymentOut, NodeOut
 from modelplane.api.services import Services
 from modelplane.domain import ModelRef, Node, Principal, Replica
-from modelplane.errors import InvalidInput, NotFound, PermissionDenied
+from modelplane.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from modelplane.registry.deployments import DeploymentRecord
 from modelplane.registry.nodes import Cordon
 from modelplane.scheduler.controller import under_maintenance
@@ -58,8 +58,10 @@ def create_router(services: Services) -> APIRouter:
         see_model(who, ref.name)
         name = body.name or ref.name
         note(request, target=name, detail=f"model {body.model}")
-        if not in_scope(who, name) or not _may_replace(who, name):
+        if not in_scope(who, name):
             raise PermissionDenied(f"this key may not deploy under the name {name!r}")
+        if not _may_replace(who, name):  # taken by a deployment this key cannot see
+            raise Conflict(f"the name {name!r} cannot be used; deploy under another name (--name)")
         replicas = body.replicas
         if replicas is None and body.autoscaling_off:
             # fixed from now on at the count autoscaling had reached (at least 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -12,24 +13,45 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelplane.api.deps import allow
 from modelplane.api.services import Services
-from modelplane.domain import Principal
+from modelplane.domain import Principal, Role
 from modelplane.domain.auth import ALL_MODELS
-from modelplane.security.policy import Action, in_scope
+from modelplane.security.policy import Action, sees_deployment
+from modelplane.serving.gateway import Gateway
 from modelplane.telemetry.metrics import ReplicaSample, Snapshot
 
 MODEL_LABEL = re.compile(rb'[{,]model="([^"]*)"')
+KEY_LABEL = re.compile(rb'[{,]key_id="')
 
 
-def _scoped(text: bytes, who: Principal) -> bytes:
-    """Without the series of models outside the key's scope."""
-    if who.models == ALL_MODELS:
+def _scoped(text: bytes, who: Principal, serves: Mapping[str, str]) -> bytes:
+    """Without the series a key may not see: a ``model`` label is a deployment's name, shown
+    when that name and the model it serves (``serves``: name -> model) are both in scope, as on
+    the V2 routes (a name no longer known is hidden from scoped keys); ``key_id`` series only
+    for an admin key without a scope."""
+    unscoped = who.models == ALL_MODELS
+    keys_too = unscoped and who.role is Role.ADMIN
+    if keys_too:
         return text
     kept = []
     for line in text.split(b"\n"):
+        if KEY_LABEL.search(line):
+            continue
         found = MODEL_LABEL.search(line)
-        if found is None or in_scope(who, found.group(1).decode()):
-            kept.append(line)
+        if found is not None and not unscoped:
+            name = found.group(1).decode()
+            model = serves.get(name)
+            if model is None or not sees_deployment(who, name, model):
+                continue
+        kept.append(line)
     return b"\n".join(kept)
+
+
+def _served_models(gateway: Gateway) -> dict[str, str]:
+    """Deployment name -> the model it serves (or last served, for a retired name)."""
+    table = gateway.table
+    serves = {name: spec.partition(":")[0] for name, spec in table.retired.items()}
+    serves.update({name: route.model for name, route in table.routes.items()})
+    return serves
 
 
 def create_router(services: Services) -> APIRouter:
@@ -53,6 +75,7 @@ def create_router(services: Services) -> APIRouter:
         states["pending"] = controller.pending_count()
         metrics.snapshot = Snapshot(samples, dict(states), gateway.in_flight())
         text = generate_latest(metrics.registry)
-        return Response(_scoped(text, who), media_type=CONTENT_TYPE_LATEST)
+        scoped = _scoped(text, who, _served_models(gateway))
+        return Response(scoped, media_type=CONTENT_TYPE_LATEST)
 
     return router

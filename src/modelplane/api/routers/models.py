@@ -119,7 +119,7 @@ def create_router(services: Services) -> APIRouter:
             declared_size=declared_size(request),
         )
         if samples is not None:  # their statistics stay with the version (input guard)
-            stats = await run_in_threadpool(services.conversions.input_stats, samples)
+            stats = await run_in_threadpool(services.conversions.input_stats, who.key_id, samples)
             push_request = replace(push_request, input_stats=stats)
         options = ConversionOptions(samples, tolerance, force, _shape(input_shape))
         try:
