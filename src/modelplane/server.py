@@ -39,7 +39,11 @@ from modelplane.security.tls import TlsFileError, TlsFiles, grpc_credentials, tl
 from modelplane.security.tls import uvicorn_options as tls_options
 from modelplane.serving.gateway import Gateway
 from modelplane.serving.grpc import create_grpc_server
-from modelplane.serving.heap import freeze_startup_objects, return_large_blocks
+from modelplane.serving.heap import (
+    freeze_startup_objects,
+    one_malloc_arena,
+    release_freed_memory_forever,
+)
 from modelplane.serving.http_protocol import GatheringHttpProtocol
 from modelplane.serving.routing import RoutingTable
 from modelplane.settings import Settings
@@ -193,6 +197,8 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
         audit.start()
         controller.start()
         usage = asyncio.create_task(flush_usage_forever(keys))  # keys' last use, in batches
+        # freed uploads and parsed models go back to the system, not kept by malloc
+        release = asyncio.create_task(release_freed_memory_forever())
         if settings.demo:
             from modelplane.demo import ensure_demo
 
@@ -215,6 +221,7 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
         finally:
             await grpc_server.stop(grace=2.0)
             usage.cancel()
+            release.cancel()
             await controller.stop()
             await gateway.close()
             await asyncio.to_thread(audit.stop)  # what is still queued is written
@@ -274,7 +281,7 @@ def _curl_tls(settings: Settings) -> str:
 
 
 def serve(settings: Settings) -> None:
-    return_large_blocks()  # an idle server holds no freed upload or model buffers
+    one_malloc_arena()  # before any thread: the memory freed after a push can be handed back
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)

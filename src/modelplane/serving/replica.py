@@ -28,7 +28,7 @@ from modelplane.runtime.text import TokenizingRuntime
 from modelplane.security.inputguard import ACTIONS, guard_from
 from modelplane.security.replica_tls import replica_server_context
 from modelplane.serving.dataplane import DataPlane, PayloadLog
-from modelplane.serving.heap import freeze_startup_objects, return_large_blocks
+from modelplane.serving.heap import freeze_startup_objects, release_freed_memory
 from modelplane.serving.replica_server import ReplicaProtocol
 from modelplane.settings import ReplicaSettings
 from modelplane.telemetry.logs import Flusher, LogWriter, RequestLog, json_logging
@@ -118,7 +118,6 @@ def _logging(args: argparse.Namespace, stack: contextlib.ExitStack) -> _Logs:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return_large_blocks()  # the model's bytes go back to the system once it is loaded
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     with contextlib.ExitStack() as stack:  # the logs are flushed and closed however main ends
@@ -166,6 +165,7 @@ def _run(args: argparse.Namespace, logs: _Logs) -> int:
         import uvloop
 
         uvloop.install()
+    release_freed_memory()  # the model's bytes and what loading it freed
     freeze_startup_objects()  # the model and the modules: no collection walks them again
     asyncio.run(_serve(args, plane, token, tls))
     return 0
