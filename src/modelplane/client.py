@@ -477,16 +477,7 @@ class Client:
         """Audit entries as they are recorded (stops when the caller stops iterating)."""
         params = {k: v for k, v in {"since": since, "key": key, "action": action,
                                     "follow": "true"}.items() if v is not None}  # fmt: skip
-        try:
-            with self._http.stream("GET", "/api/v1/audit", params=params, timeout=None) as response:
-                if not response.is_success:
-                    response.read()
-                    _raise_for(response)
-                for line in response.iter_lines():
-                    if line.strip():
-                        yield orjson.loads(line)
-        except httpx.TransportError as exc:
-            raise errors.Unavailable(f"audit stream ended: {type(exc).__name__}") from None
+        yield from self._follow("/api/v1/audit", params, "audit")
 
     def deployments(self) -> list[DeploymentInfo]:
         result: list[DeploymentInfo] = self._request("GET", "/api/v1/deployments").json()
@@ -524,10 +515,12 @@ class Client:
         """Log records as they are written (stops when the caller stops iterating)."""
         params = {k: v for k, v in {"replica": replica, "since": since, "level": level,
                                     "follow": "true"}.items() if v is not None}  # fmt: skip
+        yield from self._follow(f"/api/v1/deployments/{name}/logs", params, "log")
+
+    def _follow(self, path: str, params: Mapping[str, Any], what: str) -> Iterator[Any]:
+        """The JSON lines of a streamed GET (``follow=true``) as they arrive."""
         try:
-            with self._http.stream(
-                "GET", f"/api/v1/deployments/{name}/logs", params=params, timeout=None
-            ) as response:
+            with self._http.stream("GET", path, params=params, timeout=None) as response:
                 if not response.is_success:
                     response.read()
                     _raise_for(response)
@@ -535,7 +528,7 @@ class Client:
                     if line.strip():
                         yield orjson.loads(line)
         except httpx.TransportError as exc:
-            raise errors.Unavailable(f"log stream ended: {type(exc).__name__}") from None
+            raise errors.Unavailable(f"{what} stream ended: {type(exc).__name__}") from None
 
     def undeploy(self, name: str) -> None:
         self._request("DELETE", f"/api/v1/deployments/{name}")
