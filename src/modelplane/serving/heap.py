@@ -6,10 +6,10 @@ chunks or a parsed ONNX graph have been freed, the next blocks that size come fr
 which keeps them when they are freed in turn. An idle server held about 20 MB it no longer used
 after two pushes, and a replica about 10 MB after loading its model. ``malloc_trim`` hands the
 free pages back: a replica calls it once its model is loaded, the server every few seconds
-(0.04 ms when there is nothing to hand back), with all its threads on one arena
-(``one_malloc_arena``). Fixing the threshold instead was measured too: it made the gateway spend
-a quarter more CPU on 8 MB request bodies, mapped and unmapped each time. Elsewhere than glibc
-(musl, macOS) nothing changes.
+(0.04 ms when it has something to hand back, nothing measurable when not), with all its threads
+on one arena (``one_malloc_arena``). Fixing the threshold instead was measured too: the gateway
+spent a fifth to a third more CPU on 8 MB request bodies, mapped and unmapped each time.
+Elsewhere than glibc (musl, macOS) nothing changes.
 
 ``freeze_startup_objects``: the collector's full passes walk every object alive, and a started
 server holds about 150,000 (modules, the app, the ORM); each pass stopped the event loop for
