@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ssl
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,7 +24,15 @@ from modelplane.client_types import (
     Tensor,
     Version,
 )
-from modelplane.protocol.datatypes import V2_TO_NUMPY, v2_datatype
+from modelplane.client_wire import (
+    decode_output,
+    encode_input,
+    pack_directory,
+    parity_summary,
+    raise_for,
+    tls_context,
+    unreachable,
+)
 from modelplane.settings import ClientSettings
 
 __all__ = [
@@ -49,117 +55,6 @@ CHUNK = 1 << 20
 STUCK_S = 3.0
 
 
-def _unreachable(url: str, exc: httpx.TransportError) -> str:
-    text = str(exc)
-    if "CERTIFICATE_VERIFY_FAILED" in text:
-        return (
-            f"the certificate of {url} is not trusted ({text.rpartition('] ')[2] or text}); set "
-            "MODELPLANE_CA_BUNDLE to the CA file that signed it"
-        )
-    # under TLS 1.3 a server that wants a client certificate refuses it after the handshake:
-    # the client sees the connection closed before an answer
-    closed = isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError)
-    if url.startswith("https://") and (closed or "SSL" in text or "TLS" in text):
-        return (
-            f"the TLS connection to {url} failed ({text}); if the server asks for a client "
-            "certificate, set MODELPLANE_CLIENT_CERT and MODELPLANE_CLIENT_KEY"
-        )
-    return (
-        f"cannot reach modelplane at {url} ({type(exc).__name__}); is `modelplane serve` "
-        "running, and is MODELPLANE_URL right?"
-    )
-
-
-def _raise_for(response: httpx.Response) -> None:
-    if response.is_success:
-        return
-    try:
-        message = str(response.json().get("error", response.text))
-    except ValueError:
-        message = response.text or response.reason_phrase
-    raise errors.error_for_status(response.status_code, message)
-
-
-def _encode_input(name: str, value: Any, datatype: str | None = None) -> dict[str, Any]:
-    try:
-        array = np.asarray(value)
-        if datatype is not None and datatype != "BYTES" and datatype in V2_TO_NUMPY:
-            array = array.astype(V2_TO_NUMPY[datatype], copy=False)
-    except (ValueError, TypeError) as exc:
-        expected = f" {datatype}" if datatype else ""
-        raise errors.InvalidInput(
-            f"input {name!r}: cannot be read as a{expected} tensor ({exc}); give a nested list "
-            f'of numbers with one shape, e.g. {{"{name}": [[5.1, 3.5, 1.4, 0.2]]}}'
-        ) from None
-    if array.dtype.kind in ("U", "S", "O"):
-        data = [x.decode() if isinstance(x, bytes) else str(x) for x in array.ravel()]
-        return {"name": name, "datatype": "BYTES", "shape": list(array.shape), "data": data}
-    try:
-        v2 = v2_datatype(array)
-    except TypeError:
-        raise errors.InvalidInput(
-            f"input {name!r}: numpy dtype {array.dtype} is not supported"
-        ) from None
-    return {
-        "name": name,
-        "datatype": v2,
-        "shape": list(array.shape),
-        "data": array.ravel().tolist(),
-    }
-
-
-def _decode_output(out: Mapping[str, Any]) -> np.ndarray:
-    shape = out["shape"]
-    if out["datatype"] == "BYTES":
-        return np.array(out["data"], dtype=object).reshape(shape)
-    return np.asarray(out["data"], dtype=V2_TO_NUMPY[out["datatype"]]).reshape(shape)
-
-
-def pack_directory(folder: Path, into: Path) -> Path:
-    """A model directory (SavedModel, Hugging Face) as one .tar.gz to push; plain files only."""
-    archive = into / f"{folder.name or 'model'}.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for path in sorted(folder.rglob("*")):
-            if path.is_symlink():
-                raise errors.InvalidInput(f"{path} is a symlink; push plain files only")
-            if path.is_file():
-                tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
-    return archive
-
-
-def _parity_summary(report: Mapping[str, Any] | None) -> str:
-    if not report:
-        return ""
-    parts = []
-    for out in report.get("outputs", []):
-        if "max_abs_error" in out:
-            parts.append(f"{out['name']}: max abs error {out['max_abs_error']:.3g}")
-        elif "label_agreement" in out:
-            parts.append(f"{out['name']}: label agreement {out['label_agreement']:.1%}")
-    return " (" + "; ".join(parts) + ")" if parts else ""
-
-
-def _tls_context(
-    ca_bundle: Path | None, client_cert: Path | None, client_key: Path | None
-) -> ssl.SSLContext | bool:
-    """What httpx verifies the server with: the system's CAs unless ``ca_bundle`` is given, and
-    a client certificate for mTLS."""
-    if ca_bundle is None and client_cert is None:
-        return True
-    try:
-        context = ssl.create_default_context(cafile=ca_bundle)
-        if client_cert is not None:
-            context.load_cert_chain(client_cert, client_key)
-    except (OSError, ssl.SSLError) as exc:
-        files = ", ".join(str(p) for p in (ca_bundle, client_cert, client_key) if p is not None)
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise errors.InvalidInput(
-            f"cannot load the TLS files ({files}): {reason}; MODELPLANE_CA_BUNDLE is a PEM CA "
-            "file, MODELPLANE_CLIENT_CERT and MODELPLANE_CLIENT_KEY a PEM certificate and key"
-        ) from None
-    return context
-
-
 class Client:
     """Talks to a modelplane server. Defaults come from ``MODELPLANE_URL`` and
     ``MODELPLANE_API_KEY`` (else ``$MODELPLANE_HOME/admin.key``); for an ``https://`` URL,
@@ -180,7 +75,7 @@ class Client:
         self.url = (url or settings.url).rstrip("/")
         key = api_key or settings.key()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        verify = _tls_context(
+        verify = tls_context(
             Path(ca_bundle) if ca_bundle is not None else settings.ca_bundle,
             Path(client_cert) if client_cert is not None else settings.client_cert,
             Path(client_key) if client_key is not None else settings.client_key,
@@ -202,8 +97,8 @@ class Client:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise errors.Unavailable(_unreachable(self.url, exc)) from None
-        _raise_for(response)
+            raise errors.Unavailable(unreachable(self.url, exc)) from None
+        raise_for(response)
         return response
 
     # ---- health -----------------------------------------------------------------------------
@@ -335,7 +230,7 @@ class Client:
             if job["state"] == "failed":
                 raise errors.UnsupportedModel(
                     f"conversion {conversion_id} failed: {job['error']}"
-                    + _parity_summary(job.get("report"))
+                    + parity_summary(job.get("report"))
                 )
             time.sleep(0.3)
         raise errors.DeadlineExceeded(
@@ -523,7 +418,7 @@ class Client:
             with self._http.stream("GET", path, params=params, timeout=None) as response:
                 if not response.is_success:
                     response.read()
-                    _raise_for(response)
+                    raise_for(response)
                 for line in response.iter_lines():
                     if line.strip():
                         yield orjson.loads(line)
@@ -615,6 +510,6 @@ class Client:
         """Run the model on named arrays (anything numpy accepts, cast to the model's input
         datatypes); returns named arrays."""
         types = {t["name"]: t["datatype"] for t in self.metadata(name, version)["inputs"]}
-        request = {"inputs": [_encode_input(k, v, types.get(k)) for k, v in inputs.items()]}
+        request = {"inputs": [encode_input(k, v, types.get(k)) for k, v in inputs.items()]}
         response = self.infer_v2(name, request, version)
-        return {out["name"]: _decode_output(out) for out in response["outputs"]}
+        return {out["name"]: decode_output(out) for out in response["outputs"]}

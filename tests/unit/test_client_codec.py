@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from modelplane.client import _decode_output, _encode_input
+from modelplane.client_wire import decode_output as _decode_output
+from modelplane.client_wire import encode_input as _encode_input
 from modelplane.errors import InvalidInput
 
 
