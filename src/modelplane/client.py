@@ -127,12 +127,19 @@ class Client:
         on_stage: Callable[[str], None] | None = None,
         timeout: float = 900.0,
         allow_duplicate: bool = False,
+        precision: str | None = None,
+        preprocess: str | None = None,
+        labels: Sequence[str] | None = None,
+        top_k: int = 5,
     ) -> Version:
         """Upload a model file (or directory, packed as .tar.gz), streamed in chunks;
         ``progress`` gets the bytes sent so far. A non-ONNX model is converted and verified on
         the server; this waits for that (``on_stage`` hears convert / verify / store) and
         returns the new version. Content already pushed under ``name`` is refused
-        (:class:`Conflict`, naming that version) unless ``allow_duplicate``."""
+        (:class:`Conflict`, naming that version) unless ``allow_duplicate``. ``precision``
+        (fp32, int8, int4) sets a language model's weights. ``preprocess`` (``image:...`` or
+        ``audio:...``) with ``labels`` makes the version take image or audio files and answer
+        its ``top_k`` labels with scores."""
         file = Path(path)
         if file.is_dir():
             with tempfile.TemporaryDirectory() as scratch:
@@ -141,7 +148,8 @@ class Client:
                     description=description, tags=tags, parent=parent, progress=progress,
                     trust_pickle=trust_pickle, samples=samples, tolerance=tolerance,
                     force=force, input_shape=input_shape, on_stage=on_stage, timeout=timeout,
-                    allow_duplicate=allow_duplicate,
+                    allow_duplicate=allow_duplicate, precision=precision,
+                    preprocess=preprocess, labels=labels, top_k=top_k,
                 )  # fmt: skip
         if not file.is_file():
             raise errors.InvalidInput(f"{file} is not a file or directory")
@@ -172,6 +180,13 @@ class Client:
             params["parent"] = parent
         if allow_duplicate:
             params["allow_duplicate"] = "true"
+        if precision:
+            params["precision"] = precision
+        if preprocess:
+            params["preprocess"] = preprocess
+            params["top_k"] = top_k
+        if labels:
+            params["label"] = list(labels)
         response = self._request(
             "POST",
             f"/api/v1/models/{name}/versions",

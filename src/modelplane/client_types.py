@@ -15,6 +15,7 @@ class Tensor(TypedDict):
 class Signature(TypedDict):
     inputs: list[Tensor]
     outputs: list[Tensor]
+    task: str  # "text-generation" for a language model, else ""
 
 
 class Version(TypedDict):

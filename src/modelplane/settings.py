@@ -269,19 +269,3 @@ class CliSettings(BaseSettings):
     @classmethod
     def _lenient(cls, value: object) -> bool:
         return str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
-class ReplicaSettings(BaseSettings):
-    """Settings a replica process receives from its executor (environment, never argv)."""
-
-    model_config = SettingsConfigDict(env_prefix="MODELPLANE_REPLICA_", extra="ignore")
-
-    token: str = Field("", description="Shared secret the gateway sends to this replica")
-    artifact_key: SecretStr = Field(
-        SecretStr(""), description="Data key of the replica's sealed artifact (hex)"
-    )
-    tls_cert: str = Field("", description="PEM certificate to listen with over TCP (Ray)")
-    tls_key: str = Field("", description="PEM key of tls_cert")
-    parent_pid: int = Field(
-        0, ge=0, description="The process that started the replica; it exits when that one does"
-    )

@@ -24,12 +24,14 @@ from modelplane.demo import iris_onnx, train_iris
 __all__ = [
     "IRIS_REQUEST",
     "RayCluster",
+    "digits_classifier",
     "free_port",
     "identity_onnx",
     "iris_onnx",
     "mlp_onnx",
     "multi_identity_onnx",
     "ray_cluster",
+    "tiny_llama",
     "train_iris",
     "wait_for",
 ]
@@ -207,3 +209,114 @@ def ray_cluster(nodes: int = 2) -> Iterator[RayCluster]:
     finally:
         cluster.stop()
         shutil.rmtree(cluster.temp, ignore_errors=True)
+
+
+# ---- a tiny language model, made here: nothing is downloaded -----------------------------------
+LLM_CORPUS = (
+    "modelplane serves models behind the OpenAI API.",
+    "The quick brown fox jumps over the lazy dog.",
+    "A language model predicts the next token from the ones before it.",
+    "Continuous batching lets many streams share each decoding step.",
+    "Hello! How can I help you today?",
+    "The cat sat on the mat and looked at the moon.",
+    "Tokens flow from the replica to the gateway as they are made.",
+    "user: hello\nassistant: Hello! How can I help you today?",
+)
+LLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def tiny_llama(
+    folder: str | Path, *, hidden: int = 64, layers: int = 2, steps: int = 100, seed: int = 0
+) -> Path:
+    """Write a small Llama-style causal language model to ``folder`` as ``save_pretrained``
+    does (config, safetensors, a byte-level BPE tokenizer trained here on a short corpus, a chat
+    template), trained ``steps`` steps on that corpus so its greedy output is not trivial. Needs
+    torch and transformers (``pip install 'modelplane[llm]'``); about ten seconds."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))  # noqa: S106  # nosec B106
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    unk, bos, eos = "<unk>", "<s>", "</s>"  # nosec B105
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=[unk, bos, eos],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )  # fmt: skip
+    bpe.train_from_iterator(list(LLM_CORPUS) * 4, trainer)
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=bpe, unk_token=unk, bos_token=bos, eos_token=eos
+    )
+    tokenizer.chat_template = LLM_CHAT_TEMPLATE
+    tokenizer.save_pretrained(out)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=256, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config)
+    samples = [torch.tensor([[1, *tokenizer.encode(t), 2]]) for t in LLM_CORPUS]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        ids = samples[step % len(samples)]
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()  # type: ignore[no-untyped-call]
+    model.generation_config.pad_token_id = config.eos_token_id
+    model.save_pretrained(out)
+    return out
+
+
+# ---- a small image classifier, made here ------------------------------------------------------
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def digits_classifier(folder: str | Path, steps: int = 150) -> Path:
+    """Train a small CNN on scikit-learn's 8x8 digits (as gray PNG levels: pixel / 255), export
+    it to ``folder/model.onnx`` with ``labels.txt``, and write ``seven.png``, a held-out seven
+    it classifies right. Push it with ``--preprocess image:resize=8,mode=L,normalize=unit
+    --labels labels.txt``. Needs torch, scikit-learn and Pillow; a few seconds."""
+    import warnings
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    images, labels = load_digits(return_X_y=True)
+    pixels = np.round(images.reshape(-1, 8, 8) * 255 / 16)
+    x = torch.tensor(pixels[:1500, None] / 255, dtype=torch.float32)
+    y = torch.tensor(labels[:1500])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(288, 10)
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+    model.eval()
+    with warnings.catch_warnings():  # the TorchScript-based exporter: small, warns it is old
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x[:2],), str(out / "model.onnx"), input_names=["pixels"],
+                          output_names=["logits"], dynamo=False,
+                          dynamic_axes={"pixels": {0: "n"}, "logits": {0: "n"}})  # fmt: skip
+    (out / "labels.txt").write_text("\n".join(DIGIT_NAMES) + "\n")
+    held = torch.tensor(pixels[1500:, None] / 255, dtype=torch.float32)
+    with torch.no_grad():
+        guessed = model(held).argmax(1).numpy()
+    seven = next(i for i in range(len(held)) if labels[1500 + i] == 7 and guessed[i] == 7)
+    Image.fromarray(pixels[1500 + seven].astype(np.uint8), "L").save(out / "seven.png")
+    return out

@@ -74,3 +74,12 @@ def test_quotas_benchmark(tmp_path: Path) -> None:
     assert set(rows) == {"free-a", "free-b", "limited"}
     assert all(r["requests_s"] > 0 and r["errors"] == 0 for r in rows.values())
     assert isinstance(result["cost_pct"], float)
+
+
+def test_llm_benchmark(tmp_path: Path) -> None:
+    out, result = run_bench("llm.py", tmp_path, "--smoke")
+    assert "| model | streams | system | output tokens/s (median) | vs one at a time |" in out
+    systems = {(r["model"], r["streams"], r["system"]) for r in result["rows"]}
+    assert ("tiny", 4, "modelplane") in systems
+    assert all(r["tokens_per_s"] > 0 for r in result["rows"])
+    assert result["embeddings"]["modelplane"] > 0

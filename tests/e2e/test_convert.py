@@ -3,6 +3,7 @@ with Triton's client: the answers match the original framework's."""
 
 from __future__ import annotations
 
+import base64
 import os
 import pickle
 from pathlib import Path
@@ -207,6 +208,24 @@ def test_minilm_serves_strings_like_sentence_transformers(shared_server, monkeyp
     )
     assert got.shape == (4, 384)
     assert cosine.min() >= 0.9999, cosine
+
+    # the same model through OpenAI's embeddings API, with the official client
+    import openai
+
+    oa = openai.OpenAI(base_url=f"{shared_server.url}/v1", api_key=shared_server.key,
+                       max_retries=0)  # fmt: skip
+    floats = oa.embeddings.create(model="minilm", input=sentences)
+    vectors = np.array([d.embedding for d in floats.data], dtype=np.float32)
+    assert np.allclose(vectors, got, atol=1e-5)
+    tokenizer = SentenceTransformer(str(folder), device="cpu").tokenizer
+    assert floats.usage.prompt_tokens == sum(len(tokenizer.encode(s)) for s in sentences)
+    raw = oa.with_raw_response.embeddings.create(
+        model="minilm", input="Hi.", encoding_format="base64"
+    ).http_response.json()
+    decoded = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), dtype=np.float32)
+    assert np.allclose(decoded, got[0], atol=1e-5)
+    with pytest.raises(openai.BadRequestError, match="gives 384 dimensions"):
+        oa.embeddings.create(model="minilm", input="Hi.", dimensions=128)
 
 
 def test_onnx_with_external_data_is_pushed_as_a_folder(shared_server, tmp_path: Path) -> None:

@@ -87,7 +87,13 @@ def matches(expected: str, text: str) -> bool:
 CHECKS: dict[str, Callable[[str], bool]] = {
     "modelplane deployments list": lambda out: "iris:1" in out and "ready" in out,
     "modelplane predict iris": lambda out: '"label"' in out,
-    "curl": lambda out: '"model_name":"iris"' in out.replace(" ", ""),
+    # the iris call, then the digits one (its top label for the sample seven)
+    "curl": lambda out: (
+        '"model_name":"iris"' in out.replace(" ", "") or '"data":["seven"' in out.replace(" ", "")
+    ),
+    "modelplane push tiny-llm": lambda out: "pushed tiny-llm:1 from transformers" in out,
+    "modelplane deploy tiny-llm": lambda out: "ready" in out,
+    "modelplane push digits/model.onnx": lambda out: "pushed digits:1" in out,
     "modelplane push flowers.onnx --name flowers --description": lambda out: (
         "pushed flowers:1" in out
     ),

@@ -79,11 +79,17 @@ EXTRA: dict[tuple[str, str], tuple[Any, str | None]] = {
     ("GET", "/v2/models/{name}/stats"): (Action.INFER, "deployment"),
     ("POST", "/v2/models/{name}/infer"): (Action.INFER, "deployment"),
     ("POST", "/v2/models/{name}/versions/1/infer"): (Action.INFER, "deployment"),
+    ("GET", "/v1/models"): (Action.INFER, None),
+    ("GET", "/v1/models/{name}"): (Action.INFER, "deployment"),
+    # the OpenAI routes name the model in the body (see _body)
+    ("POST", "/v1/chat/completions"): (Action.INFER, "deployment"),
+    ("POST", "/v1/completions"): (Action.INFER, "deployment"),
+    ("POST", "/v1/embeddings"): (Action.INFER, "deployment"),
 }
 # calls not made with a key that may make them (they would change the server for the rest)
 NOT_CALLED_WHEN_ALLOWED = {("POST", "/api/v1/admin/rotate-master-key")}
 LISTS = {"/api/v1/models", "/api/v1/deployments", "/api/v1/conversions", "/v2/models/stats",
-         "/metrics", "/api/v1/audit"}  # fmt: skip
+         "/metrics", "/api/v1/audit", "/v1/models"}  # fmt: skip
 
 
 @dataclass
@@ -134,6 +140,12 @@ def _body(method: str, path: str, name: str) -> dict[str, Any]:
         return {"models": ["*"]}
     if "/infer" in path:
         return IRIS_REQUEST
+    if path == "/v1/chat/completions":
+        return {"model": name, "messages": [{"role": "user", "content": "hi"}]}
+    if path == "/v1/completions":
+        return {"model": name, "prompt": "hi"}
+    if path == "/v1/embeddings":
+        return {"model": name, "input": "hi"}
     return {}
 
 

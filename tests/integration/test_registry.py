@@ -203,3 +203,23 @@ async def test_content_being_converted_is_neither_pushed_twice_nor_dropped(store
     with pytest.raises(UnsupportedModel):
         await registry.push(PushRequest("n", trust_pickle=True), chunks(payload), convert=refuse)
     assert blobs.path(upload.artifact.digest).exists()
+
+
+async def test_a_language_model_reserves_its_weights_and_kv_cache(stores, iris_bytes) -> None:
+    from modelplane.domain.signature import GENERATION_SIGNATURE
+    from modelplane.registry.deployments import Scheduling
+
+    registry, deployments, _ = stores
+    first = await registry.push(PushRequest("iris"), chunks(iris_bytes))
+    # a version as a language model's conversion records it (1 GB of weights, context 1024)
+    memory = {"weights_bytes": 1 << 30, "kv_bytes_per_token": 1 << 16, "context_length": 1024}
+    registry.record(PushRequest("llm"), first.artifact, GENERATION_SIGNATURE, "transformers",
+                    None, {"passed": True, "memory": memory})  # fmt: skip
+    sized = deployments.apply(ModelRef("llm"), config={"max_batch_size": 4})
+    # 1024 MB of weights + 4 slots x 1024 tokens x 64 KB + the process
+    assert sized.deployment.resources.memory_mb == 1024 + 256 + 300
+    smaller = deployments.apply(ModelRef("llm"), name="llm-2",
+                                scheduling=Scheduling(resources={"memory_mb": 700}))  # fmt: skip
+    assert smaller.deployment.resources.memory_mb == 700  # asked for: kept
+    plain = deployments.apply(ModelRef("iris"))
+    assert plain.deployment.resources.memory_mb == 512  # not a language model: the default

@@ -34,6 +34,7 @@ from modelplane.security.middleware import AuthMiddleware
 from modelplane.security.web import WebGuard, web_policy
 from modelplane.serving.gateway import Gateway
 from modelplane.serving.http import V2Surface
+from modelplane.serving.openai import OpenAIErrors, OpenAISurface
 
 log = logging.getLogger("modelplane.api")
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -103,7 +104,8 @@ def create_app(services: Services, gateway: Gateway, lifespan: Lifespan | None =
     add_docs(app)
     max_body = services.settings.serving.max_request_bytes
     # Reached: what answers from here on passed every gate (the audit trail tells them apart)
-    surface = Reached(V2Surface(app, gateway, __version__, max_body, services.metrics))
+    v2 = V2Surface(app, gateway, __version__, max_body, services.metrics)
+    surface = Reached(OpenAISurface(v2, gateway, max_body))
     detector = services.detector
     quotas = services.quotas  # keys' limits, after authentication (security/limiter.py)
     if detector is None:
@@ -116,4 +118,5 @@ def create_app(services: Services, gateway: Gateway, lifespan: Lifespan | None =
     # outermost: Host, CSRF and CORS checks, and the security headers on every response
     server = services.settings.server
     policy = web_policy(server.host, server.port, server.allowed_hosts, server.cors_origins)
-    return WebGuard(guarded, policy, services.audit)
+    # refusals on /v1 (key, quota, block) in OpenAI's error shape, for OpenAI clients
+    return WebGuard(OpenAIErrors(guarded), policy, services.audit)

@@ -31,6 +31,7 @@ class TensorOut(BaseModel):
 class SignatureOut(BaseModel):
     inputs: list[TensorOut]
     outputs: list[TensorOut]
+    task: str = Field("", description="text-generation for a language model (OpenAI API)")
 
 
 class VersionOut(BaseModel):

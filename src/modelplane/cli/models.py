@@ -28,6 +28,16 @@ def _dims(text: str | None) -> list[int] | None:
         ) from None
 
 
+def _labels(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}", param_hint="--labels") from None
+    return [line.strip() for line in lines if line.strip()]
+
+
 @app.command()
 def push(
     path: Annotated[Path, typer.Argument(help="Model file or directory to upload.")],
@@ -51,6 +61,17 @@ def push(
     allow_duplicate: Annotated[
         bool, typer.Option(help="Make a new version even if this content was pushed before.")
     ] = False,
+    precision: Annotated[
+        str | None, typer.Option(help="Language models: fp32 (default), int8 or int4 weights.")
+    ] = None,
+    preprocess: Annotated[
+        str | None,
+        typer.Option(help="Files in: image:resize=224,normalize=imagenet or audio:rate=16000,..."),
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="Class labels, one per line, in the model's order.")
+    ] = None,
+    top_k: Annotated[int, typer.Option(help="Labels in each answer (with --preprocess).")] = 5,
     as_json: Json = False,
 ) -> None:
     """Upload a model file as a new immutable version (converted to ONNX and verified when it
@@ -86,7 +107,8 @@ def push(
                 progress=lambda sent: progress.update(task, completed=sent),
                 trust_pickle=trust_pickle, samples=samples, tolerance=tolerance, force=force,
                 input_shape=_dims(input_shape), on_stage=on_stage,
-                allow_duplicate=allow_duplicate,
+                allow_duplicate=allow_duplicate, precision=precision,
+                preprocess=preprocess, labels=_labels(labels), top_k=top_k,
             )  # fmt: skip
         if as_json:
             _print_json(version)

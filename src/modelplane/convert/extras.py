@@ -54,8 +54,14 @@ def require_extra(source_format: str, is_importable: Callable[[str], bool] = imp
         )
 
 
+# what declared processing of images and audio needs (any format)
+MEDIA_MODULES = {"PIL": "media", "soundfile": "media", "soxr": "media"}
+
+
 def extra_for_module(module: str) -> str | None:
     """The extra that provides a top-level module (the first format listing it wins)."""
+    if module in MEDIA_MODULES:
+        return MEDIA_MODULES[module]
     for needs in FORMAT_EXTRAS.values():
         if module in needs.modules:
             return needs.extra

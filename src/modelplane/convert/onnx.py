@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,8 +10,10 @@ from typing import Any
 import onnx
 
 from modelplane.domain import Signature, TensorSpec
+from modelplane.domain.processing import Processing
 from modelplane.domain.signature import TEXT_INPUT, TOKENIZER_METADATA
 from modelplane.errors import UnsupportedModel, redact_paths
+from modelplane.runtime.media import PROCESSING_METADATA, served_signature
 
 # onnx.TensorProto element type -> V2 datatype
 ONNX_TO_V2: dict[int, str] = {
@@ -144,4 +147,8 @@ def inspect(path: Path) -> Signature:
         inputs = (TensorSpec(TEXT_INPUT, "BYTES", (-1,)),)
     if not inputs or not outputs:
         raise UnsupportedModel("the ONNX model has no inputs or no outputs")
+    declared = next((p.value for p in model.metadata_props if p.key == PROCESSING_METADATA), None)
+    if declared is not None:  # files in, top-k labels out
+        return served_signature(Processing.from_dict(json.loads(declared)),
+                                Signature(inputs, outputs))  # fmt: skip
     return Signature(inputs, outputs)

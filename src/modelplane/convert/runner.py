@@ -48,6 +48,8 @@ class ConversionSpec:
     input_shape: tuple[int, ...] | None = None
     level: str | None = None
     quantize: str | None = None
+    precision: str | None = None
+    processing: dict[str, Any] | None = None  # declared pre/post-processing (domain/processing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,8 @@ class ConversionRunner:
             "parent_pid": os.getpid(),
             "level": spec.level,
             "quantize": spec.quantize,
+            "precision": spec.precision,
+            "processing": spec.processing,
         }
         (spec.workdir / "spec.json").write_text(json.dumps(doc))
         env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
@@ -146,7 +150,8 @@ class ConversionRunner:
                 f"the conversion process exited with status {proc.returncode}", detail
             )
         report = json.loads((spec.workdir / "report.json").read_text())
-        return ConversionResult(spec.workdir / "model.onnx", report)
+        artifact = str(report.pop("artifact", "model.onnx"))  # a bundle for language models
+        return ConversionResult(spec.workdir / artifact, report)
 
     @staticmethod
     async def _follow(

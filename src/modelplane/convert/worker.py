@@ -14,6 +14,7 @@ import importlib
 import json
 import os
 import resource
+import shutil
 import signal
 import sys
 import time
@@ -103,6 +104,22 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         input_shape=tuple(spec["input_shape"]) if spec.get("input_shape") else None,
         unpack=UnpackLimits(int(spec["unpack_max_bytes"]), float(spec["unpack_max_ratio"])),
     )
+    if spec["format"] == "onnx" and spec.get("processing"):  # an ONNX push with processing
+        from modelplane.convert.processing import annotate
+
+        _emit("verify")
+        target = workdir / "model.onnx"
+        shutil.copyfile(spec["source"], target)
+        return annotate(target, spec["processing"])
+    if spec["format"] == "transformers":
+        from modelplane.convert import llm_source
+
+        root = llm_source.causal_root(Path(spec["source"]), workdir, options)
+        if root is not None:  # a language model: an onnxruntime-genai bundle
+            _emit("convert")
+            return llm_source.convert(root, workdir, spec.get("precision") or "fp32")
+    elif spec.get("precision"):
+        raise InvalidInput("--precision applies to language models only")
     _emit("convert")
     started = time.perf_counter()
     converted = _converter(spec["format"])(Path(spec["source"]), workdir, options)
@@ -126,6 +143,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     report["inputs"] = origin
     report["batch"] = int(next(iter(inputs.values())).shape[0]) if inputs else 0
     report["convert_seconds"] = round(convert_s, 3)
+    if spec.get("processing"):
+        from modelplane.convert.processing import annotate
+
+        processed = annotate(converted.onnx_path, spec["processing"])
+        report["processing"] = processed["processing"]
+        report["signature"] = processed["signature"]
     return report
 
 

@@ -45,6 +45,19 @@ class Resources:
 # lets a 2-core laptop hold eight such replicas (a demo, a few models, a rolling update's
 # extra replica); deployments that are busy all the time should ask for more (--cpu 1).
 DEFAULT_REQUEST = Resources(cpu=0.25, memory_mb=512)
+GENERATION_OVERHEAD_MB = 300  # a language model replica's process: Python, ONNX Runtime, buffers
+
+
+def generation_memory_mb(report: Mapping[str, Any] | None, slots: int) -> int | None:
+    """What a language model's replica needs: its weights, plus a KV cache row of the full
+    context for each of ``slots`` streams, plus the process. None for other models (their
+    conversion report has no ``memory``)."""
+    memory = (report or {}).get("memory")
+    if not isinstance(memory, Mapping):
+        return None
+    cache = slots * int(memory["context_length"]) * int(memory["kv_bytes_per_token"])
+    need = int(memory["weights_bytes"]) + cache
+    return -(-need // (1 << 20)) + GENERATION_OVERHEAD_MB
 
 
 class NodeState(enum.StrEnum):

@@ -10,6 +10,8 @@ from typing import Any
 TOKENIZER_METADATA = "modelplane.tokenizer"
 MAX_LENGTH_METADATA = "modelplane.max_length"
 TEXT_INPUT = "text"
+# the extra output such a model gives when asked: tokens per text
+TOKEN_COUNT = "token_count"  # noqa: S105  # nosec B105
 
 # V2 datatype -> element size in bytes (BYTES is variable: 0).
 DATATYPES: dict[str, int] = {
@@ -47,8 +49,12 @@ class TensorSpec:
 
 @dataclass(frozen=True, slots=True)
 class Signature:
+    """What a version takes and gives. ``task`` names what it does beyond tensors in, tensors
+    out: ``text-generation`` for a language model served through the OpenAI API."""
+
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    task: str = ""
 
     def input(self, name: str) -> TensorSpec | None:
         return next((t for t in self.inputs if t.name == name), None)
@@ -57,14 +63,31 @@ class Signature:
         return next((t for t in self.outputs if t.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
         }
+        if self.task:
+            doc["task"] = self.task
+        return doc
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Signature:
         return cls(
             tuple(TensorSpec.from_dict(t) for t in data.get("inputs", [])),
             tuple(TensorSpec.from_dict(t) for t in data.get("outputs", [])),
+            str(data.get("task", "")),
         )
+
+
+TEXT_GENERATION = "text-generation"
+# versions that take encoded files (BYTES elements are raw bytes, base64 in JSON)
+IMAGE_CLASSIFICATION = "image-classification"
+AUDIO_CLASSIFICATION = "audio-classification"
+FILE_TASKS = frozenset({IMAGE_CLASSIFICATION, AUDIO_CLASSIFICATION})
+# a language model's signature: a prompt in, text out (the names Triton's generate uses)
+GENERATION_SIGNATURE = Signature(
+    (TensorSpec("text_input", "BYTES", (1,)),),
+    (TensorSpec("text_output", "BYTES", (-1,)),),
+    TEXT_GENERATION,
+)

@@ -8,6 +8,10 @@ Response: !I rest | !I id | !H status | !I header_len (NO_HEADER = absent) | pay
 
 ``rest`` counts the bytes after itself. For INFER the payload is a V2 REST body as a client sent
 it, and ``header_len`` is its Inference-Header-Content-Length; the response mirrors that.
+
+GENERATE streams: the replica answers its id with any number of PARTIAL frames (status 206, a
+JSON event each) and then one final frame (any other status). CANCEL carries the id of a
+GENERATE to stop (``!I``) and gets no answer; a stream's frames may still be in flight.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ INFER = 1
 READY = 2
 METADATA = 3
 STATS = 4
+GENERATE = 5
+CANCEL = 6
+PARTIAL = 206  # a GENERATE stream's event; more frames follow
 NO_HEADER = 0xFFFFFFFF
 # response status bit: the replica flagged the request's input as an outlier (input_guard=flag);
 # the payload then starts with the input's name and a NUL byte
@@ -49,6 +56,14 @@ class ResponseFrame:
     status: int
     header_len: int | None
     payload: bytes
+
+
+def cancel_payload(stream_id: int) -> bytes:
+    return _LEN.pack(stream_id)
+
+
+def cancelled_id(payload: bytes) -> int | None:
+    return _LEN.unpack(payload)[0] if len(payload) == _LEN.size else None
 
 
 def encode_request(frame: RequestFrame) -> bytes:

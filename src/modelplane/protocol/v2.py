@@ -3,6 +3,8 @@ and response encoding, for JSON and the binary tensor data extension."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +15,7 @@ import numpy as np
 import orjson
 
 from modelplane.domain import Signature, TensorSpec
+from modelplane.domain.signature import FILE_TASKS, TEXT_INPUT, TOKEN_COUNT
 from modelplane.errors import InvalidInput
 from modelplane.protocol.datatypes import V2_TO_NUMPY, v2_datatype
 
@@ -68,7 +71,7 @@ def _shape(spec: TensorSpec, raw: Any, limits: Limits) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def _decode_bytes_elements(blob: memoryview, count: int, name: str) -> np.ndarray:
+def _decode_bytes_elements(blob: memoryview, count: int, name: str, text: bool) -> np.ndarray:
     out = np.empty(count, dtype=np.object_)
     offset = 0
     for i in range(count):
@@ -78,6 +81,10 @@ def _decode_bytes_elements(blob: memoryview, count: int, name: str) -> np.ndarra
         offset += 4
         if offset + length > len(blob):
             raise _fail(f"input {name!r}: binary BYTES element {i} runs past the data")
+        if not text:  # files (images, audio): the bytes as they are
+            out[i] = bytes(blob[offset : offset + length])
+            offset += length
+            continue
         try:  # ONNX Runtime's string tensors take text: bytes that are not UTF-8 are refused
             out[i] = bytes(blob[offset : offset + length]).decode("utf-8")
         except UnicodeDecodeError:
@@ -91,10 +98,12 @@ def _decode_bytes_elements(blob: memoryview, count: int, name: str) -> np.ndarra
     return out
 
 
-def _from_binary(spec: TensorSpec, shape: tuple[int, ...], blob: memoryview) -> np.ndarray:
+def _from_binary(
+    spec: TensorSpec, shape: tuple[int, ...], blob: memoryview, files: bool = False
+) -> np.ndarray:
     count = prod(shape)
     if spec.datatype == "BYTES":
-        return _decode_bytes_elements(blob, count, spec.name).reshape(shape)
+        return _decode_bytes_elements(blob, count, spec.name, not files).reshape(shape)
     dtype = V2_TO_NUMPY[spec.datatype]
     expected = count * dtype.itemsize
     if len(blob) != expected:
@@ -107,7 +116,23 @@ def _from_binary(spec: TensorSpec, shape: tuple[int, ...], blob: memoryview) -> 
     )
 
 
-def _from_json(spec: TensorSpec, shape: tuple[int, ...], data: Any) -> np.ndarray:
+def _files_from_json(name: str, flat: np.ndarray) -> np.ndarray:
+    """Files (images, audio) in JSON travel base64-encoded: one string per file."""
+    out = np.empty(flat.size, dtype=np.object_)
+    for i, item in enumerate(flat):
+        try:
+            out[i] = base64.b64decode(item, validate=True)
+        except (binascii.Error, ValueError):
+            raise _fail(
+                f"input {name!r}: element {i} is not base64; in JSON send each file "
+                "base64-encoded, or send the bytes with the binary extension"
+            ) from None
+    return out
+
+
+def _from_json(
+    spec: TensorSpec, shape: tuple[int, ...], data: Any, files: bool = False
+) -> np.ndarray:
     name = spec.name
     if not isinstance(data, list):
         data = [data]
@@ -120,7 +145,7 @@ def _from_json(spec: TensorSpec, shape: tuple[int, ...], data: Any) -> np.ndarra
             )
         if not all(isinstance(x, str) for x in flat):
             raise _fail(f"input {name!r}: BYTES data must be strings")
-        return flat.reshape(shape)
+        return (_files_from_json(name, flat) if files else flat).reshape(shape)
     dtype = V2_TO_NUMPY[spec.datatype]
     try:
         array = np.asarray(data, dtype=dtype)
@@ -159,6 +184,10 @@ def _raw_request(body: bytes, signature: Signature, limits: Limits) -> Inference
             f"this model has {len(signature.inputs)}"
         )
     spec = signature.inputs[0]
+    if signature.task in FILE_TASKS:  # the body is the file itself
+        single = np.empty(1, dtype=np.object_)
+        single[0] = bytes(body)
+        return InferenceRequest(inputs={spec.name: single}, binary_output=True)
     if spec.datatype == "BYTES":
         shape = tuple(1 if d == -1 else d for d in spec.shape)
     else:
@@ -199,6 +228,7 @@ def decode_request(
         raise _fail("'parameters' must be an object")
     inputs: dict[str, np.ndarray] = {}
     offset = 0
+    files = signature.task in FILE_TASKS
     for item in raw_inputs:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise _fail("each input must be an object with 'name', 'shape', 'datatype' and 'data'")
@@ -221,10 +251,10 @@ def decode_request(
                     f"input {name!r}: binary_data_size {size!r} does not fit the "
                     f"{len(binary) - offset} binary bytes left in the body"
                 )
-            inputs[name] = _from_binary(spec, shape, binary[offset : offset + size])
+            inputs[name] = _from_binary(spec, shape, binary[offset : offset + size], files)
             offset += size
         elif "data" in item:
-            inputs[name] = _from_json(spec, shape, item["data"])
+            inputs[name] = _from_json(spec, shape, item["data"], files)
         else:
             raise _fail(f"input {name!r} has no 'data' and no binary_data_size parameter")
     if offset != len(binary):
@@ -258,7 +288,9 @@ def _requested_outputs(raw: Any, signature: Signature) -> list[RequestedOutput] 
     for item in raw:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise _fail("each requested output must be an object with a 'name'")
-        if signature.output(item["name"]) is None:
+        # a text model also gives token_count when asked (runtime/text.py)
+        extra = item["name"] == TOKEN_COUNT and signature.input(TEXT_INPUT) is not None
+        if signature.output(item["name"]) is None and not extra:
             known = ", ".join(t.name for t in signature.outputs)
             raise _fail(f"unknown output {item['name']!r}; this model's outputs are: {known}")
         params = item.get("parameters") or {}

@@ -26,6 +26,7 @@ from modelplane.convert.extras import importable, require_extra
 from modelplane.convert.runner import ConversionCrashed, ConversionRunner, ConversionSpec
 from modelplane.domain import Conversion, ModelVersion
 from modelplane.domain.model import DETECTED_FORMATS
+from modelplane.domain.signature import GENERATION_SIGNATURE, TEXT_GENERATION
 from modelplane.errors import InvalidInput, ModelplaneError, NotFound
 from modelplane.registry.blobs import DIGEST_RE, BlobStore
 from modelplane.registry.service import PushRequest, RegistryService, Upload, now
@@ -51,6 +52,8 @@ class ConversionOptions:
     input_shape: tuple[int, ...] | None = None
     level: str | None = None
     quantize: str | None = None
+    precision: str | None = None  # a language model's weights: fp32, int8, int4
+    processing: dict[str, Any] | None = None  # images/audio in, labels out (domain/processing)
 
 
 class SampleUploads:
@@ -288,6 +291,8 @@ class ConversionService:
                 input_shape=options.input_shape,
                 level=options.level,
                 quantize=options.quantize,
+                precision=options.precision,
+                processing=options.processing,
             )  # fmt: skip
 
             def stage(name: str) -> None:
@@ -346,7 +351,11 @@ class ConversionService:
                 while chunk := f.read(CHUNK):
                     staged.write(chunk)
             staged.seal()
-            signature = onnx_source.inspect(staged.path)
+            signature = (
+                GENERATION_SIGNATURE
+                if report.get("task") == TEXT_GENERATION
+                else onnx_source.inspect(staged.path)
+            )
             artifact = staged.commit()
         except BaseException:
             staged.discard()

@@ -19,7 +19,7 @@ from modelplane.domain import (
     ServingConfig,
 )
 from modelplane.domain.model import name_problem
-from modelplane.domain.resources import DEFAULT_REQUEST
+from modelplane.domain.resources import DEFAULT_REQUEST, generation_memory_mb
 from modelplane.errors import InvalidInput, NotFound
 from modelplane.registry.service import RegistryService, now, to_version
 from modelplane.registry.tables import DeploymentRow, ModelRow, VersionRow
@@ -122,7 +122,7 @@ class DeploymentStore:
             stamp = now()
             before = _record(row).deployment if row is not None else None
             given = scheduling or Scheduling()
-            spec = _merge(before, config, given, replicas)
+            spec = _sized(_merge(before, config, given, replicas), version, given)
             _check(spec.resources, spec.autoscaling)
             replicas = _replicas(replicas, before, spec, given)
             if row is None:
@@ -215,6 +215,18 @@ def _merge(
         placement=_changed(base.placement, given.placement),
         autoscaling=scaling,
     )  # fmt: skip
+
+
+def _sized(spec: Deployment, version: ModelVersion, given: Scheduling) -> Deployment:
+    """A language model's replica reserves what its weights and KV cache need (at least), unless
+    this deploy names the memory itself."""
+    named = given.resources if isinstance(given.resources, Mapping) else {}
+    if isinstance(given.resources, Resources) or "memory_mb" in named:
+        return spec
+    need = generation_memory_mb(version.report, spec.config.max_batch_size)
+    if need is None or need <= spec.resources.memory_mb:
+        return spec
+    return replace(spec, resources=replace(spec.resources, memory_mb=need))
 
 
 def _replicas(

@@ -46,6 +46,7 @@ class PushRequest:
     allow_duplicate: bool = False
     declared_size: int | None = None  # the body's Content-Length, when the client sent one
     input_stats: dict[str, Any] | None = None  # of the samples given with the push
+    processed: bool = False  # declares pre/post-processing: even ONNX goes through the worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +190,7 @@ class RegistryService:
             await run_in_threadpool(
                 self._refuse_pushed_before, request.name, upload.artifact.digest
             )
-        if upload.signature is not None:
+        if upload.signature is not None and not request.processed:
             return await run_in_threadpool(
                 self.record, request, upload.artifact, upload.signature, "onnx", None, None
             )

@@ -1,5 +1,8 @@
 """Models that take text: tokenization in the replica (the ``tokenizers`` library, no torch),
-wrapped around the ONNX runtime. A model without tokenizer metadata passes straight through."""
+wrapped around the ONNX runtime. A model without tokenizer metadata passes straight through.
+
+Asked for explicitly, the extra output ``token_count`` (INT64, one per input) says how many
+tokens each text was read as, after truncation: what OpenAI's embeddings ``usage`` reports."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from modelplane.domain import Signature, TensorSpec
-from modelplane.domain.signature import TEXT_INPUT, TOKENIZER_METADATA
+from modelplane.domain.signature import TEXT_INPUT, TOKEN_COUNT, TOKENIZER_METADATA
 from modelplane.errors import InvalidInput
 from modelplane.runtime.base import Arrays
 from modelplane.runtime.onnx import OnnxRuntime
@@ -24,6 +27,10 @@ class TokenizingRuntime:
         self._tokenizer: Tokenizer | None = None
         self._inputs: list[str] = []
         self.signature = inner.signature
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self._inner.metadata
 
     def load(self) -> None:
         self._inner.load()
@@ -54,4 +61,9 @@ class TokenizingRuntime:
     async def predict(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> Arrays:
         if self._tokenizer is None:
             return await self._inner.predict(inputs, outputs)
-        return await self._inner.predict(self._tokenize(inputs[TEXT_INPUT]), outputs)
+        feeds = self._tokenize(inputs[TEXT_INPUT])
+        wanted = [name for name in outputs if name != TOKEN_COUNT]
+        results = await self._inner.predict(feeds, wanted)
+        if len(wanted) < len(outputs):
+            results[TOKEN_COUNT] = feeds["attention_mask"].sum(axis=1).astype(np.int64)
+        return results

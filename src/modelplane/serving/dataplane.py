@@ -224,6 +224,14 @@ class DataPlane:
                                         body)  # fmt: skip
         return frames.ResponseFrame(frame.id, JSON_OK, result.header_length, result.body)
 
+    async def generate(
+        self, frame: frames.RequestFrame, emit: Callable[[frames.ResponseFrame], None]
+    ) -> frames.ResponseFrame:
+        """This replica serves tensors: a GENERATE is answered with a 400 saying so."""
+        message = (f"model {self.name!r} is not a language model; call it with "
+                   f"POST /v2/models/{self.name}/infer")  # fmt: skip
+        return frames.ResponseFrame(frame.id, 400, None, v2.error_body(message, "invalid_argument"))
+
     async def handle(self, frame: frames.RequestFrame) -> frames.ResponseFrame:
         """Answer one frame; errors become a status and ``{"error": ...}``, never a crash."""
         try:

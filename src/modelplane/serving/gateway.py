@@ -7,7 +7,7 @@ import asyncio
 import ssl
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from modelplane.errors import (
 from modelplane.protocol import frames
 from modelplane.serving.replica_client import ReplicaConnection, ReplicaGone
 from modelplane.serving.routing import Endpoint, Route, RoutingTable
-from modelplane.telemetry.metrics import Metrics
+from modelplane.telemetry.metrics import Metrics, RequestSeries
 
 COLD_START_POLL_S = 0.02
 
@@ -150,12 +150,8 @@ class Gateway:
                 best, best_load = endpoint, load
         return best
 
-    async def infer(
-        self, route: Route, body: bytes, header_length: int | None, request_id: str = ""
-    ) -> Forwarded:
-        """Forward an inference to a ready replica. Excess load gets 429 at once; a replica that
-        goes away before answering is retried once on another."""
-        series = self._metrics.requests(route.name, route.version)
+    def _admit(self, route: Route, series: RequestSeries) -> None:
+        """Count a request in flight for ``route``, or refuse it (429) at the route's limit."""
         if self._queued[route.name] >= route.max_queued:
             series.count(429)
             raise Overloaded(
@@ -163,6 +159,14 @@ class Gateway:
                 "retry after a moment"
             )
         self._queued[route.name] += 1
+
+    async def infer(
+        self, route: Route, body: bytes, header_length: int | None, request_id: str = ""
+    ) -> Forwarded:
+        """Forward an inference to a ready replica. Excess load gets 429 at once; a replica that
+        goes away before answering is retried once on another."""
+        series = self._metrics.requests(route.name, route.version)
+        self._admit(route, series)
         started = time.perf_counter()
         status = 500
         try:
@@ -216,6 +220,61 @@ class Gateway:
             f"{route.desired} ready); retry shortly or check `modelplane deployments status "
             f"{route.name}`"
         )
+
+    async def generate(
+        self, route: Route, payload: bytes, request_id: str = ""
+    ) -> AsyncGenerator[frames.ResponseFrame, None]:
+        """Stream a GENERATE from a ready replica: PARTIAL frames, then the final one. A replica
+        that goes away before its first frame is retried once on another; leaving the iteration
+        early cancels the generation on the replica."""
+        series = self._metrics.requests(route.name, route.version)
+        self._admit(route, series)
+        started = time.perf_counter()
+        status = 499  # the client left before the end, unless something else is known
+        try:
+            if not route.endpoints and route.cold_start_s > 0:
+                route = await self._wait_for_replica(route)
+            tried: set[str] = set()
+            for _attempt in range(2):
+                route = self.table.get(route.name) or route
+                endpoint = self._pick(route, tried)
+                if endpoint is None:
+                    break
+                tried.add(endpoint.replica_id)
+                self._outstanding[endpoint.replica_id] += 1
+                received = False
+                try:
+                    connection = await self._connection(endpoint)
+                    async for frame in connection.stream(
+                        frames.GENERATE, payload, int(self._timeout * 1000), request_id
+                    ):
+                        received = True
+                        if frame.status != frames.PARTIAL:
+                            status = frame.status
+                        yield frame
+                    return
+                except ReplicaGone:
+                    if received:
+                        status = 502
+                        raise Unavailable(
+                            f"model {route.name!r}'s replica went away while generating; retry"
+                        ) from None
+                    continue
+                finally:
+                    self._outstanding[endpoint.replica_id] -= 1
+            status = 503
+            raise Unavailable(
+                f"model {route.name!r} has no ready replica ({len(route.endpoints)} of "
+                f"{route.desired} ready); retry shortly or check `modelplane deployments status "
+                f"{route.name}`"
+            )
+        except ModelplaneError as exc:
+            status = exc.status
+            raise
+        finally:
+            self._queued[route.name] -= 1
+            series.count(status)
+            series.latency.observe(time.perf_counter() - started)
 
     async def _wait_for_replica(self, route: Route) -> Route:
         """Hold a request for a scaled-to-zero deployment while its first replica starts. A

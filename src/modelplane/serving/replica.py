@@ -12,25 +12,29 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import ssl
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 from modelplane.artifacts import ArtifactBroken, read_artifact
+from modelplane.bundles import is_bundle, unpack
 from modelplane.protocol.v2 import Limits
 from modelplane.runtime.batching import BatchingConfig, BatchingRuntime
+from modelplane.runtime.media import MediaRuntime
 from modelplane.runtime.onnx import OnnxRuntime
 from modelplane.runtime.text import TokenizingRuntime
 from modelplane.security.inputguard import ACTIONS, guard_from
 from modelplane.security.replica_tls import replica_server_context
 from modelplane.serving.dataplane import DataPlane, PayloadLog
 from modelplane.serving.heap import freeze_startup_objects, release_freed_memory
-from modelplane.serving.replica_server import ReplicaProtocol
-from modelplane.settings import ReplicaSettings
+from modelplane.serving.replica_env import ReplicaEnv, ReplicaEnvError
+from modelplane.serving.replica_server import Plane, ReplicaProtocol
 from modelplane.telemetry.logs import Flusher, LogWriter, RequestLog, json_logging
 from modelplane.watchdog import watch_parent
 
@@ -63,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(
-    args: argparse.Namespace, plane: DataPlane, token: bytes, tls: ssl.SSLContext | None
+    args: argparse.Namespace, plane: Plane, token: bytes, tls: ssl.SSLContext | None
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
@@ -120,29 +124,73 @@ def _logging(args: argparse.Namespace, stack: contextlib.ExitStack) -> _Logs:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = ReplicaEnv.read()
+    except ReplicaEnvError as exc:
+        log.error("%s", exc)
+        return 2
     with contextlib.ExitStack() as stack:  # the logs are flushed and closed however main ends
         logs = _logging(args, stack)
         # the pid the starter gave, not getppid(): a starter gone already must be seen as gone
-        watch_parent(ReplicaSettings().parent_pid or os.getppid(), logs.flush)
-        return _run(args, logs)
+        watch_parent(settings.parent_pid or os.getppid(), logs.flush)
+        return _run(args, logs, settings)
 
 
-def _run(args: argparse.Namespace, logs: _Logs) -> int:
-    settings = ReplicaSettings()
-    data_key = settings.artifact_key.get_secret_value()
+def _run(args: argparse.Namespace, logs: _Logs, settings: ReplicaEnv) -> int:
+    data_key = settings.artifact_key
     try:
         # decrypted in memory only, and verified against its digest before it is loaded
         model = read_artifact(args.artifact, args.digest, bytes.fromhex(data_key) or None)
     except (ArtifactBroken, ValueError) as exc:
         log.error("artifact sha256:%s failed verification: %s", args.digest[:12], exc)
         return 3
+    if is_bundle(model[:512]):
+        plane: Plane = _language_model(args, model, logs)
+    else:
+        plane = _tensor_model(args, model, logs)
+    del model  # the runtime lets go of the bytes once loaded
+    token = settings.token.encode()
+    tls = None  # TCP to other machines (Ray) is TLS with the certificate the executor issued
+    if settings.tls_cert and args.uds is None:
+        tls = replica_server_context(settings.tls_cert, settings.tls_key)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    release_freed_memory()  # the model's bytes and what loading it freed
+    freeze_startup_objects()  # the model and the modules: no collection walks them again
+    asyncio.run(_serve(args, plane, token, tls))
+    return 0
+
+
+def _language_model(args: argparse.Namespace, model: bytes, logs: _Logs) -> Plane:
+    """A bundle: unpacked into a private folder only while the engine loads it."""
+    from modelplane.runtime.generation import GenerationRuntime
+    from modelplane.serving.generation import GenerationPlane
+
+    folder = Path(tempfile.mkdtemp(prefix="modelplane-llm-"))  # 0700
+    try:
+        unpack(model, folder)
+        runtime = GenerationRuntime(folder, max_batch=args.max_batch_size, threads=args.threads)
+        plane = GenerationPlane(args.name, args.version, runtime, logs.requests)
+        started = time.perf_counter()
+        plane.load()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    log.info("loaded %s:%s in %.2fs (continuous batching up to %d streams)", args.name,
+             args.version, time.perf_counter() - started, runtime.max_batch)  # fmt: skip
+    return plane
+
+
+def _tensor_model(args: argparse.Namespace, model: bytes, logs: _Logs) -> Plane:
     config = BatchingConfig(
         max_batch_size=args.max_batch_size,
         max_queue_delay_s=args.max_queue_delay_ms / 1000,
         preferred_batch_sizes=tuple(args.preferred_batch_size),
     )
-    runtime = BatchingRuntime(TokenizingRuntime(OnnxRuntime(model, args.threads)), config)
-    del model  # the runtime lets go of the bytes once loaded
+    # images or audio in (when the version declares processing), text in (a tokenizer), ONNX
+    inner = MediaRuntime(TokenizingRuntime(OnnxRuntime(model, args.threads)))
+    runtime = BatchingRuntime(inner, config)
     guard = guard_from(args.input_stats, args.input_guard, args.input_guard_sigmas)
     plane = DataPlane(
         args.name, args.version, runtime, Limits(args.max_elements), logs.requests, logs.payloads,
@@ -157,18 +205,7 @@ def _run(args: argparse.Namespace, logs: _Logs) -> int:
         time.perf_counter() - started,
         "on" if runtime.enabled else "off",
     )
-    token = settings.token.encode()
-    tls = None  # TCP to other machines (Ray) is TLS with the certificate the executor issued
-    if settings.tls_cert and args.uds is None:
-        tls = replica_server_context(settings.tls_cert, settings.tls_key)
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
-    release_freed_memory()  # the model's bytes and what loading it freed
-    freeze_startup_objects()  # the model and the modules: no collection walks them again
-    asyncio.run(_serve(args, plane, token, tls))
-    return 0
+    return plane
 
 
 if __name__ == "__main__":

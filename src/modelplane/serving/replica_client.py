@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import ssl
+from collections.abc import AsyncGenerator
 from typing import cast
 
 from modelplane.protocol import frames
@@ -21,6 +22,8 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.writer: CoalescingWriter | None = None
         self.pending: dict[int, asyncio.Future[frames.ResponseFrame]] = {}
+        # GENERATE streams: each frame for the id goes to its queue; None: the connection is gone
+        self.streams: dict[int, asyncio.Queue[frames.ResponseFrame | None]] = {}
         self._reader = frames.response_reader()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -37,8 +40,13 @@ class _Protocol(asyncio.Protocol):
             return
         for frame in received:
             future = self.pending.pop(frame.id, None)
-            if future is not None and not future.done():
-                future.set_result(frame)
+            if future is not None:
+                if not future.done():
+                    future.set_result(frame)
+                continue
+            stream = self.streams.get(frame.id)
+            if stream is not None:
+                stream.put_nowait(frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -47,6 +55,8 @@ class _Protocol(asyncio.Protocol):
         for future in pending.values():
             if not future.done():
                 future.set_exception(ReplicaGone("the replica closed the connection"))
+        for stream in self.streams.values():
+            stream.put_nowait(None)
 
 
 def _expire(future: asyncio.Future[frames.ResponseFrame]) -> None:
@@ -125,6 +135,43 @@ class ReplicaConnection:
             protocol.pending.pop(rid, None)
             if timer is not None:
                 timer.cancel()
+
+    async def stream(
+        self, op: int, payload: bytes, timeout_ms: int, request_id: str = ""
+    ) -> AsyncGenerator[frames.ResponseFrame, None]:
+        """Send a streaming request and yield its frames: PARTIAL ones, then the final one.
+        Leaving early (the client went away, an error) sends CANCEL, so the replica stops."""
+        protocol = self._protocol
+        writer = protocol.writer
+        if writer is None or protocol.transport is None or protocol.transport.is_closing():
+            raise ReplicaGone("the connection to the replica is closed")
+        rid = next(self._ids) & 0xFFFFFFFF
+        queue: asyncio.Queue[frames.ResponseFrame | None] = asyncio.Queue()
+        protocol.streams[rid] = queue
+        writer.write(
+            frames.encode_request(
+                frames.RequestFrame(rid, op, timeout_ms, None, payload, request_id)
+            )
+        )
+        finished = False
+        try:
+            while True:
+                frame = await queue.get()
+                if frame is None:
+                    finished = True  # nothing to cancel on a closed connection
+                    raise ReplicaGone("the replica closed the connection")
+                finished = frame.status != frames.PARTIAL
+                yield frame
+                if finished:
+                    return
+        finally:
+            protocol.streams.pop(rid, None)
+            if not finished and protocol.writer is not None:
+                protocol.writer.write(
+                    frames.encode_request(
+                        frames.RequestFrame(0, frames.CANCEL, 0, None, frames.cancel_payload(rid))
+                    )
+                )
 
     def close(self) -> None:
         if self._protocol.transport is not None:

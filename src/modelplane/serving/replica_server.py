@@ -7,19 +7,36 @@ the connection.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
-from typing import cast
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, cast
 
 from modelplane.protocol import frames, v2
-from modelplane.serving.dataplane import DataPlane
 from modelplane.serving.writes import CoalescingWriter
 
 log = logging.getLogger("modelplane.replica")
 
+Emit = Callable[[frames.ResponseFrame], None]
+
+
+class Plane(Protocol):
+    """What a replica serves: one-shot frames, and GENERATE streams (each event emitted as a
+    PARTIAL frame, then the final one)."""
+
+    name: str
+    version: str
+
+    async def handle(self, frame: frames.RequestFrame) -> frames.ResponseFrame: ...
+
+    def generate(
+        self, frame: frames.RequestFrame, emit: Emit
+    ) -> Coroutine[Any, Any, frames.ResponseFrame]: ...
+
 
 class ReplicaProtocol(asyncio.Protocol):
-    def __init__(self, plane: DataPlane, token: bytes) -> None:
+    def __init__(self, plane: Plane, token: bytes) -> None:
         self._plane = plane
         self._token = token
         self._reader = frames.request_reader()
@@ -27,6 +44,7 @@ class ReplicaProtocol(asyncio.Protocol):
         self._writer: CoalescingWriter | None = None
         self._greeted = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._streams: dict[int, asyncio.Task[None]] = {}  # GENERATE id -> its task
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
@@ -49,6 +67,17 @@ class ReplicaProtocol(asyncio.Protocol):
                 self._greeted = True
                 self._send(frames.ResponseFrame(frame.id, 200, None, b""))
                 continue
+            if frame.op == frames.CANCEL:
+                stream_id = frames.cancelled_id(frame.payload)
+                running = self._streams.get(stream_id) if stream_id is not None else None
+                if running is not None:
+                    running.cancel()
+                continue
+            if frame.op == frames.GENERATE:
+                task = asyncio.ensure_future(self._stream(frame))
+                self._streams[frame.id] = task
+                task.add_done_callback(functools.partial(self._forget, frame.id))
+                continue
             task = asyncio.ensure_future(self._answer(frame))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -66,6 +95,22 @@ class ReplicaProtocol(asyncio.Protocol):
             )
         self._send(response)
 
+    def _forget(self, stream_id: int, _: object) -> None:
+        self._streams.pop(stream_id, None)
+
+    async def _stream(self, frame: frames.RequestFrame) -> None:
+        try:
+            response = await self._plane.generate(frame, self._send)
+        except asyncio.CancelledError:
+            return  # cancelled by the gateway (its client went away): nobody waits for more
+        except Exception:
+            log.exception("generation failed")
+            response = frames.ResponseFrame(
+                frame.id, 500, None,
+                v2.error_body("the model failed while generating", "internal"),
+            )  # fmt: skip
+        self._send(response)
+
     def _send(self, response: frames.ResponseFrame) -> None:
         if self._writer is not None:
             self._writer.write(frames.encode_response(response))
@@ -77,3 +122,5 @@ class ReplicaProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._writer = None
+        for task in list(self._streams.values()):  # the gateway is gone: free their slots
+            task.cancel()

@@ -158,6 +158,43 @@ def _batch_histogram(sizes: dict[str, int]) -> dict[str, Any]:
     return {"buckets": list(BATCH_BUCKETS), "counts": counts, "sum": weighted, "count": total}
 
 
+def _generation_series(with_stats: list[tuple[Any, dict[str, Any]]]) -> Iterator[Any]:
+    """Language models' replicas: streams, tokens, the engine's step batch, the KV cache, time
+    to first token and between tokens."""
+    generating = [(r, s["generation"]) for r, s in with_stats if "generation" in s]
+    labels = ["model", "version", "replica"]
+    streams = GaugeMetricFamily("modelplane_generation_streams",
+                                "Generation streams running in the engine or waiting for it",
+                                labels=[*labels, "state"])  # fmt: skip
+    tokens = CounterMetricFamily("modelplane_generation_tokens",
+                                 "Prompt tokens read (in) and tokens generated (out)",
+                                 labels=[*labels, "direction"])  # fmt: skip
+    kv = GaugeMetricFamily("modelplane_generation_kv_cache_usage",
+                           "Share of the KV cache (max streams x context) that streams hold",
+                           labels=labels)  # fmt: skip
+    for r, g in generating:
+        key = [r.model, r.version, r.replica]
+        streams.add_metric([*key, "running"], g["running"])
+        streams.add_metric([*key, "waiting"], g["waiting"])
+        tokens.add_metric([*key, "in"], g["tokens_in"])
+        tokens.add_metric([*key, "out"], g["tokens_out"])
+        kv.add_metric(key, g["kv_cache_usage"])
+    yield streams
+    yield tokens
+    yield kv
+    yield _histogram("modelplane_generation_step_batch_size",
+                     "Streams advanced together in one engine step", labels,
+                     [([r.model, r.version, r.replica], _batch_histogram(g["step_sizes"]))
+                      for r, g in generating])  # fmt: skip
+    yield _histogram("modelplane_generation_first_token_seconds", "Time to first token", labels,
+                     [([r.model, r.version, r.replica], g["first_token_seconds"])
+                      for r, g in generating])  # fmt: skip
+    yield _histogram("modelplane_generation_inter_token_seconds",
+                     "Time between a stream's consecutive tokens", labels,
+                     [([r.model, r.version, r.replica], g["inter_token_seconds"])
+                      for r, g in generating])  # fmt: skip
+
+
 class _RequestCollector(Collector):
     """Gateway request counts, latency and in-flight requests per model version."""
 
@@ -226,6 +263,7 @@ class _ReplicaCollector(Collector):
             if "input_outliers" in s:  # a replica with an input guard
                 outliers.add_metric([r.model, r.version, r.replica], s["input_outliers"])
         yield outliers
+        yield from _generation_series(with_stats)
         cpu = GaugeMetricFamily("modelplane_replica_cpu_percent", "Replica CPU (% of one core)",
                                 labels=labels)  # fmt: skip
         rss = GaugeMetricFamily("modelplane_replica_resident_memory_bytes", "Replica RSS",

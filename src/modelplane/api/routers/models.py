@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -21,6 +21,8 @@ from modelplane.api.schemas import (
 )
 from modelplane.api.services import Services
 from modelplane.domain import ModelRef, ModelVersion, Principal, parse_pairs
+from modelplane.domain.processing import ProcessingError
+from modelplane.domain.processing import parse as parse_processing
 from modelplane.errors import InvalidInput, PermissionDenied
 from modelplane.registry.conversions import ConversionOptions
 from modelplane.registry.service import PushRequest
@@ -99,6 +101,18 @@ def create_router(services: Services) -> APIRouter:
         allow_duplicate: Annotated[
             bool, Query(description="make a new version even if this content was pushed")
         ] = False,
+        precision: Annotated[
+            Literal["fp32", "int8", "int4"] | None,
+            Query(description="language models: the weights' precision (default fp32)"),
+        ] = None,
+        preprocess: Annotated[
+            str | None,
+            Query(description="image:resize=224,normalize=imagenet or audio:rate=16000,..."),
+        ] = None,
+        label: Annotated[
+            list[str] | None, Query(description="class labels in the model's order, repeatable")
+        ] = None,
+        top_k: Annotated[int, Query(ge=1, le=1000, description="labels in each answer")] = 5,
     ) -> Any:
         """Upload a model file as the request body (streamed; never held whole in memory).
         ONNX becomes a version at once (201); other formats start a conversion (202) that
@@ -107,8 +121,13 @@ def create_router(services: Services) -> APIRouter:
             raise PermissionDenied(f"this key's model scope does not include {name!r}")
         if trust_pickle:
             authorize(who, Action.TRUST_PICKLE)
+        try:
+            processing = parse_processing(preprocess, label, top_k)
+        except ProcessingError as exc:
+            raise InvalidInput(str(exc)) from None
         push_request = PushRequest(
             name=name,
+            processed=processing is not None,
             source_format=format,
             description=description,
             tags=_tags(tag or []),
@@ -121,7 +140,10 @@ def create_router(services: Services) -> APIRouter:
         if samples is not None:  # their statistics stay with the version (input guard)
             stats = await run_in_threadpool(services.conversions.input_stats, who.key_id, samples)
             push_request = replace(push_request, input_stats=stats)
-        options = ConversionOptions(samples, tolerance, force, _shape(input_shape))
+        options = ConversionOptions(
+            samples, tolerance, force, _shape(input_shape), precision=precision,
+            processing=None if processing is None else processing.to_dict(),
+        )  # fmt: skip
         try:
             result = await registry.push(
                 push_request,

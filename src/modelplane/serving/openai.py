@@ -1,0 +1,532 @@
+"""The OpenAI-compatible surface of the gateway (``/v1``), as a plain ASGI app in front of the
+rest: same port, same keys and scopes as V2.
+
+Chat and text completions go to a language model's replica as one GENERATE stream; its events
+come back as OpenAI's objects, or as server-sent events exactly as OpenAI frames them when
+``stream`` is set. A client that goes away cancels its generation at once. Embeddings are a V2
+inference on a text encoder's replica, answered in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import numpy as np
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelplane.domain import Principal
+from modelplane.domain.processing import LABEL_OUTPUT, SCORE_OUTPUT
+from modelplane.domain.signature import FILE_TASKS, TEXT_GENERATION, TEXT_INPUT, TOKEN_COUNT
+from modelplane.errors import InvalidInput, ModelplaneError, NotFound, error_for_status
+from modelplane.protocol import frames
+from modelplane.protocol import openai as oa
+from modelplane.security.policy import Action, authorize
+from modelplane.serving.access import visible_route, visible_routes
+from modelplane.serving.body import too_large
+from modelplane.serving.gateway import Gateway
+from modelplane.serving.routing import Route
+
+log = logging.getLogger("modelplane.gateway")
+EMBEDDING = "embedding"  # the output a text encoder's conversion names
+JSON = b"application/json"
+
+
+def _is_generative(route: Route) -> bool:
+    return route.signature.task == TEXT_GENERATION
+
+
+class OpenAISurface:
+    def __init__(self, app: ASGIApp, gateway: Gateway, max_body: int) -> None:
+        self._app = app
+        self._gateway = gateway
+        self._max_body = max_body
+        self._started = int(time.time())
+        self._id_prefix = uuid.uuid4().hex[:8]
+        self._ids = itertools.count(1)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith("/v1/"):
+            await self._app(scope, receive, send)
+            return
+        try:
+            await self._dispatch(scope, receive, send, path.rstrip("/"))
+        except ModelplaneError as exc:
+            await _reply(send, exc.status, oa.error_from(exc))
+        except Exception:
+            log.exception("OpenAI request %s failed", path)
+            await _reply(send, 500, oa.error_body(500, "internal error; see the server log"))
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        who = _caller(scope)
+        authorize(who, Action.INFER)
+        method = scope["method"]
+        if path == "/v1/models" and method == "GET":
+            routes = sorted(visible_routes(self._gateway, who), key=lambda r: r.name)
+            await _reply(send, 200, oa.models_body([(r.name, self._started) for r in routes]))
+            return
+        if path.startswith("/v1/models/") and method == "GET":
+            route = visible_route(self._gateway, who, path.removeprefix("/v1/models/"), None)
+            await _reply(send, 200, orjson.dumps({"id": route.name, "object": "model",
+                         "created": self._started, "owned_by": "modelplane"}))  # fmt: skip
+            return
+        handlers = {"/v1/chat/completions": self._chat, "/v1/completions": self._completion,
+                    "/v1/embeddings": self._embeddings}  # fmt: skip
+        handler = handlers.get(path)
+        if handler is None or method != "POST":
+            raise NotFound(f"no OpenAI route {method} {path}; see docs/api.md")
+        body = await self._read_body(scope, receive)
+        await handler(scope, receive, send, who, body)
+
+    # ---- completions ------------------------------------------------------------------------
+    async def _chat(
+        self, scope: Scope, receive: Receive, send: Send, who: Principal, body: bytes
+    ) -> None:
+        request: oa.ChatCompletionRequest = oa.parse(oa.ChatCompletionRequest, body)
+        route = visible_route(self._gateway, who, request.model, None)
+        if route.signature.task in FILE_TASKS:
+            await self._classify(scope, send, route, request)
+            return
+        route = self._generative(who, request.model)
+        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+        spec = _spec(request, {"messages": messages}, request.limit(), request.logprobs)
+        shape = _Shape(route.name, chat=True, n=request.n, logprobs=request.logprobs,
+                       top=bool(request.top_logprobs))  # fmt: skip
+        await self._generate(scope, receive, send, route, spec, request, shape)
+
+    async def _completion(
+        self, scope: Scope, receive: Receive, send: Send, who: Principal, body: bytes
+    ) -> None:
+        request: oa.CompletionRequest = oa.parse(oa.CompletionRequest, body)
+        prompts = request.prompts()
+        if len(prompts) != 1:
+            raise oa.BadParameter("send one prompt per request (a list of one is fine)", "prompt")
+        if request.echo and request.logprobs is not None:
+            raise oa.BadParameter("echo with logprobs is not supported; drop one", "echo")
+        route = self._generative(who, request.model)
+        logprobs = request.logprobs is not None
+        spec = _spec(request, {"prompt": prompts[0]}, request.max_tokens, logprobs)
+        shape = _Shape(
+            route.name,
+            chat=False,
+            n=request.n,
+            logprobs=logprobs,
+            top=bool(request.logprobs),
+            echo=prompts[0] if request.echo else "",
+        )
+        await self._generate(scope, receive, send, route, spec, request, shape)
+
+    def _generative(self, who: Principal, name: str) -> Route:
+        route = visible_route(self._gateway, who, name, None)
+        if not _is_generative(route):
+            raise oa.BadParameter(
+                f"model {name!r} is not a language model; call it with POST "
+                f"/v2/models/{name}/infer (or /v1/embeddings if it is a text encoder)",
+                "model",
+            )
+        return route
+
+    async def _generate(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: Route,
+        spec: dict[str, Any],
+        request: oa.ChatCompletionRequest | oa.CompletionRequest,
+        shape: _Shape,
+    ) -> None:
+        request_id = _request_id(scope) or f"{self._id_prefix}{next(self._ids):x}"
+        shape.request_id = request_id
+        shape.id = ("chatcmpl-" if shape.chat else "cmpl-") + request_id
+        events = self._gateway.generate(route, orjson.dumps(spec), request_id)
+        # a client that goes away cancels the generation at once: the stream runs in a task
+        # the disconnect watcher can cancel
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            work = self._stream(send, events, shape, include_usage)
+        else:
+            work = self._whole(send, events, shape)
+        await _until_disconnected(work, receive)
+
+    async def _whole(
+        self, send: Send, events: AsyncGenerator[frames.ResponseFrame, None], shape: _Shape
+    ) -> None:
+        texts = [""] * shape.n
+        logprobs: list[list[oa.TokenLogprob]] = [[] for _ in range(shape.n)]
+        async with contextlib.aclosing(events):
+            async for frame in events:
+                if frame.status == frames.PARTIAL:
+                    event = orjson.loads(frame.payload)
+                    texts[event["index"]] += event["text"]
+                    logprobs[event["index"]] += event.get("logprobs", [])
+                    continue
+                final = _final(frame)
+                doc = shape.whole(texts, logprobs, final)
+                await _reply(send, 200, orjson.dumps(doc), _headers(shape))
+                return
+
+    async def _stream(
+        self,
+        send: Send,
+        events: AsyncGenerator[frames.ResponseFrame, None],
+        shape: _Shape,
+        include_usage: bool,
+    ) -> None:
+        started = False
+        async with contextlib.aclosing(events):
+            async for frame in events:
+                if frame.status != frames.PARTIAL:
+                    if not started:  # an error before any token: an ordinary error response
+                        final = _final(frame)
+                        await self._open(send, shape, include_usage)
+                    else:
+                        try:
+                            final = _final(frame)
+                        except ModelplaneError as exc:
+                            await _chunk(send, orjson.loads(oa.error_from(exc)))
+                            await _chunk_raw(send, oa.DONE, more=False)
+                            return
+                    for choice in final["choices"]:
+                        await _chunk(send, shape.finish_chunk(choice, include_usage))
+                    if include_usage:
+                        await _chunk(send, shape.usage_chunk(final["usage"]))
+                    await _chunk_raw(send, oa.DONE, more=False)
+                    return
+                if not started:
+                    await self._open(send, shape, include_usage)
+                    started = True
+                event = orjson.loads(frame.payload)
+                if event["text"] or event.get("logprobs"):
+                    await _chunk(send, shape.text_chunk(event, include_usage))
+
+    @staticmethod
+    async def _open(send: Send, shape: _Shape, include_usage: bool) -> None:
+        await _start_stream(send, shape)
+        for i in range(shape.n):  # chat: each choice's first chunk names the role
+            first = shape.first_chunk(i, include_usage)
+            if first is not None:
+                await _chunk(send, first)
+
+    async def _classify(
+        self, scope: Scope, send: Send, route: Route, request: oa.ChatCompletionRequest
+    ) -> None:
+        """An image or audio model in a chat: the files of the messages are classified; the
+        reply lists each file's top labels, ``label: score`` a line."""
+        if request.stream:
+            raise oa.BadParameter("streaming is for language models; leave stream out", "stream")
+        files = [f for m in request.messages for f in m.files()]
+        if not files:
+            raise oa.BadParameter(
+                f"model {route.name!r} classifies files: send an image_url part (a data: URL) "
+                "or an input_audio part",
+                "messages",
+            )
+        spec = route.signature.inputs[0]
+        body = orjson.dumps({"inputs": [{
+            "name": spec.name, "datatype": "BYTES", "shape": [len(files)],
+            "data": [base64.b64encode(f).decode() for f in files],
+        }]})  # fmt: skip
+        request_id = _request_id(scope) or f"{self._id_prefix}{next(self._ids):x}"
+        result = await self._gateway.infer(route, body, None, request_id)
+        doc = orjson.loads(result.body)
+        if result.status != 200:
+            raise error_for_status(result.status, str(doc.get("error", "the model failed")))
+        outputs = {o["name"]: o for o in doc["outputs"]}
+        k = outputs[LABEL_OUTPUT]["shape"][-1]
+        labels, scores = outputs[LABEL_OUTPUT]["data"], outputs[SCORE_OUTPUT]["data"]
+        answers = []
+        for i in range(len(files)):
+            rows = zip(labels[i * k : (i + 1) * k], scores[i * k : (i + 1) * k], strict=True)
+            answers.append("\n".join(f"{label}: {score:.4f}" for label, score in rows))
+        shape = _Shape(route.name, chat=True, n=1)
+        shape.request_id, shape.id = request_id, "chatcmpl-" + request_id
+        final = {"choices": [{"index": 0, "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": 0, "completion_tokens": 0}}  # fmt: skip
+        reply = shape.whole(["\n\n".join(answers)], [[]], final)
+        await _reply(send, 200, orjson.dumps(reply), _headers(shape))
+
+    # ---- embeddings -------------------------------------------------------------------------
+    async def _embeddings(
+        self, scope: Scope, receive: Receive, send: Send, who: Principal, body: bytes
+    ) -> None:
+        request: oa.EmbeddingRequest = oa.parse(oa.EmbeddingRequest, body)
+        route = visible_route(self._gateway, who, request.model, None)
+        spec = route.signature.input(TEXT_INPUT)
+        if spec is None or route.signature.output(EMBEDDING) is None:
+            raise oa.BadParameter(
+                f"model {request.model!r} is not a text encoder (it takes no text or gives no "
+                "embedding); see docs/conversion.md for pushing one",
+                "model",
+            )
+        texts = request.texts()
+        v2_body = orjson.dumps({
+            "inputs": [{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [len(texts)],
+                        "data": texts}],
+            "outputs": [{"name": EMBEDDING}, {"name": TOKEN_COUNT}],
+        })  # fmt: skip
+        request_id = _request_id(scope) or f"{self._id_prefix}{next(self._ids):x}"
+        result = await self._gateway.infer(route, v2_body, None, request_id)
+        doc = orjson.loads(result.body)
+        if result.status != 200:
+            raise error_for_status(result.status, str(doc.get("error", "the model failed")))
+        vectors, tokens = _embedding_outputs(doc, len(texts))
+        if request.dimensions is not None and request.dimensions != vectors.shape[1]:
+            raise oa.BadParameter(
+                f"model {request.model!r} gives {vectors.shape[1]} dimensions and cannot give "
+                f"{request.dimensions}; leave dimensions out",
+                "dimensions",
+            )
+        out = oa.embeddings_body(route.name, vectors, request.encoding_format, tokens)
+        await _reply(send, 200, out, [(b"x-request-id", request_id.encode())])
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        for key, value in scope["headers"]:
+            if key == b"content-length" and value.isdigit() and int(value) > self._max_body:
+                raise too_large(int(value), self._max_body)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidInput("the client went away before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                raise too_large(size, self._max_body)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _embedding_outputs(doc: dict[str, Any], count: int) -> tuple[np.ndarray, int]:
+    outputs = {o["name"]: o for o in doc.get("outputs", [])}
+    if EMBEDDING not in outputs or TOKEN_COUNT not in outputs:
+        raise ModelplaneError("the text encoder's answer lacks its embedding or token count")
+    vectors = np.asarray(outputs[EMBEDDING]["data"], dtype=np.float32).reshape(count, -1)
+    return vectors, int(sum(outputs[TOKEN_COUNT]["data"]))
+
+
+def _spec(
+    request: oa.ChatCompletionRequest | oa.CompletionRequest,
+    prompt: dict[str, Any],
+    max_tokens: int | None,
+    logprobs: bool,
+) -> dict[str, Any]:
+    """What the replica needs to generate: the prompt or messages and how to sample."""
+    return {**prompt, "max_tokens": max_tokens, "temperature": request.temperature,
+            "top_p": request.top_p, "seed": request.seed, "stop": request.stops(),
+            "n": request.n, "min_tokens": request.min_tokens,
+            "logprobs": logprobs}  # fmt: skip
+
+
+def _final(frame: frames.ResponseFrame) -> dict[str, Any]:
+    doc: dict[str, Any] = orjson.loads(frame.payload) if frame.payload else {}
+    if frame.status != 200:
+        raise error_for_status(frame.status, str(doc.get("error", "the model failed")))
+    return doc
+
+
+class _Shape:
+    """One response's OpenAI objects: ids, names, the object type (chat or text), and whether
+    they carry log-probabilities or echo the prompt."""
+
+    def __init__(self, model: str, *, chat: bool, n: int, logprobs: bool = False,
+                 top: bool = False, echo: str = "") -> None:  # fmt: skip
+        self.model = model
+        self.request_id = ""
+        self.id = ""
+        self.chat = chat
+        self.n = n
+        self.logprobs = logprobs
+        self.top = top
+        self.echo = echo
+        self.created = oa.now()
+
+    def _base(self, obj: str) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "system_fingerprint": None}  # fmt: skip
+
+    def _logprobs(self, tokens: list[oa.TokenLogprob], offset: int) -> dict[str, Any] | None:
+        if not self.logprobs:
+            return None
+        if self.chat:
+            return oa.chat_logprobs(tokens, self.top)
+        return oa.completion_logprobs(tokens, offset, self.top)
+
+    def whole(self, texts: list[str], logprobs: list[list[oa.TokenLogprob]],
+              final: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+        reasons = {c["index"]: c["finish_reason"] for c in final["choices"]}
+        choices = []
+        for i, text in enumerate(texts):
+            choice: dict[str, Any] = {"index": i, "logprobs": self._logprobs(logprobs[i], 0),
+                                      "finish_reason": reasons.get(i, "stop")}  # fmt: skip
+            if self.chat:
+                choice["message"] = {"role": "assistant", "content": text, "refusal": None}
+            else:
+                choice["text"] = self.echo + text
+            choices.append(choice)
+        usage = final["usage"]
+        doc = self._base("chat.completion" if self.chat else "text_completion")
+        doc.update(choices=choices,
+                   usage=oa.usage(usage["prompt_tokens"], usage["completion_tokens"]))  # fmt: skip
+        return doc
+
+    def _chunk(self, choice: dict[str, Any], include_usage: bool) -> dict[str, Any]:
+        doc = self._base("chat.completion.chunk" if self.chat else "text_completion")
+        doc["choices"] = [choice]
+        if include_usage:
+            doc["usage"] = None
+        return doc
+
+    def first_chunk(self, index: int, include_usage: bool) -> dict[str, Any] | None:
+        """A chat choice's first chunk names the role; a completion's echoes the prompt."""
+        if self.chat:
+            choice = {"index": index, "delta": {"role": "assistant", "content": ""},
+                      "logprobs": None, "finish_reason": None}  # fmt: skip
+        elif self.echo:
+            choice = {"index": index, "text": self.echo, "logprobs": None,
+                      "finish_reason": None}  # fmt: skip
+        else:
+            return None
+        return self._chunk(choice, include_usage)
+
+    def text_chunk(self, event: dict[str, Any], include_usage: bool) -> dict[str, Any]:
+        index, text = event["index"], event["text"]
+        logprobs = self._logprobs(event.get("logprobs", []), 0)
+        if self.chat:
+            choice = {"index": index, "delta": {"content": text}, "logprobs": logprobs,
+                      "finish_reason": None}  # fmt: skip
+        else:
+            choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": None}
+        return self._chunk(choice, include_usage)
+
+    def finish_chunk(self, final: dict[str, Any], include_usage: bool) -> dict[str, Any]:
+        index, reason = final["index"], final["finish_reason"]
+        if self.chat:
+            choice = {"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}
+        else:
+            choice = {"index": index, "text": "", "logprobs": None, "finish_reason": reason}
+        return self._chunk(choice, include_usage)
+
+    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
+        doc = self._base("chat.completion.chunk" if self.chat else "text_completion")
+        doc["choices"] = []
+        doc["usage"] = oa.usage(usage["prompt_tokens"], usage["completion_tokens"])
+        return doc
+
+
+async def _until_disconnected(work: Any, receive: Receive) -> None:
+    """Run ``work``; cancel it as soon as the client disconnects."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, watcher):
+            if not pending.done():
+                pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    if not task.cancelled():
+        task.result()
+
+
+def _request_id(scope: Scope) -> str:
+    for key, value in scope["headers"]:
+        if key == b"x-request-id":
+            text = value.decode("ascii", "replace")[:64]
+            return text if text.isprintable() and " " not in text else ""
+    return ""
+
+
+def _caller(scope: Scope) -> Principal:
+    found = scope.get("state", {}).get("principal")
+    if not isinstance(found, Principal):
+        raise error_for_status(401, "missing API key")
+    return found
+
+
+def _headers(shape: _Shape) -> list[tuple[bytes, bytes]]:
+    return [(b"x-request-id", shape.request_id.encode())]
+
+
+async def _reply(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
+    headers.extend(extra or [])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _start_stream(send: Send, shape: _Shape) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+        (b"x-request-id", shape.request_id.encode()),
+    ]})  # fmt: skip
+
+
+async def _chunk(send: Send, doc: dict[str, Any]) -> None:
+    await _chunk_raw(send, oa.sse(doc))
+
+
+async def _chunk_raw(send: Send, data: bytes, more: bool = True) -> None:
+    await send({"type": "http.response.body", "body": data, "more_body": more})
+
+
+class OpenAIErrors:
+    """Gives every refusal on ``/v1`` (a missing or wrong key, a quota, a block) OpenAI's error
+    object, so OpenAI clients raise their usual exceptions with the message."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope.get("path", "").startswith("/v1/"):
+            await self._app(scope, receive, send)
+            return
+        held: Message | None = None
+
+        async def reshape(message: Message) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                held = message
+                return
+            if held is not None and message["type"] == "http.response.body":
+                start, body = held, _openai_error(held["status"], message.get("body", b""))
+                headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
+                headers.append((b"content-length", str(len(body)).encode()))
+                await send({**start, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await send(message)
+
+        await self._app(scope, receive, reshape)
+
+
+def _openai_error(status: int, body: bytes) -> bytes:
+    """Our ``{"error": message, "code"}`` as OpenAI's; a body already in OpenAI's shape as is."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return oa.error_body(status, body.decode("utf-8", "replace") or "request refused")
+    if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+        return body
+    message = doc.get("error") if isinstance(doc, dict) else None
+    return oa.error_body(status, str(message or "request refused"))
