@@ -67,6 +67,7 @@ bench: install
 	$(BIN)/python bench/convert.py
 	$(BIN)/python bench/scheduler.py
 	$(BIN)/python bench/quotas.py
+	$(BIN)/python bench/llm.py
 
 ## Regenerate the V2 gRPC stubs (protobuf 6 gencode, private descriptor pool: see the README there).
 PROTO_DIR := src/modelplane/protocol/grpc

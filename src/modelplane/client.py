@@ -460,13 +460,16 @@ class Client:
         burst: int | None = None,
         max_concurrent: int | None = None,
         daily: int | None = None,
+        daily_tokens: int | None = None,
     ) -> KeyInfo:
         """A new key; ``secret`` in the result is shown this once. ``models``: names or globs
         (default every model); ``expires``: ``30d``, ``12h`` or an ISO time; the limits:
-        requests per second (with ``burst``), in flight at once, and per UTC day."""
+        requests per second (with ``burst``), in flight at once, per UTC day, and language-model
+        tokens per UTC day."""
         body = {"name": name, "role": role, "models": list(models) if models else None,
                 "expires": expires, "rate_limit": rate_limit, "burst": burst,
-                "max_concurrent": max_concurrent, "daily": daily}  # fmt: skip
+                "max_concurrent": max_concurrent, "daily": daily,
+                "daily_tokens": daily_tokens}  # fmt: skip
         result: KeyInfo = self._request("POST", "/api/v1/keys", json=body).json()
         return result
 
@@ -482,13 +485,15 @@ class Client:
         burst: int | None = None,
         max_concurrent: int | None = None,
         daily: int | None = None,
+        daily_tokens: int | None = None,
     ) -> KeyInfo:
         """Change a key (None keeps a field); ``expires="never"`` removes its expiry, a limit
         of 0 removes that limit."""
         body = {k: v for k, v in {"name": name, "role": role, "expires": expires,
                                   "models": list(models) if models else None,
                                   "rate_limit": rate_limit, "burst": burst,
-                                  "max_concurrent": max_concurrent, "daily": daily}.items()
+                                  "max_concurrent": max_concurrent, "daily": daily,
+                                  "daily_tokens": daily_tokens}.items()
                 if v is not None}  # fmt: skip
         result: KeyInfo = self._request("PATCH", f"/api/v1/keys/{key_id}", json=body).json()
         return result

@@ -97,6 +97,7 @@ class KeyInfo(TypedDict, total=False):
     burst: int | None
     max_concurrent: int | None
     daily: int | None
+    daily_tokens: int | None
     secret: str  # only in the answers to create_key and rotate_key
 
 

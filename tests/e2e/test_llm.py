@@ -87,6 +87,19 @@ def test_the_push_reports_token_parity_with_transformers(llm_server: Server) -> 
     assert all(row["equal"] for row in version["report"]["prompts"])
 
 
+def test_quantized_weights_report_their_agreement(llm_server: Server, llm_folder: Path) -> None:
+    # --force: the tiny model's agreement at int4 is what it is; the report must say it
+    llm_server.push(llm_folder, "tiny-int4", "--precision", "int4", "--force")
+    shown = llm_server.cli("models", "show", "tiny-int4:1", "--json")
+    quantized = json.loads(shown.stdout)
+    full = json.loads(llm_server.cli("models", "show", "tiny-llm:1", "--json").stdout)
+    report = quantized["report"]
+    assert report["precision"] == "int4"
+    assert 0.0 <= report["agreement"] <= 1.0
+    assert report["passed"] == (report["agreement"] >= report["required_agreement"])
+    assert quantized["size"] < full["size"]  # 4-bit weights
+
+
 def test_models_list_and_greedy_completion_equal_transformers(
     client: openai.OpenAI, reference: Any
 ) -> None:
@@ -97,6 +110,18 @@ def test_models_list_and_greedy_completion_equal_transformers(
         assert done.choices[0].text == reference(prompt), prompt
         assert done.usage is not None
         assert done.usage.completion_tokens <= MAX_TOKENS
+
+
+def test_a_long_prompt_read_in_chunks_still_equals_transformers(
+    client: openai.OpenAI, reference: Any
+) -> None:
+    # over 64 tokens: prefilled in two chunks, and the KV cache grows past its first size
+    prompt = "The cat sat on the mat and looked at the moon. " * 8
+    done = client.completions.create(model="tiny-llm", prompt=prompt, max_tokens=MAX_TOKENS,
+                                     temperature=0)  # fmt: skip
+    assert done.usage is not None
+    assert done.usage.prompt_tokens > 64
+    assert done.choices[0].text == reference(prompt)
 
 
 def test_chat_completion_streamed_and_not_equal_transformers(
@@ -235,3 +260,63 @@ def test_a_client_that_goes_away_frees_its_slot(llm_server: Server, invoker: str
         assert running() == 1
     # the connection is closed here, mid-stream
     wait_for(lambda: running() == 0, timeout=2.0, interval=0.05)
+
+
+def test_a_key_with_a_token_budget_is_refused_once_it_is_spent(llm_server: Server) -> None:
+    made = llm_server.cli("keys", "create", "--name", "metered", "--role", "invoker",
+                          "--daily-tokens", "30", "--json")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    secret = json.loads(made.stdout)["secret"]
+    client = openai.OpenAI(base_url=f"{llm_server.url}/v1", api_key=secret, max_retries=0)
+    spent = 0
+    for _ in range(2):  # under the budget when each starts
+        done = client.completions.create(model="tiny-llm", prompt="The quick brown", max_tokens=10,
+                                         temperature=0, extra_body={"min_tokens": 10})  # fmt: skip
+        assert done.usage is not None
+        spent += done.usage.total_tokens
+    assert spent >= 30  # the second one crossed the budget, and finished
+    with pytest.raises(openai.RateLimitError, match="used its 30 tokens for today") as refused:
+        client.completions.create(model="tiny-llm", prompt="a", max_tokens=2)
+    assert refused.value.code == "rate_limit_exceeded"
+    listed = llm_server.cli("keys", "list")
+    assert "30 tokens/day" in listed.stdout
+
+
+def test_the_dashboard_shows_a_language_model_s_engine(llm_server: Server, invoker: str) -> None:
+    import threading
+
+    from .test_dashboard import offline_page
+
+    stop = threading.Event()
+
+    def load() -> None:
+        client = openai.OpenAI(base_url=f"{llm_server.url}/v1", api_key=invoker, max_retries=0)
+        while not stop.is_set():
+            client.completions.create(model="tiny-llm", prompt="The", max_tokens=30,
+                                      extra_body={"min_tokens": 30})  # fmt: skip
+
+    loaders = [threading.Thread(target=load) for _ in range(3)]
+    with offline_page(llm_server.url) as (page, elsewhere):
+        page.goto(llm_server.url + "/login")
+        page.fill("#key", llm_server.key)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#deployments >> text=tiny-llm")
+        for loader in loaders:
+            loader.start()
+        try:
+            page.goto(llm_server.url + "/#/deployments/tiny-llm")
+            # the engine's charts appear once its series are seen, and move with the traffic
+            page.wait_for_function(
+                """() => { const c = document.querySelector('[data-chart="Tokens/s"]');
+                           return c && /out [0-9.]+\\/s/.test(c.textContent)
+                                  && parseFloat(c.textContent.split('out ')[1]) > 0; }""",
+                timeout=30_000,
+            )
+            text = page.inner_text(".charts")
+            for title in ("Time to first token", "Streams", "KV cache"):
+                assert title in text
+        finally:
+            stop.set()
+            for loader in loaders:
+                loader.join()
+    assert elsewhere == []

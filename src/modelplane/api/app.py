@@ -30,6 +30,7 @@ from modelplane.dashboard.pages import create_router as dashboard_router
 from modelplane.errors import ModelplaneError, error_for_status
 from modelplane.security.auditing import AuditMiddleware, Reached
 from modelplane.security.detection_asgi import DetectionMiddleware, KeyBlockGate
+from modelplane.security.limiter import Quotas
 from modelplane.security.middleware import AuthMiddleware
 from modelplane.security.web import WebGuard, web_policy
 from modelplane.serving.gateway import Gateway
@@ -104,10 +105,11 @@ def create_app(services: Services, gateway: Gateway, lifespan: Lifespan | None =
     add_docs(app)
     max_body = services.settings.serving.max_request_bytes
     # Reached: what answers from here on passed every gate (the audit trail tells them apart)
+    # keys' limits, after authentication (security/limiter.py); the OpenAI surface counts tokens
+    quotas = services.quotas if services.quotas is not None else Quotas()
     v2 = V2Surface(app, gateway, __version__, max_body, services.metrics)
-    surface = Reached(OpenAISurface(v2, gateway, max_body))
+    surface = Reached(OpenAISurface(v2, gateway, max_body, quotas))
     detector = services.detector
-    quotas = services.quotas  # keys' limits, after authentication (security/limiter.py)
     if detector is None:
         guarded: ASGIApp = AuditMiddleware(AuthMiddleware(surface, services.keys, quotas=quotas),
                                services.audit)  # fmt: skip

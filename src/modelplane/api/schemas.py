@@ -416,6 +416,9 @@ class KeyIn(BaseModel):
     )  # fmt: skip
     max_concurrent: int | None = Field(None, ge=1, description="requests in flight at once")
     daily: int | None = Field(None, ge=1, description="requests per UTC day (per gateway)")
+    daily_tokens: int | None = Field(
+        None, ge=1, description="language-model tokens (prompt + completion) per UTC day"
+    )
 
 
 class KeyUpdateIn(BaseModel):
@@ -427,6 +430,7 @@ class KeyUpdateIn(BaseModel):
     burst: int | None = Field(None, ge=0, description="0 removes it")
     max_concurrent: int | None = Field(None, ge=0, description="0 removes it")
     daily: int | None = Field(None, ge=0, description="0 removes it")
+    daily_tokens: int | None = Field(None, ge=0, description="0 removes it")
 
 
 class RotateIn(BaseModel):
@@ -453,6 +457,9 @@ class KeyOut(BaseModel):
     burst: int | None = Field(None, description="null: one second's worth of the rate")
     max_concurrent: int | None = None
     daily: int | None = Field(None, description="requests per UTC day, counted per gateway")
+    daily_tokens: int | None = Field(
+        None, description="language-model tokens per UTC day, counted per gateway"
+    )
 
     @classmethod
     def of(cls, key: ApiKey, now: datetime) -> KeyOut:
@@ -473,6 +480,7 @@ class KeyOut(BaseModel):
             burst=key.burst,
             max_concurrent=key.max_concurrent,
             daily=key.daily,
+            daily_tokens=key.daily_tokens,
         )
 
 

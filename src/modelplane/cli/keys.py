@@ -31,6 +31,10 @@ MaxConcurrent = Annotated[
     int | None, typer.Option("--max-concurrent", help="Requests in flight at once.")
 ]
 Daily = Annotated[int | None, typer.Option(help="Requests per UTC day (counted per gateway).")]
+DailyTokens = Annotated[
+    int | None,
+    typer.Option("--daily-tokens", help="Language-model tokens (prompt + completion) per UTC day."),
+]
 
 
 def _limits(key: KeyInfo) -> str:
@@ -42,6 +46,8 @@ def _limits(key: KeyInfo) -> str:
         parts.append(f"{key['max_concurrent']} at once")
     if key.get("daily") is not None:
         parts.append(f"{key['daily']}/day")
+    if key.get("daily_tokens") is not None:
+        parts.append(f"{key['daily_tokens']} tokens/day")
     return ", ".join(parts) or "-"
 
 
@@ -69,14 +75,15 @@ def keys_create(
     burst: Burst = None,
     max_concurrent: MaxConcurrent = None,
     daily: Daily = None,
+    daily_tokens: DailyTokens = None,
     as_json: Json = False,
 ) -> None:
     """Create a key; its secret is printed once and never again. Limits are optional:
-    --rate-limit 50 --burst 100 --max-concurrent 8 --daily 100000."""
+    --rate-limit 50 --burst 100 --max-concurrent 8 --daily 100000 --daily-tokens 1000000."""
     with handled(), Client() as client:
         key = client.create_key(
             name, role, models=_globs(models), expires=expires, rate_limit=rate_limit,
-            burst=burst, max_concurrent=max_concurrent, daily=daily,
+            burst=burst, max_concurrent=max_concurrent, daily=daily, daily_tokens=daily_tokens,
         )  # fmt: skip
     if as_json:
         _print_json(key)
@@ -122,6 +129,7 @@ def keys_update(
     burst: Burst = None,
     max_concurrent: MaxConcurrent = None,
     daily: Daily = None,
+    daily_tokens: DailyTokens = None,
 ) -> None:
     """Change a key's name, role, model scope (--models '*' for all), expiry or limits (0
     removes a limit)."""
@@ -129,6 +137,7 @@ def keys_update(
         key = client.update_key(
             key_id, name=name, role=role, models=_globs(models), expires=expires,
             rate_limit=rate_limit, burst=burst, max_concurrent=max_concurrent, daily=daily,
+            daily_tokens=daily_tokens,
         )  # fmt: skip
     console.print(f"{key['id']}: {key['name']}, {key['role']}, models: "
                   f"{', '.join(key['models'])}, expires {key['expires_at'] or 'never'}, "

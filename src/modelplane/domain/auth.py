@@ -22,12 +22,14 @@ class Role(enum.StrEnum):
 @dataclass(frozen=True, slots=True)
 class Limits:
     """A key's quotas (``modelplane.security.quotas``): ``rate`` requests per second with
-    ``burst`` at once, ``max_concurrent`` in flight, ``daily`` per UTC day; None is no limit."""
+    ``burst`` at once, ``max_concurrent`` in flight, ``daily`` per UTC day, ``daily_tokens``
+    language-model tokens (prompt and completion) per UTC day; None is no limit."""
 
     rate: float | None = None
     burst: int = 1
     max_concurrent: int | None = None
     daily: int | None = None
+    daily_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,3 +63,4 @@ class ApiKey:
     burst: int | None = None
     max_concurrent: int | None = None
     daily: int | None = None
+    daily_tokens: int | None = None

@@ -60,6 +60,7 @@ class Quota:
     burst: int | None = None
     max_concurrent: int | None = None
     daily: int | None = None
+    daily_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +110,8 @@ def _models(raw: Sequence[str] | None) -> list[str] | None:
 def _set_quota(row: ApiKeyRow, quota: Quota) -> None:
     """Apply ``quota`` to the row (0 clears a limit), checked as a whole."""
     given = {"rate_limit": quota.rate_limit, "burst": quota.burst,
-             "max_concurrent": quota.max_concurrent, "daily": quota.daily}  # fmt: skip
+             "max_concurrent": quota.max_concurrent, "daily": quota.daily,
+             "daily_tokens": quota.daily_tokens}  # fmt: skip
     for field, value in given.items():
         if value is None:
             continue
@@ -130,10 +132,10 @@ def _set_quota(row: ApiKeyRow, quota: Quota) -> None:
 def _limits(row: ApiKeyRow) -> Limits | None:
     """What the hot path enforces: None for a key without limits (it pays nothing)."""
     rate, concurrent, daily = row.rate_limit, row.max_concurrent, row.daily
-    if rate is None and concurrent is None and daily is None:
+    if rate is None and concurrent is None and daily is None and row.daily_tokens is None:
         return None
     burst = row.burst or (default_burst(rate) if rate is not None else 1)
-    return Limits(rate, burst, concurrent, daily)
+    return Limits(rate, burst, concurrent, daily, row.daily_tokens)
 
 
 def _to_key(row: ApiKeyRow) -> ApiKey:
@@ -152,6 +154,7 @@ def _to_key(row: ApiKeyRow) -> ApiKey:
         burst=row.burst,
         max_concurrent=row.max_concurrent,
         daily=row.daily,
+        daily_tokens=row.daily_tokens,
     )
 
 

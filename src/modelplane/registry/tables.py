@@ -100,6 +100,7 @@ class ApiKeyRow(Base):
     burst: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True)
     daily: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    daily_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ConversionRow(Base):

@@ -38,6 +38,8 @@ from modelplane.telemetry.histogram import Histogram
 log = logging.getLogger("modelplane.replica")
 DEFAULT_MAX_BATCH = 16
 PREFILL_CHUNK = 64  # prompt tokens prefilled between two decoding steps
+MIN_CACHE = 64  # positions the KV cache starts with
+PREFILL_BATCH = 512  # prompt tokens read together in one run, over several streams
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,16 +164,44 @@ class _Decoder:
         outs = decoder["outputs"]
         self._present = [(outs["present_key_names"] % i, outs["present_value_names"] % i)
                          for i in range(self.layers)]  # fmt: skip
-        shape = (max_batch, int(decoder["num_key_value_heads"]), self.context,
-                 int(decoder["head_size"]))  # fmt: skip
-        # past and present share these buffers: the model writes each new key in place
-        self._cache = [(np.zeros(shape, np.float32), np.zeros(shape, np.float32))
-                       for _ in range(self.layers)]  # fmt: skip
-        self.cache_bytes = sum(k.nbytes + v.nbytes for k, v in self._cache)
+        self._rows = max_batch
+        self._heads = int(decoder["num_key_value_heads"])
+        self._head_size = int(decoder["head_size"])
+        # past and present share these buffers: the model writes each new key in place. They
+        # hold as many positions as the longest stream needs (grown by doubling, up to the
+        # context), since attention's work grows with the buffer's length, not the mask's
+        self._cache: list[tuple[np.ndarray, np.ndarray]] = []
+        self._length = 0
+        self._fit(MIN_CACHE)
+        self.cache_bytes = (
+            2 * self.layers * max_batch * self._heads * self.context * self._head_size * 4
+        )
+
+    def _fit(self, length: int) -> None:
+        """Room for ``length`` positions in every row (what is cached is kept)."""
+        if length <= self._length:
+            return
+        grown = min(self.context, max(MIN_CACHE, 1 << (length - 1).bit_length()))
+        shape = (self._rows, self._heads, grown, self._head_size)
+        old, kept = self._cache, self._length
+        self._cache = []
+        for i in range(self.layers):
+            key, value = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+            if old:
+                key[:, :, :kept] = old[i][0]
+                value[:, :, :kept] = old[i][1]
+            self._cache.append((key, value))
+        self._length = grown
+
+    def shrink(self) -> None:
+        """Back to the smallest cache (no stream holds anything)."""
+        self._cache, self._length = [], 0
+        self._fit(MIN_CACHE)
 
     def run(self, rows: slice, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Logits [rows, len, vocab] for ``ids`` [rows, len] after what each row holds; ``mask``
         [rows, total] marks each row's cached tokens and these."""
+        self._fit(mask.shape[1])
         binding = self._session.io_binding()
         binding.bind_output("logits", "cpu")
         binding.bind_cpu_input("input_ids", ids)
@@ -251,6 +281,8 @@ class _EngineThread(threading.Thread):
                     self._wake.wait()
                 if self._stopping:
                     return
+                if not self._busy() and self._incoming:
+                    self._decoder.shrink()  # idle: give the grown cache back
                 self._waiting.extend(self._incoming)
                 self._incoming.clear()
                 cancels, self._cancels = list(self._cancels), deque()
@@ -286,10 +318,15 @@ class _EngineThread(threading.Thread):
             self._stats.running += 1
 
     def _prefill(self) -> None:
-        """Prompt chunks, oldest first, up to PREFILL_CHUNK tokens in all: many short prompts
-        join in one step, a long one is read a chunk per step."""
+        """Prompt chunks, oldest first, up to PREFILL_CHUNK tokens in all: a long prompt is
+        read a chunk per step. Short prompts that arrived together (in neighbouring slots) are
+        read in one run of the model, padded on the right."""
         pending = sorted((t for t in self._slots if t is not None and t.next_token < 0),
                          key=lambda t: t.submitted)  # fmt: skip
+        together = self._fresh_run(pending)
+        if together:
+            self._prefill_together(together)
+            pending = [t for t in pending if t not in together]
         budget = PREFILL_CHUNK
         for turn in pending:
             if budget <= 0:
@@ -303,6 +340,37 @@ class _EngineThread(threading.Thread):
             turn.cached = end
             if end == len(turn.ids):  # the whole prompt is read: its first token
                 self._emit({turn: logits[0, -1]})
+
+    def _fresh_run(self, pending: list[_Turn]) -> list[_Turn]:
+        """The longest run of neighbouring slots whose turns have read nothing of prompts short
+        enough to be read whole (at most PREFILL_BATCH tokens in all); fewer than two: none."""
+        fresh = {t.slot: t for t in pending if t.cached == 0 and len(t.ids) <= PREFILL_CHUNK}
+        best: list[_Turn] = []
+        for start in sorted(fresh):
+            if start - 1 in fresh:
+                continue
+            run, total, slot = [], 0, start
+            while slot in fresh and total + len(fresh[slot].ids) <= PREFILL_BATCH:
+                run.append(fresh[slot])
+                total += len(fresh[slot].ids)
+                slot += 1
+            if len(run) > len(best):
+                best = run
+        return best if len(best) >= 2 else []
+
+    def _prefill_together(self, turns: list[_Turn]) -> None:
+        """Whole prompts of neighbouring slots in one run, right-padded: each row's mask covers
+        its own tokens, and its first token comes from its own last position."""
+        first, width = turns[0].slot, max(len(t.ids) for t in turns)
+        ids = np.full((len(turns), width), self._decoder.pad, np.int64)
+        mask = np.zeros((len(turns), width), np.int64)
+        for row, turn in enumerate(turns):
+            ids[row, : len(turn.ids)] = turn.ids
+            mask[row, : len(turn.ids)] = 1
+        logits = self._decoder.run(slice(first, first + len(turns)), ids, mask)
+        for turn in turns:
+            turn.cached = len(turn.ids)
+        self._emit({t: logits[row, len(t.ids) - 1] for row, t in enumerate(turns)})
 
     def _decode(self) -> None:
         """One token for every turn past its prompt, all in one run of the model."""

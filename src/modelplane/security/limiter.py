@@ -24,6 +24,7 @@ from modelplane.security.quotas import (
     day_of,
     rate_denial,
     take_token,
+    tokens_denial,
 )
 from modelplane.telemetry.audit import DENIED, RECORDED
 
@@ -55,14 +56,15 @@ class _Incrementable(Protocol):
 
 
 class _KeyState:
-    __slots__ = ("at", "day", "in_flight", "tokens", "used")
+    __slots__ = ("at", "day", "in_flight", "spent", "tokens", "used")
 
     def __init__(self, tokens: float, at: float) -> None:
-        self.tokens = tokens
+        self.tokens = tokens  # the rate's bucket
         self.at = at
         self.in_flight = 0
         self.day = -1
-        self.used = 0
+        self.used = 0  # requests today
+        self.spent = 0  # language-model tokens today
 
 
 class Quotas:
@@ -91,13 +93,13 @@ class Quotas:
             state = self._keys[who.key_id] = _KeyState(float(limits.burst), now)
         if limits.max_concurrent is not None and state.in_flight >= limits.max_concurrent:
             return concurrency_denial(who.key_id, limits.max_concurrent)
-        if limits.daily is not None:
+        if limits.daily is not None or limits.daily_tokens is not None:
             wall = self._wall()
-            today = day_of(wall)
-            if state.day != today:
-                state.day, state.used = today, 0
-            if state.used >= limits.daily:
+            self._today(state, wall)
+            if limits.daily is not None and state.used >= limits.daily:
                 return daily_denial(who.key_id, limits.daily, wall)
+            if limits.daily_tokens is not None and state.spent >= limits.daily_tokens:
+                return tokens_denial(who.key_id, limits.daily_tokens, wall)
         if limits.rate is not None:
             state.tokens, wait_s = take_token(
                 state.tokens, state.at, now, limits.rate, limits.burst
@@ -110,6 +112,23 @@ class Quotas:
         if limits.max_concurrent is not None:
             state.in_flight += 1
         return None
+
+    @staticmethod
+    def _today(state: _KeyState, wall: float) -> None:
+        today = day_of(wall)
+        if state.day != today:
+            state.day, state.used, state.spent = today, 0, 0
+
+    def spend(self, who: Principal, tokens: int) -> None:
+        """Count the language-model tokens a request of ``who`` used (when it ended)."""
+        limits = who.limits
+        if limits is None or limits.daily_tokens is None or tokens <= 0:
+            return
+        state = self._keys.get(who.key_id)
+        if state is None:
+            state = self._keys[who.key_id] = _KeyState(float(limits.burst), self._clock())
+        self._today(state, self._wall())
+        state.spent += tokens
 
     def release(self, who: Principal) -> None:
         """A request ``admit`` let in has ended."""

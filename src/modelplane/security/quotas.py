@@ -5,6 +5,8 @@
   token (``Retry-After``, whole seconds rounded up, at least 1).
 * **concurrency**: at most ``max_concurrent`` requests of the key in flight at once.
 * **daily**: at most ``daily`` requests a UTC day.
+* **tokens**: at most ``daily_tokens`` language-model tokens (prompt and completion, counted
+  when a completion or an embedding ends) a UTC day; a request is refused once they are used.
 
 The state lives in ``modelplane.security.limiter.Quotas``; nothing here reads a clock.
 """
@@ -22,6 +24,7 @@ class Limit(enum.StrEnum):
     RATE = "rate"
     CONCURRENCY = "concurrency"
     DAILY = "daily"
+    TOKENS = "tokens"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,17 @@ def concurrency_denial(key_id: str, max_concurrent: int) -> Denial:
         f"API key {key_id} already has {max_concurrent} requests in flight, its limit; retry "
         "when one has finished, or ask an admin to raise the limit: `modelplane keys update "
         f"{key_id} --max-concurrent N`",
+    )
+
+
+def tokens_denial(key_id: str, daily_tokens: int, wall_s: float) -> Denial:
+    after = retry_after(seconds_to_midnight(wall_s))
+    return Denial(
+        Limit.TOKENS,
+        after,
+        f"API key {key_id} has used its {daily_tokens} tokens for today (UTC); retry after "
+        f"midnight UTC (in {after} s), or ask an admin to raise the limit: `modelplane keys "
+        f"update {key_id} --daily-tokens N`",
     )
 
 

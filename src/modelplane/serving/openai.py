@@ -29,6 +29,7 @@ from modelplane.domain.signature import FILE_TASKS, TEXT_GENERATION, TEXT_INPUT,
 from modelplane.errors import InvalidInput, ModelplaneError, NotFound, error_for_status
 from modelplane.protocol import frames
 from modelplane.protocol import openai as oa
+from modelplane.security.limiter import Quotas
 from modelplane.security.policy import Action, authorize
 from modelplane.serving.access import visible_route, visible_routes
 from modelplane.serving.body import too_large
@@ -45,9 +46,12 @@ def _is_generative(route: Route) -> bool:
 
 
 class OpenAISurface:
-    def __init__(self, app: ASGIApp, gateway: Gateway, max_body: int) -> None:
+    def __init__(
+        self, app: ASGIApp, gateway: Gateway, max_body: int, quotas: Quotas | None = None
+    ) -> None:
         self._app = app
         self._gateway = gateway
+        self._quotas = quotas if quotas is not None else Quotas()  # keys' token budgets
         self._max_body = max_body
         self._started = int(time.time())
         self._id_prefix = uuid.uuid4().hex[:8]
@@ -101,7 +105,7 @@ class OpenAISurface:
         spec = _spec(request, {"messages": messages}, request.limit(), request.logprobs)
         shape = _Shape(route.name, chat=True, n=request.n, logprobs=request.logprobs,
                        top=bool(request.top_logprobs))  # fmt: skip
-        await self._generate(scope, receive, send, route, spec, request, shape)
+        await self._generate(scope, receive, send, who, route, spec, request, shape)
 
     async def _completion(
         self, scope: Scope, receive: Receive, send: Send, who: Principal, body: bytes
@@ -123,7 +127,7 @@ class OpenAISurface:
             top=bool(request.logprobs),
             echo=prompts[0] if request.echo else "",
         )
-        await self._generate(scope, receive, send, route, spec, request, shape)
+        await self._generate(scope, receive, send, who, route, spec, request, shape)
 
     def _generative(self, who: Principal, name: str) -> Route:
         route = visible_route(self._gateway, who, name, None)
@@ -140,6 +144,7 @@ class OpenAISurface:
         scope: Scope,
         receive: Receive,
         send: Send,
+        who: Principal,
         route: Route,
         spec: dict[str, Any],
         request: oa.ChatCompletionRequest | oa.CompletionRequest,
@@ -156,7 +161,10 @@ class OpenAISurface:
             work = self._stream(send, events, shape, include_usage)
         else:
             work = self._whole(send, events, shape)
-        await _until_disconnected(work, receive)
+        try:
+            await _until_disconnected(work, receive)
+        finally:  # what was generated counts against the key's token budget, finished or not
+            self._quotas.spend(who, shape.tokens)
 
     async def _whole(
         self, send: Send, events: AsyncGenerator[frames.ResponseFrame, None], shape: _Shape
@@ -167,6 +175,7 @@ class OpenAISurface:
             async for frame in events:
                 if frame.status == frames.PARTIAL:
                     event = orjson.loads(frame.payload)
+                    shape.tokens += len(event["tokens"])
                     texts[event["index"]] += event["text"]
                     logprobs[event["index"]] += event.get("logprobs", [])
                     continue
@@ -196,6 +205,7 @@ class OpenAISurface:
                             await _chunk(send, orjson.loads(oa.error_from(exc)))
                             await _chunk_raw(send, oa.DONE, more=False)
                             return
+                    shape.count(final)
                     for choice in final["choices"]:
                         await _chunk(send, shape.finish_chunk(choice, include_usage))
                     if include_usage:
@@ -206,6 +216,7 @@ class OpenAISurface:
                     await self._open(send, shape, include_usage)
                     started = True
                 event = orjson.loads(frame.payload)
+                shape.tokens += len(event["tokens"])
                 if event["text"] or event.get("logprobs"):
                     await _chunk(send, shape.text_chunk(event, include_usage))
 
@@ -272,20 +283,24 @@ class OpenAISurface:
         v2_body = orjson.dumps({
             "inputs": [{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [len(texts)],
                         "data": texts}],
-            "outputs": [{"name": EMBEDDING}, {"name": TOKEN_COUNT}],
+            # the vectors come back as raw FP32 (the binary extension): no float text to parse
+            "outputs": [{"name": EMBEDDING, "parameters": {"binary_data": True}},
+                        {"name": TOKEN_COUNT}],
         })  # fmt: skip
         request_id = _request_id(scope) or f"{self._id_prefix}{next(self._ids):x}"
         result = await self._gateway.infer(route, v2_body, None, request_id)
-        doc = orjson.loads(result.body)
+        end = result.header_length if result.header_length is not None else len(result.body)
+        doc = orjson.loads(result.body[:end])
         if result.status != 200:
             raise error_for_status(result.status, str(doc.get("error", "the model failed")))
-        vectors, tokens = _embedding_outputs(doc, len(texts))
+        vectors, tokens = _embedding_outputs(doc, result.body[end:], len(texts))
         if request.dimensions is not None and request.dimensions != vectors.shape[1]:
             raise oa.BadParameter(
                 f"model {request.model!r} gives {vectors.shape[1]} dimensions and cannot give "
                 f"{request.dimensions}; leave dimensions out",
                 "dimensions",
             )
+        self._quotas.spend(who, tokens)
         out = oa.embeddings_body(route.name, vectors, request.encoding_format, tokens)
         await _reply(send, 200, out, [(b"x-request-id", request_id.encode())])
 
@@ -307,12 +322,17 @@ class OpenAISurface:
                 return b"".join(chunks)
 
 
-def _embedding_outputs(doc: dict[str, Any], count: int) -> tuple[np.ndarray, int]:
+def _embedding_outputs(doc: dict[str, Any], blob: bytes, count: int) -> tuple[np.ndarray, int]:
+    """The vectors (binary FP32, or JSON data) and the token count of a V2 answer."""
     outputs = {o["name"]: o for o in doc.get("outputs", [])}
     if EMBEDDING not in outputs or TOKEN_COUNT not in outputs:
         raise ModelplaneError("the text encoder's answer lacks its embedding or token count")
-    vectors = np.asarray(outputs[EMBEDDING]["data"], dtype=np.float32).reshape(count, -1)
-    return vectors, int(sum(outputs[TOKEN_COUNT]["data"]))
+    found = outputs[EMBEDDING]
+    if "data" in found:
+        vectors = np.asarray(found["data"], dtype=np.float32)
+    else:  # the only binary output, so its bytes are the whole blob
+        vectors = np.frombuffer(blob, dtype="<f4").astype(np.float32)
+    return vectors.reshape(count, -1), int(sum(outputs[TOKEN_COUNT]["data"]))
 
 
 def _spec(
@@ -350,6 +370,7 @@ class _Shape:
         self.top = top
         self.echo = echo
         self.created = oa.now()
+        self.tokens = 0  # generated so far; prompt and completion once the final frame came
 
     def _base(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
@@ -364,6 +385,7 @@ class _Shape:
 
     def whole(self, texts: list[str], logprobs: list[list[oa.TokenLogprob]],
               final: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+        self.count(final)
         reasons = {c["index"]: c["finish_reason"] for c in final["choices"]}
         choices = []
         for i, text in enumerate(texts):
@@ -416,6 +438,11 @@ class _Shape:
         else:
             choice = {"index": index, "text": "", "logprobs": None, "finish_reason": reason}
         return self._chunk(choice, include_usage)
+
+    def count(self, final: dict[str, Any]) -> None:
+        """The tokens of the whole request, once its final frame says them."""
+        usage = final.get("usage") or {}
+        self.tokens = int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
 
     def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
         doc = self._base("chat.completion.chunk" if self.chat else "text_completion")

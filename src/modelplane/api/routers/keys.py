@@ -56,7 +56,9 @@ def create_router(services: Services) -> APIRouter:
     def create(body: KeyIn, _: Admin) -> KeyCreated:
         """A new key. Its secret is in this response only: it is stored hashed."""
         expires = parse_expiry(body.expires, datetime.now(UTC)) if body.expires else None
-        quota = Quota(body.rate_limit, body.burst, body.max_concurrent, body.daily)
+        quota = Quota(
+            body.rate_limit, body.burst, body.max_concurrent, body.daily, body.daily_tokens
+        )
         key, secret = keys.create(KeySpec(body.role, body.name, body.models, expires, quota))
         return KeyCreated(**out(key).model_dump(), secret=secret)
 
@@ -77,7 +79,9 @@ def create_router(services: Services) -> APIRouter:
         expires = None
         if body.expires is not None and not never:
             expires = parse_expiry(body.expires, datetime.now(UTC))
-        quota = Quota(body.rate_limit, body.burst, body.max_concurrent, body.daily)
+        quota = Quota(
+            body.rate_limit, body.burst, body.max_concurrent, body.daily, body.daily_tokens
+        )
         change = KeyChange(body.name, body.role, body.models, expires, never, quota)
         return out(keys.update(key_id, change))
 

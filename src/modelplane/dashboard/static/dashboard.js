@@ -28,11 +28,11 @@ function parseMetrics(text) {
   return out;
 }
 const sum = (ms, name, f = () => true) => ms.filter((s) => s.name === name && f(s.labels)).reduce((a, s) => a + s.value, 0);
-function quantile(q, now, before, name) {
+function quantile(q, now, before, name, f = () => true) {
   // from cumulative histogram buckets summed over labels, the increase since the last poll
   const buckets = {};
-  for (const s of now) if (s.name === name + "_bucket") buckets[s.labels.le] = (buckets[s.labels.le] || 0) + s.value;
-  if (before) for (const s of before) if (s.name === name + "_bucket") buckets[s.labels.le] -= s.value;
+  for (const s of now) if (s.name === name + "_bucket" && f(s.labels)) buckets[s.labels.le] = (buckets[s.labels.le] || 0) + s.value;
+  if (before) for (const s of before) if (s.name === name + "_bucket" && f(s.labels)) buckets[s.labels.le] -= s.value;
   const les = Object.keys(buckets).map((le) => [le === "+Inf" ? Infinity : parseFloat(le), buckets[le]]).sort((a, b) => a[0] - b[0]);
   const total = les.length ? les[les.length - 1][1] : 0;
   if (total <= 0) return null;
@@ -90,7 +90,22 @@ async function sample() {
     push("latency:p99", quantile(0.99, ms, last.ms, "modelplane_request_duration_seconds"));
     const models = new Set(ms.filter((s) => s.name === "modelplane_requests_total").map((s) => s.labels.model));
     for (const m of models) push(`model:${m}`, rate("modelplane_requests_total", (l) => l.model === m));
+    // language models: tokens/s each way, time to first token and between tokens (p50)
+    const generating = new Set(ms.filter((s) => s.name === "modelplane_generation_streams").map((s) => s.labels.model));
+    for (const m of generating) {
+      const of = (l) => l.model === m;
+      push(`tokens:${m}:out`, rate("modelplane_generation_tokens_total", (l) => of(l) && l.direction === "out"));
+      push(`tokens:${m}:in`, rate("modelplane_generation_tokens_total", (l) => of(l) && l.direction === "in"));
+      push(`ttft:${m}:p50`, quantile(0.5, ms, last.ms, "modelplane_generation_first_token_seconds", of));
+      push(`itl:${m}:p50`, quantile(0.5, ms, last.ms, "modelplane_generation_inter_token_seconds", of));
+    }
   }
+  const gauges = {};  // summed over a deployment's replicas
+  for (const s of ms) {
+    if (s.name === "modelplane_generation_streams") gauges[`streams:${s.labels.model}:${s.labels.state}`] = (gauges[`streams:${s.labels.model}:${s.labels.state}`] || 0) + s.value;
+    if (s.name === "modelplane_generation_kv_cache_usage") gauges[`kv:${s.labels.model}:used`] = Math.max(gauges[`kv:${s.labels.model}:used`] || 0, s.value * 100);
+  }
+  for (const [name, value] of Object.entries(gauges)) push(name, value);
   push("node:cpu %", sum(ms, "modelplane_node_cpu_percent"));
   const total = sum(ms, "modelplane_node_memory_total_bytes");
   push("node:memory %", total ? sum(ms, "modelplane_node_memory_used_bytes") / total * 100 : 0);
@@ -144,10 +159,19 @@ async function deploymentPage(view, name) {
     <p>${esc(d.ref)} · ${d.ready_replicas}/${d.desired_replicas} ready${d.autoscaling ? ` · autoscaled ${d.autoscaling.min_replicas}-${d.autoscaling.max_replicas} at ${d.autoscaling.target_ongoing_requests} in flight per replica` : ""} · ${d.resources.cpu} CPU, ${d.resources.memory_mb} MB per replica · batch ≤ ${d.config.max_batch_size} · queue ≤ ${d.config.max_queued_requests}${d.last_failure ? ` · last failure: ${esc(d.last_failure)}` : ""}</p>
     <table id="replicas"><tr><th>replica</th><th>version</th><th>state</th><th>pid</th><th>node</th><th>message</th></tr>${d.replicas.map((r) => `<tr><td>${esc(r.id)}</td><td>${r.version}</td><td class="${esc(r.state)}">${esc(r.state)}</td><td>${r.pid ?? "-"}</td><td title="${esc(r.placement || "")}">${esc(r.node || "-")}</td><td>${esc(r.message)}</td></tr>`).join("")}</table>
     ${(d.pending || []).length ? `<p class="pending" id="pending">${d.pending.length} replica(s) pending: ${esc([...new Set(d.pending)].join("; "))}</p>` : ""}
-    <div class="charts">${chart("Requests/s", [`model:${d.name}`], "/s")}${chart("Replica CPU", d.replicas.map((r) => `cpu:${r.id}`), "%")}${chart("Replica memory", d.replicas.map((r) => `rss:${r.id}`), "MB")}</div>
+    <div class="charts">${chart("Requests/s", [`model:${d.name}`], "/s")}${chart("Replica CPU", d.replicas.map((r) => `cpu:${r.id}`), "%")}${chart("Replica memory", d.replicas.map((r) => `rss:${r.id}`), "MB")}${generationCharts(d.name)}</div>
     <h3>Scaling events</h3><table id="events"><tr><th>time</th><th>action</th><th>replica</th><th>reason</th></tr>${(d.events || []).slice().reverse().map((e) => `<tr><td>${esc(e.time)}</td><td>${esc(e.action)}</td><td>${esc(e.replica)}</td><td>${esc(e.reason)}</td></tr>`).join("")}</table>
     <h3>Logs</h3><pre class="logs" id="logs">${logs.map((l) => esc(`${l.time} ${l.level} ${l.replica || "-"} ${l.request_id || "-"} ${l.message} ${JSON.stringify(l.fields || {})}`)).join("\n")}</pre></div>`));
   const pre = document.getElementById("logs"); pre.scrollTop = pre.scrollHeight;
+}
+
+function generationCharts(name) {
+  // a language model's deployment: what its replicas' engines report
+  if (!series[`streams:${name}:running`]) return "";
+  return chart("Tokens/s", [`tokens:${name}:out`, `tokens:${name}:in`], "/s")
+    + chart("Time to first token · between tokens", [`ttft:${name}:p50`, `itl:${name}:p50`], "ms")
+    + chart("Streams", [`streams:${name}:running`, `streams:${name}:waiting`], "")
+    + chart("KV cache", [`kv:${name}:used`], "%");
 }
 
 async function nodesPage(view) {
