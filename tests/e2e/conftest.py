@@ -6,14 +6,18 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
 from modelplane.testing import RayCluster, free_port, wait_for
+
+if TYPE_CHECKING:
+    import openai
 from modelplane.testing import ray_cluster as start_ray_cluster
 
 BIN = Path(sys.executable).parent
@@ -121,6 +125,26 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+OpenAIClients = Callable[[str, str], "openai.OpenAI"]
+
+
+@pytest.fixture
+def openai_clients() -> Iterator[OpenAIClients]:
+    """Official ``openai`` clients for a server URL and a key, closed after the test."""
+    import openai
+
+    made: list[openai.OpenAI] = []
+
+    def make(url: str, key: str) -> openai.OpenAI:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
 
 
 @pytest.fixture

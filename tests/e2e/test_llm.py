@@ -16,7 +16,7 @@ import pytest
 
 from modelplane.testing import tiny_llama, wait_for
 
-from .conftest import Server
+from .conftest import OpenAIClients, Server
 
 PROMPTS = ["The quick brown", "Hello! How can I", "A language model", "Tokens flow from"]
 MAX_TOKENS = 10
@@ -74,8 +74,8 @@ def invoker(llm_server: Server) -> str:
 
 
 @pytest.fixture
-def client(llm_server: Server, invoker: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{llm_server.url}/v1", api_key=invoker, max_retries=0)
+def client(llm_server: Server, invoker: str, openai_clients: OpenAIClients) -> openai.OpenAI:
+    return openai_clients(llm_server.url, invoker)
 
 
 def test_the_push_reports_token_parity_with_transformers(llm_server: Server) -> None:
@@ -196,9 +196,9 @@ def test_a_stop_sequence_cuts_the_text(client: openai.OpenAI, reference: Any) ->
 
 
 def test_wrong_key_unknown_parameter_and_long_prompt_get_openai_errors(
-    llm_server: Server, client: openai.OpenAI
+    llm_server: Server, client: openai.OpenAI, openai_clients: OpenAIClients
 ) -> None:
-    bad = openai.OpenAI(base_url=f"{llm_server.url}/v1", api_key="mp_wrong", max_retries=0)
+    bad = openai_clients(llm_server.url, "mp_wrong")
     with pytest.raises(openai.AuthenticationError) as denied:
         bad.models.list()
     assert denied.value.status_code == 401
@@ -262,12 +262,14 @@ def test_a_client_that_goes_away_frees_its_slot(llm_server: Server, invoker: str
     wait_for(lambda: running() == 0, timeout=2.0, interval=0.05)
 
 
-def test_a_key_with_a_token_budget_is_refused_once_it_is_spent(llm_server: Server) -> None:
+def test_a_key_with_a_token_budget_is_refused_once_it_is_spent(
+    llm_server: Server, openai_clients: OpenAIClients
+) -> None:
     made = llm_server.cli("keys", "create", "--name", "metered", "--role", "invoker",
                           "--daily-tokens", "30", "--json")  # fmt: skip
     assert made.returncode == 0, made.stderr
     secret = json.loads(made.stdout)["secret"]
-    client = openai.OpenAI(base_url=f"{llm_server.url}/v1", api_key=secret, max_retries=0)
+    client = openai_clients(llm_server.url, secret)
     spent = 0
     for _ in range(2):  # under the budget when each starts
         done = client.completions.create(model="tiny-llm", prompt="The quick brown", max_tokens=10,
@@ -290,10 +292,11 @@ def test_the_dashboard_shows_a_language_model_s_engine(llm_server: Server, invok
     stop = threading.Event()
 
     def load() -> None:
-        client = openai.OpenAI(base_url=f"{llm_server.url}/v1", api_key=invoker, max_retries=0)
-        while not stop.is_set():
-            client.completions.create(model="tiny-llm", prompt="The", max_tokens=30,
-                                      extra_body={"min_tokens": 30})  # fmt: skip
+        with openai.OpenAI(base_url=f"{llm_server.url}/v1", api_key=invoker,
+                           max_retries=0) as client:  # fmt: skip
+            while not stop.is_set():
+                client.completions.create(model="tiny-llm", prompt="The", max_tokens=30,
+                                          extra_body={"min_tokens": 30})  # fmt: skip
 
     loaders = [threading.Thread(target=load) for _ in range(3)]
     with offline_page(llm_server.url) as (page, elsewhere):

@@ -23,7 +23,7 @@ from modelplane.domain.processing import AudioSpec
 from modelplane.runtime.media import log_mel
 from modelplane.testing import DIGIT_NAMES, digits_classifier, wait_for
 
-from .conftest import Server
+from .conftest import OpenAIClients, Server
 
 DIGITS = list(DIGIT_NAMES)
 TONES = {"low": 300.0, "mid": 700.0, "high": 1500.0}
@@ -149,9 +149,11 @@ def test_png_digits_over_v2_match_the_model_in_process(server: Server, digits: A
     assert np.allclose(scores.sum(axis=1), scores.sum(axis=1).clip(max=1.0))  # probabilities
 
 
-def test_png_digits_over_openai_chat_and_remote_urls_refused(server: Server, digits: Any) -> None:
+def test_png_digits_over_openai_chat_and_remote_urls_refused(
+    server: Server, digits: Any, openai_clients: OpenAIClients
+) -> None:
     _, model, pixels = digits
-    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.key, max_retries=0)
+    client = openai_clients(server.url, server.key)
     url = "data:image/png;base64," + base64.b64encode(png(pixels[0])).decode()
     reply = client.chat.completions.create(model="digits", messages=[{"role": "user", "content": [
         {"type": "text", "text": "which digit?"},
@@ -182,3 +184,14 @@ def test_an_audio_clip_is_classified(server: Server, fmt: str, rate: int) -> Non
     tensor.set_data_from_numpy(files)  # 16 kHz WAVs are resampled to the model's 8 kHz
     labels = client.infer("tones", [tensor], headers=server.auth).as_numpy("label")
     assert [x.decode() for x in labels[:, 0]] == names
+
+
+def test_an_audio_clip_in_an_openai_chat_message(
+    server: Server, openai_clients: OpenAIClients
+) -> None:
+    client = openai_clients(server.url, server.key)
+    wav = base64.b64encode(clip(TONES["high"], 16000, "WAV", seed=5)).decode()
+    reply = client.chat.completions.create(model="tones", messages=[{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}},
+    ]}])  # fmt: skip
+    assert (reply.choices[0].message.content or "").startswith("high:")

@@ -89,22 +89,20 @@ def concurrency_denial(key_id: str, max_concurrent: int) -> Denial:
 
 
 def tokens_denial(key_id: str, daily_tokens: int, wall_s: float) -> Denial:
-    after = retry_after(seconds_to_midnight(wall_s))
-    return Denial(
-        Limit.TOKENS,
-        after,
-        f"API key {key_id} has used its {daily_tokens} tokens for today (UTC); retry after "
-        f"midnight UTC (in {after} s), or ask an admin to raise the limit: `modelplane keys "
-        f"update {key_id} --daily-tokens N`",
-    )
+    return _budget_denial(Limit.TOKENS, key_id, f"{daily_tokens} tokens", "--daily-tokens", wall_s)
 
 
 def daily_denial(key_id: str, daily: int, wall_s: float) -> Denial:
+    return _budget_denial(Limit.DAILY, key_id, f"{daily} requests", "--daily", wall_s)
+
+
+def _budget_denial(limit: Limit, key_id: str, budget: str, flag: str, wall_s: float) -> Denial:
+    """A daily budget used up: retry after midnight UTC."""
     after = retry_after(seconds_to_midnight(wall_s))
     return Denial(
-        Limit.DAILY,
+        limit,
         after,
-        f"API key {key_id} has used its {daily} requests for today (UTC); retry after "
-        f"midnight UTC (in {after} s), or ask an admin to raise the limit: `modelplane keys "
-        f"update {key_id} --daily N`",
+        f"API key {key_id} has used its {budget} for today (UTC); retry after midnight UTC (in "
+        f"{after} s), or ask an admin to raise the limit: `modelplane keys update {key_id} "
+        f"{flag} N`",
     )

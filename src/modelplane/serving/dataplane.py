@@ -17,7 +17,7 @@ from modelplane.errors import DeadlineExceeded, InvalidInput, ModelplaneError, U
 from modelplane.protocol import frames, v2
 from modelplane.runtime import BatchStats, Runtime
 from modelplane.security.inputguard import InputGuard, InputOutlier
-from modelplane.telemetry.histogram import Histogram
+from modelplane.serving.planes import PlaneState
 from modelplane.telemetry.logs import LogWriter, now_iso
 from modelplane.telemetry.usage import Usage
 
@@ -77,7 +77,7 @@ def _timeout_s(request: v2.InferenceRequest, frame_timeout_ms: int) -> float | N
     return min(limits) if limits else None
 
 
-class DataPlane:
+class DataPlane(PlaneState):
     """Serves one model version under a public name."""
 
     def __init__(
@@ -90,25 +90,14 @@ class DataPlane:
         payload_log: PayloadLog | None = None,
         guard: tuple[InputGuard, str] | None = None,
     ) -> None:
+        super().__init__(name, version, runtime)
+        self._runtime: Runtime = runtime
         self._guard = guard  # (check, action: log|flag|reject); None: no statistics or off
         self.input_outliers = 0
         self._request_log = request_log
         self._payload_log = payload_log
-        self.name = name
-        self.version = version
-        self._runtime = runtime
         self._limits = limits
-        self.ready = False
-        self.failure_count = 0
-        self.load_seconds = 0.0
         self._usage = Usage()
-        self.request_seconds = Histogram()
-
-    def load(self) -> None:
-        started = time.perf_counter()
-        self._runtime.load()
-        self.load_seconds = time.perf_counter() - started
-        self.ready = True
 
     def metadata(self) -> dict[str, Any]:
         signature = self._runtime.signature

@@ -223,8 +223,9 @@ class Gateway:
 
     async def generate(
         self, route: Route, payload: bytes, request_id: str = ""
-    ) -> AsyncGenerator[frames.ResponseFrame, None]:
-        """Stream a GENERATE from a ready replica: PARTIAL frames, then the final one. A replica
+    ) -> AsyncGenerator[list[frames.ResponseFrame], None]:
+        """Stream a GENERATE from a ready replica, in batches of the frames that have arrived:
+        PARTIAL frames, then the final one. A replica
         that goes away before its first frame is retried once on another; leaving the iteration
         early cancels the generation on the replica."""
         series = self._metrics.requests(route.name, route.version)
@@ -245,13 +246,13 @@ class Gateway:
                 received = False
                 try:
                     connection = await self._connection(endpoint)
-                    async for frame in connection.stream(
+                    async for batch in connection.stream(
                         frames.GENERATE, payload, int(self._timeout * 1000), request_id
                     ):
                         received = True
-                        if frame.status != frames.PARTIAL:
-                            status = frame.status
-                        yield frame
+                        if batch[-1].status != frames.PARTIAL:
+                            status = batch[-1].status
+                        yield batch
                     return
                 except ReplicaGone:
                     if received:

@@ -23,7 +23,7 @@ import orjson
 from modelplane.errors import InvalidInput, ModelplaneError
 from modelplane.protocol import frames, v2
 from modelplane.runtime.generation import GenerationRuntime, Prompt, Sampling, Step
-from modelplane.telemetry.histogram import Histogram
+from modelplane.serving.planes import PlaneState
 
 log = logging.getLogger("modelplane.replica")
 Emit = Callable[[frames.ResponseFrame], None]
@@ -73,7 +73,7 @@ def _spec_sampling(doc: dict[str, Any], max_tokens: int, index: int) -> Sampling
     )
 
 
-class GenerationPlane:
+class GenerationPlane(PlaneState):
     """Serves one language model version under a public name."""
 
     def __init__(
@@ -83,20 +83,9 @@ class GenerationPlane:
         runtime: GenerationRuntime,
         request_log: Callable[[str, str | None, str, Any], None] | None = None,
     ) -> None:
-        self.name = name
-        self.version = version
-        self._runtime = runtime
+        super().__init__(name, version, runtime)
+        self._runtime: GenerationRuntime = runtime
         self._request_log = request_log
-        self.ready = False
-        self.failure_count = 0
-        self.load_seconds = 0.0
-        self.request_seconds = Histogram()
-
-    def load(self) -> None:
-        started = time.perf_counter()
-        self._runtime.load()
-        self.load_seconds = time.perf_counter() - started
-        self.ready = True
 
     def stats(self) -> dict[str, Any]:
         return {

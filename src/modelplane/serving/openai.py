@@ -167,58 +167,58 @@ class OpenAISurface:
             self._quotas.spend(who, shape.tokens)
 
     async def _whole(
-        self, send: Send, events: AsyncGenerator[frames.ResponseFrame, None], shape: _Shape
+        self, send: Send, events: AsyncGenerator[list[frames.ResponseFrame], None], shape: _Shape
     ) -> None:
         texts = [""] * shape.n
         logprobs: list[list[oa.TokenLogprob]] = [[] for _ in range(shape.n)]
         async with contextlib.aclosing(events):
-            async for frame in events:
-                if frame.status == frames.PARTIAL:
-                    event = orjson.loads(frame.payload)
-                    shape.tokens += len(event["tokens"])
+            async for batch in events:
+                for event in _merged(batch, shape):
                     texts[event["index"]] += event["text"]
                     logprobs[event["index"]] += event.get("logprobs", [])
-                    continue
-                final = _final(frame)
-                doc = shape.whole(texts, logprobs, final)
-                await _reply(send, 200, orjson.dumps(doc), _headers(shape))
-                return
+                if batch[-1].status != frames.PARTIAL:
+                    doc = shape.whole(texts, logprobs, _final(batch[-1]))
+                    await _reply(send, 200, orjson.dumps(doc), _headers(shape))
+                    return
 
     async def _stream(
         self,
         send: Send,
-        events: AsyncGenerator[frames.ResponseFrame, None],
+        events: AsyncGenerator[list[frames.ResponseFrame], None],
         shape: _Shape,
         include_usage: bool,
     ) -> None:
+        """SSE chunks as events arrive; a batch that arrived at once (the client fell behind)
+        becomes one chunk per choice, not one per token."""
         started = False
         async with contextlib.aclosing(events):
-            async for frame in events:
-                if frame.status != frames.PARTIAL:
-                    if not started:  # an error before any token: an ordinary error response
-                        final = _final(frame)
-                        await self._open(send, shape, include_usage)
-                    else:
-                        try:
-                            final = _final(frame)
-                        except ModelplaneError as exc:
-                            await _chunk(send, orjson.loads(oa.error_from(exc)))
-                            await _chunk_raw(send, oa.DONE, more=False)
-                            return
-                    shape.count(final)
-                    for choice in final["choices"]:
-                        await _chunk(send, shape.finish_chunk(choice, include_usage))
-                    if include_usage:
-                        await _chunk(send, shape.usage_chunk(final["usage"]))
-                    await _chunk_raw(send, oa.DONE, more=False)
-                    return
-                if not started:
+            async for batch in events:
+                last = batch[-1]
+                if not started and (len(batch) > 1 or last.status == frames.PARTIAL):
                     await self._open(send, shape, include_usage)
                     started = True
-                event = orjson.loads(frame.payload)
-                shape.tokens += len(event["tokens"])
-                if event["text"] or event.get("logprobs"):
-                    await _chunk(send, shape.text_chunk(event, include_usage))
+                for event in _merged(batch, shape):
+                    if event["text"] or event.get("logprobs"):
+                        await _chunk(send, shape.text_chunk(event, include_usage))
+                if last.status == frames.PARTIAL:
+                    continue
+                if not started:  # an error before any token: an ordinary error response
+                    final = _final(last)
+                    await self._open(send, shape, include_usage)
+                else:
+                    try:
+                        final = _final(last)
+                    except ModelplaneError as exc:
+                        await _chunk(send, orjson.loads(oa.error_from(exc)))
+                        await _chunk_raw(send, oa.DONE, more=False)
+                        return
+                shape.count(final)
+                for choice in final["choices"]:
+                    await _chunk(send, shape.finish_chunk(choice, include_usage))
+                if include_usage:
+                    await _chunk(send, shape.usage_chunk(final["usage"]))
+                await _chunk_raw(send, oa.DONE, more=False)
+                return
 
     @staticmethod
     async def _open(send: Send, shape: _Shape, include_usage: bool) -> None:
@@ -320,6 +320,26 @@ class OpenAISurface:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _merged(batch: list[frames.ResponseFrame], shape: _Shape) -> list[dict[str, Any]]:
+    """The PARTIAL events of a batch, one per choice (text, tokens and log-probabilities
+    joined in order), counted toward the request's tokens."""
+    by_choice: dict[int, dict[str, Any]] = {}
+    for frame in batch:
+        if frame.status != frames.PARTIAL:
+            continue
+        event = orjson.loads(frame.payload)
+        shape.tokens += len(event["tokens"])
+        seen = by_choice.get(event["index"])
+        if seen is None:
+            by_choice[event["index"]] = event
+        else:
+            seen["text"] += event["text"]
+            seen["tokens"] += event["tokens"]
+            if event.get("logprobs"):
+                seen["logprobs"] = seen.get("logprobs", []) + event["logprobs"]
+    return list(by_choice.values())
 
 
 def _embedding_outputs(doc: dict[str, Any], blob: bytes, count: int) -> tuple[np.ndarray, int]:

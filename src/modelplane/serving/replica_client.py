@@ -138,9 +138,11 @@ class ReplicaConnection:
 
     async def stream(
         self, op: int, payload: bytes, timeout_ms: int, request_id: str = ""
-    ) -> AsyncGenerator[frames.ResponseFrame, None]:
-        """Send a streaming request and yield its frames: PARTIAL ones, then the final one.
-        Leaving early (the client went away, an error) sends CANCEL, so the replica stops."""
+    ) -> AsyncGenerator[list[frames.ResponseFrame], None]:
+        """Send a streaming request and yield its frames, in batches of those that have
+        arrived (one when the reader keeps up, more when it falls behind): PARTIAL ones, then
+        the final one. Leaving early (the client went away, an error) sends CANCEL, so the
+        replica stops."""
         protocol = self._protocol
         writer = protocol.writer
         if writer is None or protocol.transport is None or protocol.transport.is_closing():
@@ -156,12 +158,15 @@ class ReplicaConnection:
         finished = False
         try:
             while True:
-                frame = await queue.get()
-                if frame is None:
+                batch = [await queue.get()]
+                while not queue.empty() and batch[-1] is not None:
+                    batch.append(queue.get_nowait())
+                if batch[-1] is None:
                     finished = True  # nothing to cancel on a closed connection
                     raise ReplicaGone("the replica closed the connection")
-                finished = frame.status != frames.PARTIAL
-                yield frame
+                ready = [f for f in batch if f is not None]
+                finished = ready[-1].status != frames.PARTIAL
+                yield ready
                 if finished:
                     return
         finally:
