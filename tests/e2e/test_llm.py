@@ -323,3 +323,31 @@ def test_the_dashboard_shows_a_language_model_s_engine(llm_server: Server, invok
             for loader in loaders:
                 loader.join()
     assert elsewhere == []
+
+
+def test_odd_sampling_values_fail_nobody(client: openai.OpenAI, reference: Any) -> None:
+    """A negative seed and a temperature so small that dividing by it overflows are valid
+    OpenAI values: they are served, and streams running beside them are unharmed."""
+    assert client.completions.create(model="tiny-llm", prompt="The cat", max_tokens=4,
+                                     seed=-1).choices[0].text is not None  # fmt: skip
+    tiny = client.completions.create(model="tiny-llm", prompt=PROMPTS[0], max_tokens=MAX_TOKENS,
+                                     temperature=1e-300)  # fmt: skip
+    assert tiny.choices[0].text == reference(PROMPTS[0])  # as good as greedy
+    with pytest.raises(openai.BadRequestError, match="seed"):
+        client.completions.create(model="tiny-llm", prompt="a", seed=10**30)
+
+
+def test_a_long_prompt_read_beside_a_running_stream_equals_transformers(
+    client: openai.OpenAI, reference: Any
+) -> None:
+    """A stream decoding in one slot while a long prompt is read in chunks in another: both
+    come out right (the step-level rule is tested in tests/unit/runtime/test_engine_steps.py)."""
+    prompt = "The cat sat on the mat and looked at the moon. " * 8
+    running = client.completions.create(model="tiny-llm", prompt="The", max_tokens=200,
+                                        stream=True, extra_body={"min_tokens": 200})  # fmt: skip
+    chunks = iter(running)
+    next(chunks)  # it is decoding
+    done = client.completions.create(model="tiny-llm", prompt=prompt, max_tokens=MAX_TOKENS,
+                                     temperature=0)  # fmt: skip
+    assert done.choices[0].text == reference(prompt)
+    assert sum(1 for _ in chunks) > 0  # and the running stream went on to its end

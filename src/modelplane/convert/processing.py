@@ -45,6 +45,9 @@ def annotate(model: Path, spec: dict[str, Any]) -> dict[str, Any]:
     processing = Processing.from_dict(spec)
     served = served_signature(processing, onnx_source.inspect(model))  # 422 saying why not
     graph = onnx.load(str(model))
+    kept = [p for p in graph.metadata_props if p.key != PROCESSING_METADATA]  # one declaration
+    del graph.metadata_props[:]
+    graph.metadata_props.extend(kept)
     entry = graph.metadata_props.add()
     entry.key, entry.value = PROCESSING_METADATA, json.dumps(processing.to_dict())
     onnx.save(graph, str(model))

@@ -20,6 +20,9 @@ from modelplane.errors import InvalidInput, ModelplaneError
 
 MAX_N = 8
 MAX_STOP = 4
+MAX_STOP_CHARS = 256
+MAX_TOKENS = 1 << 24  # far above any context; keeps numbers inside 64 bits downstream
+SEED = (-(1 << 63), (1 << 63) - 1)
 
 # modelplane error code -> OpenAI's error ``type`` and ``code``
 _ERROR_TYPES = {
@@ -150,10 +153,10 @@ class _Sampling(_Strict):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED[0], le=SEED[1])
     user: str | None = None
     # an extension (vLLM's name): generate at least this many tokens, ignoring end-of-sequence
-    min_tokens: int = Field(0, ge=0)
+    min_tokens: int = Field(0, ge=0, le=MAX_TOKENS)
     # accepted only at the values that leave the output unchanged
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
@@ -167,6 +170,8 @@ class _Sampling(_Strict):
             raise ValueError(f"at most {MAX_STOP} stop sequences")
         if any(not s for s in stops):
             raise ValueError("a stop sequence must not be empty")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop sequence may have at most {MAX_STOP_CHARS} characters")
         return value
 
     def stops(self) -> list[str]:
@@ -185,8 +190,8 @@ class _Sampling(_Strict):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=1)
     response_format: dict[str, Any] | None = None
@@ -205,7 +210,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=1, le=MAX_TOKENS)
     logprobs: int | None = Field(None, ge=0, le=1)  # top alternatives: 1 at most
     echo: bool = False
     best_of: int | None = Field(None, ge=1, le=1)
@@ -224,7 +229,7 @@ class EmbeddingRequest(_Strict):
     model: str
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(None, ge=1, le=MAX_TOKENS)
     user: str | None = None
 
     def texts(self) -> list[str]:

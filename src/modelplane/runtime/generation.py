@@ -39,6 +39,7 @@ log = logging.getLogger("modelplane.replica")
 DEFAULT_MAX_BATCH = 16
 PREFILL_CHUNK = 64  # prompt tokens prefilled between two decoding steps
 MIN_CACHE = 64  # positions the KV cache starts with
+MIN_TEMPERATURE = 1e-5  # below it sampling is greedy (and dividing by it would overflow)
 PREFILL_BATCH = 512  # prompt tokens read together in one run, over several streams
 
 
@@ -226,11 +227,14 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _sample(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
-    if sampling.temperature == 0:
+    if sampling.temperature < MIN_TEMPERATURE:  # 0, or so close that it is greedy anyway
         return int(logits.argmax())
     scaled = logits.astype(np.float64) / sampling.temperature
     probs = np.exp(scaled - scaled.max())
-    probs /= probs.sum()
+    total = probs.sum()
+    if not np.isfinite(total) or total <= 0:
+        raise ValueError("the model's logits are not numbers")
+    probs /= total
     if sampling.top_p < 1.0:
         order = np.argsort(-probs)
         keep = np.cumsum(probs[order]) - probs[order] < sampling.top_p  # the first always stays
@@ -286,13 +290,13 @@ class _EngineThread(threading.Thread):
                 self._waiting.extend(self._incoming)
                 self._incoming.clear()
                 cancels, self._cancels = list(self._cancels), deque()
-            for turn in cancels:
-                self._cancel(turn)
-            self._admit()
             try:
+                for turn in cancels:
+                    self._cancel(turn)
+                self._admit()
                 self._prefill()
                 self._decode()
-            except Exception:
+            except Exception:  # the thread must live on: fail the turns it holds, not itself
                 log.exception("the language model failed a step")
                 for turn in [t for t in self._slots if t is not None]:
                     self._release(turn, Step("", [], "error"))
@@ -313,7 +317,8 @@ class _EngineThread(threading.Thread):
             self._stats.waiting -= 1
             turn.slot = self._slots.index(None)  # the lowest free row keeps batches compact
             self._slots[turn.slot] = turn
-            turn.rng = np.random.default_rng(turn.sampling.seed)
+            seed = turn.sampling.seed
+            turn.rng = np.random.default_rng(None if seed is None else seed % (1 << 64))
             turn.text = Detokenizer(self._tokenizer)
             self._stats.running += 1
 
@@ -378,7 +383,9 @@ class _EngineThread(threading.Thread):
         if not decoding:
             return
         rows = max(t.slot for t in decoding) + 1
-        width = max(t.cached for t in decoding) + 1
+        # every occupied row in the run writes one key at its mask's end: a row still reading
+        # its prompt must get its whole mask, or that key lands inside what it has cached
+        width = max(t.cached for t in self._slots[:rows] if t is not None) + 1
         ids = np.full((rows, 1), self._decoder.pad, np.int64)
         mask = np.zeros((rows, width), np.int64)
         mask[:, 0] = 1  # rows not decoding now write one throwaway key at their next position
@@ -397,30 +404,37 @@ class _EngineThread(threading.Thread):
     def _emit(self, logits: dict[_Turn, np.ndarray]) -> None:
         """Sample each turn's next token, and hand what it means to the event loop."""
         for turn, row in logits.items():
-            assert turn.rng is not None
-            assert turn.text is not None
-            sampling = turn.sampling
-            if turn.generated < sampling.min_tokens:
-                row = row.copy()
-                row[list(self._decoder.eos)] = -np.inf
-            token = _sample(row, sampling, turn.rng)
-            if token in self._decoder.eos:
-                self._release(turn, Step("", [], "stop"))
-                continue
-            turn.generated += 1
-            self._stats.tokens_out += 1
-            step = Step(turn.text.add(token), [token])
-            if sampling.logprobs:
-                lp = _log_softmax(row.astype(np.float64))
-                top = int(lp.argmax())
-                step.logprobs.append((self._tokenizer.decode([token]), float(lp[token]),
-                                      self._tokenizer.decode([top]), float(lp[top])))  # fmt: skip
-            if turn.generated >= sampling.max_tokens or turn.cached + 1 >= self._decoder.context:
-                step.finish = "length"
-                self._release(turn, step)
-                continue
-            turn.next_token = token
-            self._post(turn, step)
+            try:
+                self._emit_one(turn, row)
+            except Exception:  # one turn's failure (e.g. logits that are not numbers) is its own
+                log.exception("the language model failed a request")
+                self._release(turn, Step("", [], "error"))
+
+    def _emit_one(self, turn: _Turn, row: np.ndarray) -> None:
+        assert turn.rng is not None
+        assert turn.text is not None
+        sampling = turn.sampling
+        if turn.generated < sampling.min_tokens:
+            row = row.copy()
+            row[list(self._decoder.eos)] = -np.inf
+        token = _sample(row, sampling, turn.rng)
+        if token in self._decoder.eos:
+            self._release(turn, Step("", [], "stop"))
+            return
+        turn.generated += 1
+        self._stats.tokens_out += 1
+        step = Step(turn.text.add(token), [token])
+        if sampling.logprobs:
+            lp = _log_softmax(row.astype(np.float64))
+            top = int(lp.argmax())
+            step.logprobs.append((self._tokenizer.decode([token]), float(lp[token]),
+                                  self._tokenizer.decode([top]), float(lp[top])))  # fmt: skip
+        if turn.generated >= sampling.max_tokens or turn.cached + 1 >= self._decoder.context:
+            step.finish = "length"
+            self._release(turn, step)
+            return
+        turn.next_token = token
+        self._post(turn, step)
 
     def _release(self, turn: _Turn, last: Step | None) -> None:
         if turn.slot >= 0 and self._slots[turn.slot] is turn:

@@ -31,6 +31,7 @@ from modelplane.runtime.base import Arrays
 PROCESSING_METADATA = "modelplane.processing"
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 MAX_PIXELS = 40_000_000  # a larger image is refused before it is decoded
+MIN_RATE, MAX_RATE, MAX_CHANNELS = 1000, 384_000, 8  # audio clips that are read
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -38,7 +39,7 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 # ---- images -----------------------------------------------------------------------------------
 def image_array(data: bytes, spec: ImageSpec, index: int = 0) -> np.ndarray:
     """One encoded image as the model's input item (FP32, in the spec's layout)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
@@ -48,7 +49,9 @@ def image_array(data: bytes, spec: ImageSpec, index: int = 0) -> np.ndarray:
                     f"image {index} is {width}x{height}, above the limit of {MAX_PIXELS} pixels"
                 )
             converted = image.convert(spec.mode)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+    except InvalidInput:
+        raise
+    except Exception:  # Pillow says "broken" in many ways: OSError, SyntaxError, ValueError...
         raise InvalidInput(
             f"item {index} is not a PNG, JPEG or WebP image that can be read"
         ) from None
@@ -108,8 +111,20 @@ def audio_array(data: bytes, spec: AudioSpec, index: int = 0) -> np.ndarray:
     import soundfile
 
     try:
-        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (RuntimeError, soundfile.LibsndfileError, TypeError):
+        # only what the model takes is decoded: a clip that says it is hours long (or
+        # compresses a thousandfold) costs no more than one of the right length
+        with soundfile.SoundFile(io.BytesIO(data)) as clip:
+            rate = clip.samplerate
+            if not MIN_RATE <= rate <= MAX_RATE or not 1 <= clip.channels <= MAX_CHANNELS:
+                raise InvalidInput(
+                    f"item {index} has {clip.channels} channel(s) at {rate} Hz; clips of 1 to "
+                    f"{MAX_CHANNELS} channels at {MIN_RATE} to {MAX_RATE} Hz are read"
+                )
+            wanted = int(np.ceil(spec.seconds * rate))
+            samples = clip.read(wanted, dtype="float32", always_2d=True)
+    except InvalidInput:
+        raise
+    except Exception:  # libsndfile's errors for a file it cannot read, of any kind
         raise InvalidInput(
             f"item {index} is not a WAV, FLAC or OGG clip that can be read"
         ) from None
@@ -228,8 +243,10 @@ class MediaRuntime:
     def _decode(self, items: np.ndarray) -> np.ndarray:
         processing = self._processing
         assert processing is not None
-        if items.ndim != 1:
-            raise InvalidInput(f"input {processing.input_name!r} must be a 1-D list of files")
+        if items.ndim != 1 or not items.size:
+            raise InvalidInput(
+                f"input {processing.input_name!r} must be a 1-D list of at least one file"
+            )
         arrays = []
         for i, item in enumerate(items):
             if not isinstance(item, bytes):

@@ -2,7 +2,12 @@
 wrapped around the ONNX runtime. A model without tokenizer metadata passes straight through.
 
 Asked for explicitly, the extra output ``token_count`` (INT64, one per input) says how many
-tokens each text was read as, after truncation: what OpenAI's embeddings ``usage`` reports."""
+tokens each text was read as, after truncation: what OpenAI's embeddings ``usage`` reports.
+
+Batches are cut by tokens: the texts are sorted by length and run in groups whose padded size
+(rows x longest) stays within ``max_batch_tokens``, so one long text does not make every short
+one in its batch pay for its padding. Only models whose outputs have one row per text and no
+sequence axis (embeddings, class scores) are regrouped; the others run as one batch."""
 
 from __future__ import annotations
 
@@ -21,9 +26,14 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 
+MAX_BATCH_TOKENS = 4096  # padded tokens in one run of a text model
+
+
 class TokenizingRuntime:
-    def __init__(self, inner: OnnxRuntime) -> None:
+    def __init__(self, inner: OnnxRuntime, max_batch_tokens: int = MAX_BATCH_TOKENS) -> None:
         self._inner = inner
+        self._max_batch_tokens = max_batch_tokens
+        self._regroup = False
         self._tokenizer: Tokenizer | None = None
         self._inputs: list[str] = []
         self.signature = inner.signature
@@ -45,6 +55,11 @@ class TokenizingRuntime:
         self.signature = Signature(
             (TensorSpec(TEXT_INPUT, "BYTES", (-1,)),), self._inner.signature.outputs
         )
+        # one row per text, no sequence axis: results can be regrouped and put back in order
+        self._regroup = all(
+            len(t.shape) <= 2 and all(d > 0 for d in t.shape[1:])
+            for t in self._inner.signature.outputs
+        )
 
     def _tokenize(self, texts: np.ndarray) -> Arrays:
         if texts.ndim != 1:
@@ -63,7 +78,32 @@ class TokenizingRuntime:
             return await self._inner.predict(inputs, outputs)
         feeds = self._tokenize(inputs[TEXT_INPUT])
         wanted = [name for name in outputs if name != TOKEN_COUNT]
-        results = await self._inner.predict(feeds, wanted)
+        lengths = feeds["attention_mask"].sum(axis=1)
+        if self._regroup and wanted and feeds["attention_mask"].size > self._max_batch_tokens:
+            results = await self._by_tokens(feeds, lengths, wanted)
+        else:
+            results = await self._inner.predict(feeds, wanted)
         if len(wanted) < len(outputs):
-            results[TOKEN_COUNT] = feeds["attention_mask"].sum(axis=1).astype(np.int64)
+            results[TOKEN_COUNT] = lengths.astype(np.int64)
         return results
+
+    async def _by_tokens(self, feeds: Arrays, lengths: np.ndarray, wanted: Sequence[str]) -> Arrays:
+        """Run shortest first, in groups within the token budget; results in the texts' order."""
+        order = np.argsort(lengths, kind="stable")
+        groups: list[np.ndarray] = []
+        start = 0
+        for end in range(1, len(order) + 1):
+            longest = int(lengths[order[end - 1]])
+            if end - start > 1 and (end - start) * longest > self._max_batch_tokens:
+                groups.append(order[start : end - 1])
+                start = end - 1
+        groups.append(order[start:])
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
+        for rows in groups:
+            width = max(1, int(lengths[rows].max()))
+            sub = {name: array[rows, :width] for name, array in feeds.items()}
+            found = await self._inner.predict(sub, wanted)
+            for name in wanted:
+                parts[name].append(found[name])
+        back = np.argsort(np.concatenate(groups), kind="stable")
+        return {name: np.concatenate(parts[name])[back] for name in wanted}

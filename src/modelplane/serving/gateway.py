@@ -4,6 +4,7 @@ forwards bytes. It never decodes tensors; the replica does that once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections import Counter, defaultdict
@@ -246,14 +247,24 @@ class Gateway:
                 received = False
                 try:
                     connection = await self._connection(endpoint)
-                    async for batch in connection.stream(
-                        frames.GENERATE, payload, int(self._timeout * 1000), request_id
-                    ):
-                        received = True
-                        if batch[-1].status != frames.PARTIAL:
-                            status = batch[-1].status
-                        yield batch
+                    stream = connection.stream(
+                        frames.GENERATE, payload, int(self._timeout * 1000), request_id,
+                        idle_s=self._timeout,
+                    )  # fmt: skip
+                    # closed on leaving, whatever the reason: that sends CANCEL to the replica
+                    async with contextlib.aclosing(stream):
+                        async for batch in stream:
+                            received = True
+                            if batch[-1].status != frames.PARTIAL:
+                                status = batch[-1].status
+                            yield batch
                     return
+                except TimeoutError:
+                    status = 504
+                    raise DeadlineExceeded(
+                        f"model {route.name!r} sent nothing for {self._timeout:g}s while "
+                        "generating; the generation was stopped"
+                    ) from None
                 except ReplicaGone:
                     if received:
                         status = 502

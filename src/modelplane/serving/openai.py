@@ -101,7 +101,9 @@ class OpenAISurface:
             await self._classify(scope, send, route, request)
             return
         route = self._generative(who, request.model)
-        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+        # OpenAI's "developer" is what chat templates know as "system"
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in request.messages]  # fmt: skip
         spec = _spec(request, {"messages": messages}, request.limit(), request.logprobs)
         shape = _Shape(route.name, chat=True, n=request.n, logprobs=request.logprobs,
                        top=bool(request.top_logprobs))  # fmt: skip
@@ -190,13 +192,31 @@ class OpenAISurface:
     ) -> None:
         """SSE chunks as events arrive; a batch that arrived at once (the client fell behind)
         becomes one chunk per choice, not one per token."""
+        begun = [False]  # whether the response has started (headers sent)
+        try:
+            await self._stream_batches(send, events, shape, include_usage, begun)
+        except ModelplaneError as exc:
+            if not begun[0]:
+                raise  # nothing sent yet: an ordinary error response
+            # the stream has begun (a replica went away mid-stream): end it with the error
+            await _chunk(send, orjson.loads(oa.error_from(exc)))
+            await _chunk_raw(send, oa.DONE, more=False)
+
+    async def _stream_batches(
+        self,
+        send: Send,
+        events: AsyncGenerator[list[frames.ResponseFrame], None],
+        shape: _Shape,
+        include_usage: bool,
+        begun: list[bool],
+    ) -> None:
         started = False
         async with contextlib.aclosing(events):
             async for batch in events:
                 last = batch[-1]
                 if not started and (len(batch) > 1 or last.status == frames.PARTIAL):
                     await self._open(send, shape, include_usage)
-                    started = True
+                    started = begun[0] = True
                 for event in _merged(batch, shape):
                     if event["text"] or event.get("logprobs"):
                         await _chunk(send, shape.text_chunk(event, include_usage))
@@ -205,6 +225,7 @@ class OpenAISurface:
                 if not started:  # an error before any token: an ordinary error response
                     final = _final(last)
                     await self._open(send, shape, include_usage)
+                    begun[0] = True
                 else:
                     try:
                         final = _final(last)

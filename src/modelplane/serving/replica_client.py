@@ -137,12 +137,17 @@ class ReplicaConnection:
                 timer.cancel()
 
     async def stream(
-        self, op: int, payload: bytes, timeout_ms: int, request_id: str = ""
+        self,
+        op: int,
+        payload: bytes,
+        timeout_ms: int,
+        request_id: str = "",
+        idle_s: float | None = None,
     ) -> AsyncGenerator[list[frames.ResponseFrame], None]:
         """Send a streaming request and yield its frames, in batches of those that have
         arrived (one when the reader keeps up, more when it falls behind): PARTIAL ones, then
         the final one. Leaving early (the client went away, an error) sends CANCEL, so the
-        replica stops."""
+        replica stops. Nothing for ``idle_s`` seconds raises TimeoutError (and cancels)."""
         protocol = self._protocol
         writer = protocol.writer
         if writer is None or protocol.transport is None or protocol.transport.is_closing():
@@ -158,7 +163,8 @@ class ReplicaConnection:
         finished = False
         try:
             while True:
-                batch = [await queue.get()]
+                async with asyncio.timeout(idle_s):
+                    batch = [await queue.get()]
                 while not queue.empty() and batch[-1] is not None:
                     batch.append(queue.get_nowait())
                 if batch[-1] is None:
