@@ -351,3 +351,16 @@ def test_a_long_prompt_read_beside_a_running_stream_equals_transformers(
                                      temperature=0)  # fmt: skip
     assert done.choices[0].text == reference(prompt)
     assert sum(1 for _ in chunks) > 0  # and the running stream went on to its end
+
+
+def test_a_completion_is_capped_to_what_is_left_of_the_token_budget(
+    llm_server: Server, openai_clients: OpenAIClients
+) -> None:
+    made = llm_server.cli("keys", "create", "--name", "capped", "--role", "invoker",
+                          "--daily-tokens", "15", "--json")  # fmt: skip
+    client = openai_clients(llm_server.url, json.loads(made.stdout)["secret"])
+    done = client.completions.create(model="tiny-llm", prompt="The quick brown", max_tokens=100,
+                                     extra_body={"min_tokens": 100})  # fmt: skip
+    assert done.usage is not None
+    assert done.usage.completion_tokens == 15  # all that was left, set aside while it ran
+    assert done.choices[0].finish_reason == "length"

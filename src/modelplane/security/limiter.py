@@ -119,16 +119,28 @@ class Quotas:
         if state.day != today:
             state.day, state.used, state.spent = today, 0, 0
 
-    def spend(self, who: Principal, tokens: int) -> None:
-        """Count the language-model tokens a request of ``who`` used (when it ended)."""
+    def tokens_left(self, who: Principal) -> int | None:
+        """What is left of the key's token budget today; None for a key without one."""
         limits = who.limits
-        if limits is None or limits.daily_tokens is None or tokens <= 0:
+        if limits is None or limits.daily_tokens is None:
+            return None
+        return max(0, limits.daily_tokens - self._state(who, limits.burst).spent)
+
+    def spend(self, who: Principal, tokens: int) -> None:
+        """Count language-model tokens against the key's budget: set aside when a request
+        starts (its most), settled (a negative amount gives back) when it ends."""
+        limits = who.limits
+        if limits is None or limits.daily_tokens is None or not tokens:
             return
+        state = self._state(who, limits.burst)
+        state.spent = max(0, state.spent + tokens)
+
+    def _state(self, who: Principal, burst: int) -> _KeyState:
         state = self._keys.get(who.key_id)
         if state is None:
-            state = self._keys[who.key_id] = _KeyState(float(limits.burst), self._clock())
+            state = self._keys[who.key_id] = _KeyState(float(burst), self._clock())
         self._today(state, self._wall())
-        state.spent += tokens
+        return state
 
     def release(self, who: Principal) -> None:
         """A request ``admit`` let in has ended."""

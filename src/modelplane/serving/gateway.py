@@ -161,6 +161,12 @@ class Gateway:
             )
         self._queued[route.name] += 1
 
+    def _settle(self, route: Route, series: RequestSeries, status: int, started: float) -> None:
+        """A request ``_admit`` let in has ended with ``status``."""
+        self._queued[route.name] -= 1
+        series.count(status)
+        series.latency.observe(time.perf_counter() - started)
+
     async def infer(
         self, route: Route, body: bytes, header_length: int | None, request_id: str = ""
     ) -> Forwarded:
@@ -178,9 +184,7 @@ class Gateway:
             status = exc.status
             raise
         finally:
-            self._queued[route.name] -= 1
-            series.count(status)
-            series.latency.observe(time.perf_counter() - started)
+            self._settle(route, series, status, started)
 
     async def _forward(
         self, route: Route, body: bytes, header_length: int | None, request_id: str
@@ -284,9 +288,7 @@ class Gateway:
             status = exc.status
             raise
         finally:
-            self._queued[route.name] -= 1
-            series.count(status)
-            series.latency.observe(time.perf_counter() - started)
+            self._settle(route, series, status, started)
 
     async def _wait_for_replica(self, route: Route) -> Route:
         """Hold a request for a scaled-to-zero deployment while its first replica starts. A

@@ -155,6 +155,7 @@ class OpenAISurface:
         request_id = _request_id(scope) or f"{self._id_prefix}{next(self._ids):x}"
         shape.request_id = request_id
         shape.id = ("chatcmpl-" if shape.chat else "cmpl-") + request_id
+        reserved = self._reserve(who, spec)
         events = self._gateway.generate(route, orjson.dumps(spec), request_id)
         # a client that goes away cancels the generation at once: the stream runs in a task
         # the disconnect watcher can cancel
@@ -166,7 +167,21 @@ class OpenAISurface:
         try:
             await _until_disconnected(work, receive)
         finally:  # what was generated counts against the key's token budget, finished or not
-            self._quotas.spend(who, shape.tokens)
+            self._quotas.spend(who, shape.tokens - reserved)
+
+    def _reserve(self, who: Principal, spec: dict[str, Any]) -> int:
+        """A key with a token budget: cap the completion to what is left of it, and set that
+        aside while it runs (so concurrent requests cannot all spend the same tokens)."""
+        left = self._quotas.tokens_left(who)
+        if left is None:
+            return 0
+        n = int(spec.get("n") or 1)
+        cap = max(1, left // n)
+        spec["max_tokens"] = min(spec.get("max_tokens") or cap, cap)
+        spec["min_tokens"] = min(int(spec.get("min_tokens") or 0), spec["max_tokens"])
+        reserved: int = spec["max_tokens"] * n
+        self._quotas.spend(who, reserved)
+        return reserved
 
     async def _whole(
         self, send: Send, events: AsyncGenerator[list[frames.ResponseFrame], None], shape: _Shape
