@@ -172,6 +172,20 @@ def test_greedy_logprobs_match_transformers(client: openai.OpenAI, llm_folder: P
     assert content is not None
     assert "".join(t.token for t in content) == chat.choices[0].message.content
     assert all(t.top_logprobs[0].logprob == pytest.approx(t.logprob) for t in content)
+    # streamed: each token's text_offset counts from the start of the whole completion
+    offsets, text = [], ""
+    for chunk in client.completions.create(model="tiny-llm", prompt=PROMPTS[1], max_tokens=6,
+                                           temperature=0, logprobs=1, stream=True):  # fmt: skip
+        part = chunk.choices[0]
+        if part.logprobs is not None and part.logprobs.text_offset:
+            offsets += part.logprobs.text_offset
+            starts = [len(text) + len("".join((part.logprobs.tokens or [])[:i]))
+                      for i in range(len(part.logprobs.tokens or []))]  # fmt: skip
+            assert part.logprobs.text_offset == starts
+        text += part.text
+    assert len(offsets) == 6  # one per token
+    assert offsets == sorted(offsets)
+    assert offsets[-1] > 0  # later chunks do not start again at 0
 
 
 def test_a_seeded_sample_is_the_same_twice(client: openai.OpenAI) -> None:

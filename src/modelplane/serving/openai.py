@@ -427,6 +427,7 @@ class _Shape:
         self.echo = echo
         self.created = oa.now()
         self.tokens = 0  # generated so far; prompt and completion once the final frame came
+        self.offsets: dict[int, int] = {}  # characters streamed so far, per choice
 
     def _base(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
@@ -445,7 +446,8 @@ class _Shape:
         reasons = {c["index"]: c["finish_reason"] for c in final["choices"]}
         choices = []
         for i, text in enumerate(texts):
-            choice: dict[str, Any] = {"index": i, "logprobs": self._logprobs(logprobs[i], 0),
+            choice: dict[str, Any] = {"index": i,
+                                      "logprobs": self._logprobs(logprobs[i], len(self.echo)),
                                       "finish_reason": reasons.get(i, "stop")}  # fmt: skip
             if self.chat:
                 choice["message"] = {"role": "assistant", "content": text, "refusal": None}
@@ -479,7 +481,11 @@ class _Shape:
 
     def text_chunk(self, event: dict[str, Any], include_usage: bool) -> dict[str, Any]:
         index, text = event["index"], event["text"]
-        logprobs = self._logprobs(event.get("logprobs", []), 0)
+        # a completion's text_offset counts from the start of the whole text (echo included)
+        logprobs = self._logprobs(
+            event.get("logprobs", []), self.offsets.get(index, len(self.echo))
+        )
+        self.offsets[index] = self.offsets.get(index, len(self.echo)) + len(text)
         if self.chat:
             choice = {"index": index, "delta": {"content": text}, "logprobs": logprobs,
                       "finish_reason": None}  # fmt: skip
@@ -585,6 +591,7 @@ class OpenAIErrors:
             await self._app(scope, receive, send)
             return
         held: Message | None = None
+        parts: list[bytes] = []
 
         async def reshape(message: Message) -> None:
             nonlocal held
@@ -592,7 +599,11 @@ class OpenAIErrors:
                 held = message
                 return
             if held is not None and message["type"] == "http.response.body":
-                start, body = held, _openai_error(held["status"], message.get("body", b""))
+                parts.append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return  # the whole error body first, then it is rewritten
+                start, body = held, _openai_error(held["status"], b"".join(parts))
+                held = None
                 headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
                 headers.append((b"content-length", str(len(body)).encode()))
                 await send({**start, "headers": headers})
