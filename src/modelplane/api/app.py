@@ -35,7 +35,8 @@ from modelplane.security.middleware import AuthMiddleware
 from modelplane.security.web import WebGuard, web_policy
 from modelplane.serving.gateway import Gateway
 from modelplane.serving.http import V2Surface
-from modelplane.serving.openai import OpenAIErrors, OpenAISurface
+from modelplane.serving.openai import OpenAISurface
+from modelplane.serving.openai_errors import OpenAIErrors
 
 log = logging.getLogger("modelplane.api")
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from modelplane.serving.openai import OpenAIErrors
+from modelplane.serving.openai_errors import OpenAIErrors
 
 
 def refusing(parts: list[bytes], status: int = 401) -> Any:
