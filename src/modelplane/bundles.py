@@ -38,8 +38,3 @@ def unpack(data: bytes, dest: Path) -> None:
             if not member.isfile() or "/" in member.name or member.name in ("", ".", ".."):
                 raise ValueError(f"unexpected bundle member {member.name!r}")
         tar.extractall(dest, filter="data")
-
-
-def bundle_files(path: Path) -> list[str]:
-    with tarfile.open(path, mode="r:") as tar:
-        return tar.getnames()

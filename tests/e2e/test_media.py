@@ -146,7 +146,8 @@ def test_png_digits_over_v2_match_the_model_in_process(server: Server, digits: A
     expected = model(pixels[:, None] / 255)
     assert [x.decode() for x in labels[:, 0]] == [DIGITS[i] for i in expected]
     assert np.all(np.diff(scores, axis=1) <= 0)  # best first
-    assert np.allclose(scores.sum(axis=1), scores.sum(axis=1).clip(max=1.0))  # probabilities
+    assert (scores > 0).all()
+    assert (scores.sum(axis=1) <= 1 + 1e-6).all()  # the best 3 of a softmax over 10 classes
 
 
 def test_png_digits_over_openai_chat_and_remote_urls_refused(

@@ -74,6 +74,15 @@ class Prompt:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class Occupancy:
+    """The engine now: turns holding a slot, turns waiting for one, tokens the slots cache."""
+
+    running: int = 0
+    waiting: int = 0
+    cached: int = 0
+
+
 class GenerationStats:
     """Counters the replica reports (STATS) and the control plane turns into metrics."""
 
@@ -81,24 +90,21 @@ class GenerationStats:
         self.step_sizes: Counter[int] = Counter()  # streams advanced per decoding step
         self.tokens_in = 0
         self.tokens_out = 0
-        self.running = 0  # turns holding a slot
-        self.waiting = 0  # turns waiting for a slot
-        self.kv_tokens = 0  # tokens the running turns hold in the KV cache
         self.first_token = Histogram()  # seconds from submission to the first token
         self.inter_token = Histogram()  # seconds between a stream's consecutive tokens
         self.finished = 0
         self.cancelled = 0
 
-    def report(self, capacity_tokens: int) -> dict[str, Any]:
+    def report(self, occupancy: Occupancy, capacity_tokens: int) -> dict[str, Any]:
         return {
             "step_sizes": {str(k): v for k, v in sorted(self.step_sizes.items())},
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
-            "running": self.running,
-            "waiting": self.waiting,
+            "running": occupancy.running,
+            "waiting": occupancy.waiting,
             "finished": self.finished,
             "cancelled": self.cancelled,
-            "kv_cache_usage": self.kv_tokens / capacity_tokens if capacity_tokens else 0.0,
+            "kv_cache_usage": occupancy.cached / capacity_tokens if capacity_tokens else 0.0,
             "first_token_seconds": self.first_token.snapshot(),
             "inter_token_seconds": self.inter_token.snapshot(),
         }
@@ -275,6 +281,12 @@ class _EngineThread(threading.Thread):
             self._wake.notify()
 
     # ---- the engine thread -----------------------------------------------------------------
+    def occupancy(self) -> Occupancy:
+        """Read from the event loop's thread: only lengths and a copy of the slot list."""
+        held = [t for t in list(self._slots) if t is not None]
+        waiting = len(self._waiting) + len(self._incoming)
+        return Occupancy(len(held), waiting, sum(t.cached for t in held))
+
     def _busy(self) -> bool:
         return bool(self._waiting) or any(t is not None for t in self._slots)
 
@@ -308,19 +320,16 @@ class _EngineThread(threading.Thread):
             self._stats.cancelled += 1
         elif turn in self._waiting:
             self._waiting.remove(turn)
-            self._stats.waiting -= 1
             self._stats.cancelled += 1
 
     def _admit(self) -> None:
         while self._waiting and None in self._slots:
             turn = self._waiting.popleft()
-            self._stats.waiting -= 1
             turn.slot = self._slots.index(None)  # the lowest free row keeps batches compact
             self._slots[turn.slot] = turn
             seed = turn.sampling.seed
             turn.rng = np.random.default_rng(None if seed is None else seed % (1 << 64))
             turn.text = Detokenizer(self._tokenizer)
-            self._stats.running += 1
 
     def _prefill(self) -> None:
         """Prompt chunks, oldest first, up to PREFILL_CHUNK tokens in all: a long prompt is
@@ -439,7 +448,6 @@ class _EngineThread(threading.Thread):
     def _release(self, turn: _Turn, last: Step | None) -> None:
         if turn.slot >= 0 and self._slots[turn.slot] is turn:
             self._slots[turn.slot] = None
-            self._stats.running -= 1
             if last is not None:
                 self._stats.finished += 1
         turn.slot = -1
@@ -487,7 +495,8 @@ class GenerationRuntime:
 
     def report(self) -> dict[str, Any]:
         capacity = self.max_batch * self.context_length
-        return {**self.stats.report(capacity), "max_batch": self.max_batch,
+        occupancy = self._thread.occupancy() if self._thread is not None else Occupancy()
+        return {**self.stats.report(occupancy, capacity), "max_batch": self.max_batch,
                 "context_length": self.context_length,
                 "kv_cache_bytes": self.cache_bytes}  # fmt: skip
 
@@ -527,10 +536,7 @@ class GenerationRuntime:
             raise ModelplaneError("the model is not loaded")
         stats = self.stats
         turn = _Turn(prompt.ids, sampling, asyncio.get_running_loop())
-        stats.waiting += 1
         stats.tokens_in += len(prompt.ids)
-        held = len(prompt.ids)  # what this turn holds in the KV cache
-        stats.kv_tokens += held
         self._thread.submit(turn)
         last = 0.0
         done = False
@@ -544,12 +550,9 @@ class GenerationRuntime:
                     else:
                         stats.first_token.observe(now - turn.submitted)
                     last = now
-                    held += len(step.tokens)
-                    stats.kv_tokens += len(step.tokens)
                 done = step.finish is not None
                 yield step
         finally:
-            stats.kv_tokens -= held
             if not done:
                 self._thread.cancel(turn)
 

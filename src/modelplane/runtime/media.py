@@ -232,7 +232,8 @@ class MediaRuntime:
         self._inner.load()
         self.signature = self._inner.signature
         raw = self._inner.metadata.get(PROCESSING_METADATA)
-        if raw is None:
+        if raw is None:  # nothing to do: calls go straight to the inner runtime
+            self.predict = self._inner.predict  # type: ignore[method-assign]
             return
         self._processing = Processing.from_dict(json.loads(raw))
         model = self._inner.signature
@@ -261,9 +262,7 @@ class MediaRuntime:
 
     async def predict(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> Arrays:
         processing = self._processing
-        if processing is None:
-            result: Arrays = await self._inner.predict(inputs, outputs)
-            return result
+        assert processing is not None  # without it, load() routed predict to the inner runtime
         batch = self._decode(inputs[processing.input_name])
         scores = (await self._inner.predict({self._model_input: batch},
                                             [self._model_output]))[self._model_output]  # fmt: skip

@@ -46,7 +46,8 @@ class TokenizingRuntime:
         self._inner.load()
         self.signature = self._inner.signature
         spec = self._inner.metadata.get(TOKENIZER_METADATA)
-        if spec is None:
+        if spec is None:  # not a text model: calls go straight to the inner runtime
+            self.predict = self._inner.predict  # type: ignore[method-assign]
             return
         from tokenizers import Tokenizer
 
@@ -64,7 +65,7 @@ class TokenizingRuntime:
     def _tokenize(self, texts: np.ndarray) -> Arrays:
         if texts.ndim != 1:
             raise InvalidInput(f"input {TEXT_INPUT!r} must be a 1-D list of strings")
-        assert self._tokenizer is not None
+        assert self._tokenizer is not None  # without it, load() routed predict to the inner one
         encoded = self._tokenizer.encode_batch([str(t) for t in texts])
         fields = {
             "input_ids": [e.ids for e in encoded],
@@ -74,8 +75,6 @@ class TokenizingRuntime:
         return {name: np.array(fields[name], dtype=np.int64) for name in self._inputs}
 
     async def predict(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> Arrays:
-        if self._tokenizer is None:
-            return await self._inner.predict(inputs, outputs)
         feeds = self._tokenize(inputs[TEXT_INPUT])
         wanted = [name for name in outputs if name != TOKEN_COUNT]
         lengths = feeds["attention_mask"].sum(axis=1)

@@ -13,35 +13,25 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from modelplane.serving.writes import CoalescingWriter
+
 
 class _GatheringTransport:
-    """A transport whose writes wait for the end of the loop's turn; the rest is the wrapped
-    transport's. Closing (or handing the connection to another protocol) writes out first."""
+    """A transport whose writes wait for the end of the loop's turn (the gateway-replica
+    connections' ``CoalescingWriter``); the rest is the wrapped transport's. Closing (or handing
+    the connection to another protocol) writes out first."""
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        if not self._pending:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._pending.append(data)
-
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, []
-        if not pending or self._transport.is_closing():
-            return
-        if len(pending) == 1:
-            self._transport.write(pending[0])
-        else:
-            self._transport.writelines(pending)  # one writev with uvloop
+        self._writer = CoalescingWriter(transport)
+        self.write = self._writer.write  # no extra call per write
 
     def close(self) -> None:
-        self._flush()
+        self._writer.flush()
         self._transport.close()
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._flush()
+        self._writer.flush()
         self._transport.set_protocol(protocol)
 
     def __getattr__(self, name: str) -> Any:

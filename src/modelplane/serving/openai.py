@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import itertools
 import logging
 import time
-import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -26,13 +24,20 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modelplane.domain import Principal
 from modelplane.domain.processing import LABEL_OUTPUT, SCORE_OUTPUT
 from modelplane.domain.signature import FILE_TASKS, TEXT_GENERATION, TEXT_INPUT, TOKEN_COUNT
-from modelplane.errors import InvalidInput, ModelplaneError, NotFound, error_for_status
+from modelplane.errors import ModelplaneError, NotFound, error_for_status
 from modelplane.protocol import frames
 from modelplane.protocol import openai as oa
 from modelplane.security.limiter import Quotas
 from modelplane.security.policy import Action, authorize
 from modelplane.serving.access import visible_route, visible_routes
-from modelplane.serving.body import too_large
+from modelplane.serving.asgi import (
+    RequestIds,
+    caller,
+    clean_request_id,
+    read_body,
+    reply,
+    too_large,
+)
 from modelplane.serving.gateway import Gateway
 from modelplane.serving.routing import Route
 
@@ -41,8 +46,13 @@ EMBEDDING = "embedding"  # the output a text encoder's conversion names
 JSON = b"application/json"
 
 
-def _is_generative(route: Route) -> bool:
-    return route.signature.task == TEXT_GENERATION
+def _require_generative(route: Route) -> None:
+    if route.signature.task != TEXT_GENERATION:
+        raise oa.BadParameter(
+            f"model {route.name!r} is not a language model; call it with POST "
+            f"/v2/models/{route.name}/infer (or /v1/embeddings if it is a text encoder)",
+            "model",
+        )
 
 
 class OpenAISurface:
@@ -54,8 +64,7 @@ class OpenAISurface:
         self._quotas = quotas if quotas is not None else Quotas()  # keys' token budgets
         self._max_body = max_body
         self._started = int(time.time())
-        self._id_prefix = uuid.uuid4().hex[:8]
-        self._ids = itertools.count(1)
+        self._ids = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -70,8 +79,15 @@ class OpenAISurface:
             log.exception("OpenAI request %s failed", path)
             await _reply(send, 500, oa.error_body(500, "internal error; see the server log"))
 
+    def _request_id(self, scope: Scope) -> str:
+        """The client's X-Request-Id when it sent a sane one, else a new id."""
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                return clean_request_id(value) or self._ids.new()
+        return self._ids.new()
+
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        who = _caller(scope)
+        who = caller(scope)
         authorize(who, Action.INFER)
         method = scope["method"]
         if path == "/v1/models" and method == "GET":
@@ -100,7 +116,7 @@ class OpenAISurface:
         if route.signature.task in FILE_TASKS:
             await self._classify(scope, send, route, request)
             return
-        route = self._generative(who, request.model)
+        _require_generative(route)
         # OpenAI's "developer" is what chat templates know as "system"
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in request.messages]  # fmt: skip
@@ -118,7 +134,8 @@ class OpenAISurface:
             raise oa.BadParameter("send one prompt per request (a list of one is fine)", "prompt")
         if request.echo and request.logprobs is not None:
             raise oa.BadParameter("echo with logprobs is not supported; drop one", "echo")
-        route = self._generative(who, request.model)
+        route = visible_route(self._gateway, who, request.model, None)
+        _require_generative(route)
         logprobs = request.logprobs is not None
         spec = _spec(request, {"prompt": prompts[0]}, request.max_tokens, logprobs)
         shape = _Shape(
@@ -131,16 +148,6 @@ class OpenAISurface:
         )
         await self._generate(scope, receive, send, who, route, spec, request, shape)
 
-    def _generative(self, who: Principal, name: str) -> Route:
-        route = visible_route(self._gateway, who, name, None)
-        if not _is_generative(route):
-            raise oa.BadParameter(
-                f"model {name!r} is not a language model; call it with POST "
-                f"/v2/models/{name}/infer (or /v1/embeddings if it is a text encoder)",
-                "model",
-            )
-        return route
-
     async def _generate(
         self,
         scope: Scope,
@@ -152,7 +159,7 @@ class OpenAISurface:
         request: oa.ChatCompletionRequest | oa.CompletionRequest,
         shape: _Shape,
     ) -> None:
-        request_id = _request_id(scope) or f"{self._id_prefix}{next(self._ids):x}"
+        request_id = self._request_id(scope)
         shape.request_id = request_id
         shape.id = ("chatcmpl-" if shape.chat else "cmpl-") + request_id
         reserved = self._reserve(who, spec)
@@ -283,7 +290,7 @@ class OpenAISurface:
             "name": spec.name, "datatype": "BYTES", "shape": [len(files)],
             "data": [base64.b64encode(f).decode() for f in files],
         }]})  # fmt: skip
-        request_id = _request_id(scope) or f"{self._id_prefix}{next(self._ids):x}"
+        request_id = self._request_id(scope)
         result = await self._gateway.infer(route, body, None, request_id)
         doc = orjson.loads(result.body)
         if result.status != 200:
@@ -323,7 +330,7 @@ class OpenAISurface:
             "outputs": [{"name": EMBEDDING, "parameters": {"binary_data": True}},
                         {"name": TOKEN_COUNT}],
         })  # fmt: skip
-        request_id = _request_id(scope) or f"{self._id_prefix}{next(self._ids):x}"
+        request_id = self._request_id(scope)
         result = await self._gateway.infer(route, v2_body, None, request_id)
         end = result.header_length if result.header_length is not None else len(result.body)
         doc = orjson.loads(result.body[:end])
@@ -343,19 +350,8 @@ class OpenAISurface:
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         for key, value in scope["headers"]:
             if key == b"content-length" and value.isdigit() and int(value) > self._max_body:
-                raise too_large(int(value), self._max_body)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise InvalidInput("the client went away before sending the whole body")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self._max_body:
-                raise too_large(size, self._max_body)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+                raise too_large(int(value), self._max_body)  # before a byte of it is read
+        return await read_body(receive, self._max_body)
 
 
 def _merged(batch: list[frames.ResponseFrame], shape: _Shape) -> list[dict[str, Any]]:
@@ -536,21 +532,6 @@ async def _until_disconnected(work: Any, receive: Receive) -> None:
         task.result()
 
 
-def _request_id(scope: Scope) -> str:
-    for key, value in scope["headers"]:
-        if key == b"x-request-id":
-            text = value.decode("ascii", "replace")[:64]
-            return text if text.isprintable() and " " not in text else ""
-    return ""
-
-
-def _caller(scope: Scope) -> Principal:
-    found = scope.get("state", {}).get("principal")
-    if not isinstance(found, Principal):
-        raise error_for_status(401, "missing API key")
-    return found
-
-
 def _headers(shape: _Shape) -> list[tuple[bytes, bytes]]:
     return [(b"x-request-id", shape.request_id.encode())]
 
@@ -558,10 +539,7 @@ def _headers(shape: _Shape) -> list[tuple[bytes, bytes]]:
 async def _reply(
     send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
-    headers.extend(extra or [])
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await reply(send, status, body, JSON, extra)
 
 
 async def _start_stream(send: Send, shape: _Shape) -> None:

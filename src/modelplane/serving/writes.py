@@ -17,12 +17,13 @@ class CoalescingWriter:
 
     def write(self, data: bytes) -> None:
         if not self._pending:
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self.flush)
         self._pending.append(data)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write out what is pending now (also called at the end of the loop's turn)."""
         pending, self._pending = self._pending, []
-        if self._transport.is_closing():
+        if not pending or self._transport.is_closing():
             return  # the connection is gone: its requests fail over, as for any lost write
         if len(pending) == 1:
             self._transport.write(pending[0])

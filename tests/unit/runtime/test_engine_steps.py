@@ -42,6 +42,9 @@ def test_a_row_reading_its_prompt_keeps_its_whole_mask_in_a_decoding_step() -> N
     reading = turn(slot=0, cached=64, prompt=200, next_token=-1)  # one chunk of 200 read
     decoding = turn(slot=1, cached=20, prompt=5, next_token=7)
     engine._slots[0], engine._slots[1] = reading, decoding
+    # what /metrics reports is read off the slots: two held, nothing waiting, 84 tokens cached
+    occupancy = engine.occupancy()
+    assert (occupancy.running, occupancy.waiting, occupancy.cached) == (2, 0, 84)
     engine._decode()
     [(rows, ids, mask)] = decoder.runs
     assert rows == slice(0, 2)
