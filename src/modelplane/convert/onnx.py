@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 
 from modelplane.domain import Signature, TensorSpec
-from modelplane.domain.processing import Processing
+from modelplane.domain.processing import Processing, ProcessingError
 from modelplane.domain.signature import TEXT_INPUT, TOKENIZER_METADATA
 from modelplane.errors import UnsupportedModel, redact_paths
 from modelplane.runtime.media import PROCESSING_METADATA, served_signature
@@ -149,6 +149,9 @@ def inspect(path: Path) -> Signature:
         raise UnsupportedModel("the ONNX model has no inputs or no outputs")
     declared = next((p.value for p in model.metadata_props if p.key == PROCESSING_METADATA), None)
     if declared is not None:  # files in, top-k labels out
-        return served_signature(Processing.from_dict(json.loads(declared)),
-                                Signature(inputs, outputs))  # fmt: skip
+        try:
+            processing = Processing.from_dict(json.loads(declared))
+        except (ProcessingError, json.JSONDecodeError) as exc:
+            raise UnsupportedModel(f"the file's {PROCESSING_METADATA} metadata: {exc}") from None
+        return served_signature(processing, Signature(inputs, outputs))
     return Signature(inputs, outputs)

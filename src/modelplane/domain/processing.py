@@ -87,20 +87,26 @@ class Processing:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Processing:
-        image = doc.get("image")
-        audio = doc.get("audio")
-        return cls(
-            image=None if image is None else _image_from(image),
-            audio=None if audio is None else AudioSpec(**audio),
-            labels=tuple(doc.get("labels", ())),
-            top_k=int(doc.get("top_k", 5)),
-        )
+        """A declaration read back from a pushed file's metadata, checked by the same rules as
+        ``--preprocess`` text (the file may not have been written by modelplane)."""
+        try:
+            kind = "image" if doc.get("image") is not None else "audio"
+            settings = doc[kind]
+            text = ",".join(
+                f"{key}={_setting(value)}" for key, value in settings.items() if value is not None
+            )
+            labels = [str(label) for label in doc.get("labels", ())]
+            return _parse(f"{kind}:{text}", labels, int(doc.get("top_k", 5)))
+        except ProcessingError:
+            raise
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ProcessingError(f"the processing declaration is malformed: {exc}") from None
 
 
-def _image_from(doc: dict[str, Any]) -> ImageSpec:
-    height, width = doc["resize"]
-    crop = (int(doc["crop"][0]), int(doc["crop"][1])) if doc.get("crop") else None
-    return ImageSpec((int(height), int(width)), crop, doc["mode"], doc["layout"], doc["normalize"])
+def _setting(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "x".join(str(part) for part in value)
+    return str(value)
 
 
 def _int(key: str, value: str, low: int, high: int) -> int:
@@ -191,6 +197,10 @@ def parse(preprocess: str | None, labels: list[str] | None, top_k: int = 5) -> P
         return None
     if not preprocess:
         raise ProcessingError("--labels needs --preprocess (image:... or audio:...)")
+    return _parse(preprocess, labels or [], top_k)
+
+
+def _parse(preprocess: str, labels: list[str], top_k: int) -> Processing:
     kind, colon, rest = preprocess.partition(":")
     kind = kind.strip().lower()
     if kind not in ("image", "audio") or not colon:
@@ -198,7 +208,7 @@ def parse(preprocess: str | None, labels: list[str] | None, top_k: int = 5) -> P
             f"--preprocess must start with image: or audio:, got {preprocess!r}; e.g. "
             "image:resize=224,normalize=imagenet"
         )
-    cleaned = [label.strip() for label in labels or []]
+    cleaned = [label.strip() for label in labels]
     if len(cleaned) > MAX_LABELS or any(not label for label in cleaned):
         raise ProcessingError(f"labels: one non-empty label per line, at most {MAX_LABELS}")
     if not 1 <= top_k <= 1000:

@@ -7,13 +7,12 @@ each, each at its own position), so concurrent streams share each step. New stre
 between steps and finished ones leave; a prompt is prefilled in chunks between decoding steps,
 so a long prompt holds the running streams up for one chunk at a time, not for all of it.
 
-Why not onnxruntime-genai's ``Engine``: on CPU its batch is static (measured with 0.18: requests
-that arrive while a batch runs wait until every request in it has finished, and it takes at
-most four), and its dynamic batching needs paged attention, which its builder makes only for
-CUDA and WebGPU. See docs/architecture.md.
+Why not onnxruntime-genai's ``Engine``: on CPU its batch is static (0.18, measured: requests
+arriving mid-batch wait for all of it, at most four run); dynamic batching needs paged
+attention, built only for CUDA and WebGPU (see docs/architecture.md).
 
-One thread owns the session and the caches (``_EngineThread``); the event loop hands it turns
-to start and turns to cancel, and gets each step's tokens back, decoded, in one call per step.
+One thread owns the session and caches (``_EngineThread``); the loop hands it turns to start or
+cancel and gets each step's decoded tokens back in one call per step.
 """
 
 from __future__ import annotations

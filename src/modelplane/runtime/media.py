@@ -9,6 +9,7 @@ spectrogram. Each item of a batch is one encoded file (a V2 BYTES element).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import Mapping, Sequence
@@ -263,7 +264,8 @@ class MediaRuntime:
     async def predict(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> Arrays:
         processing = self._processing
         assert processing is not None  # without it, load() routed predict to the inner runtime
-        batch = self._decode(inputs[processing.input_name])
+        # decoding and resampling in a worker thread: the replica's loop keeps answering meanwhile
+        batch = await asyncio.to_thread(self._decode, inputs[processing.input_name])
         scores = (await self._inner.predict({self._model_input: batch},
                                             [self._model_output]))[self._model_output]  # fmt: skip
         names, best = top_k(scores, processing.labels, processing.top_k)

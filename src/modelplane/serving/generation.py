@@ -27,6 +27,7 @@ from modelplane.serving.planes import PlaneState
 
 log = logging.getLogger("modelplane.replica")
 Emit = Callable[[frames.ResponseFrame], None]
+INLINE_PROMPT_BYTES = 4096  # requests larger than this build their prompt in a worker thread
 
 
 class StopScanner:
@@ -121,7 +122,10 @@ class GenerationPlane(PlaneState):
         usage = {"prompt_tokens": 0, "completion_tokens": 0}
         try:
             doc = orjson.loads(frame.payload)
-            prompt = self._prompt(doc)
+            if len(frame.payload) > INLINE_PROMPT_BYTES:  # long prompts are built off the loop
+                prompt = await asyncio.to_thread(self._prompt, doc)
+            else:
+                prompt = self._prompt(doc)
             budget = self._runtime.check_length(prompt, doc.get("max_tokens"))
             n = int(doc.get("n") or 1)
             finishes: dict[int, str] = {}
