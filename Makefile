@@ -20,17 +20,19 @@ $(RUN_STAMP): pyproject.toml | $(BIN)/python
 
 ## Every converter's extra, Ray and the dev tools (about 3 GB).
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[sklearn,torch,keras,transformers,llm,media,tensorflow,ray,dev]'
+	$(BIN)/python -m pip install -q -e '.[sklearn,torch,keras,transformers,llm,media,tensorflow,ray,postgres,dev]'
 	touch $(RUN_STAMP) $(STAMP)
 
 install-run: $(RUN_STAMP)
 install: $(STAMP)
 
-## Debian packages the tests drive for real (Prometheus, Chromium, and wrk for the benchmarks'
-## smoke runs); installed when missing and root.
-SYSTEM_PACKAGES := prometheus chromium wrk
+## Debian packages the tests drive for real (Prometheus, Chromium, PostgreSQL, and wrk for the
+## benchmarks' smoke runs); installed when missing and root.
+SYSTEM_PACKAGES := prometheus chromium postgresql wrk
 system-deps:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
 		else echo "missing:$$missing (apt-get install$$missing); their tests will fail"; fi; \

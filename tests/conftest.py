@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,32 @@ import pytest
 from modelplane.server import Platform, build
 from modelplane.settings import Settings
 from modelplane.testing import iris_onnx, train_iris
+from modelplane.testing_servers import PostgresServer, postgres_server
+
+DATABASES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Modules marked ``databases`` run each test on SQLite and on PostgreSQL."""
+    marked = metafunc.definition.get_closest_marker("databases") is not None
+    if marked and "database_url" in metafunc.fixturenames:
+        metafunc.parametrize("database_url", DATABASES, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (a new database for each test that asks)."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """None (SQLite in the test's home) unless the test runs on PostgreSQL."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return None
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.database()
 
 
 @pytest.fixture(scope="session")
@@ -32,13 +58,15 @@ def iris_file(tmp_path: Path, iris_bytes: bytes) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path / "home")
+def settings(tmp_path: Path, database_url: str | None) -> Settings:
+    return Settings(home=tmp_path / "home", database_url=database_url)
 
 
 @pytest.fixture
-def platform(settings: Settings) -> Platform:
-    return build(settings)
+def platform(settings: Settings) -> Iterator[Platform]:
+    platform = build(settings)
+    yield platform
+    platform.engine.dispose()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
 from starlette.types import ASGIApp
 
 from modelplane import __version__
@@ -60,6 +61,7 @@ class Platform:
     gateway: Gateway
     app: ASGIApp
     admin_key_created: bool
+    engine: Engine  # the database's connection pool: disposed when the server stops
 
 
 def ensure_admin_key(keys: KeyStore, path: Path) -> bool:
@@ -225,9 +227,10 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
             await controller.stop()
             await gateway.close()
             await asyncio.to_thread(audit.stop)  # what is still queued is written
+            engine.dispose()
 
     app = create_app(services, gateway, lifespan)
-    return Platform(services, gateway, app, created)
+    return Platform(services, gateway, app, created, engine)
 
 
 def _tls(settings: Settings) -> TlsFiles | None:

@@ -106,3 +106,45 @@ def test_a_replica_that_dies_is_replaced(server_factory, iris_file) -> None:
 
     wait_for(replaced, timeout=60)
     assert infer_ok(server)
+
+
+def test_a_failed_rollout_still_serves_the_last_good_version_after_kill_9(
+    server_factory, iris_file, tmp_path
+) -> None:
+    import onnx
+
+    server = server_factory()
+    server.start()
+    server.push(iris_file)
+    assert server.cli("deploy", "iris").returncode == 0
+    wait_for(lambda: server.deployment("iris")["state"] == "ready", timeout=60)
+    # v2: other bytes (one more metadata entry) whose stored blob is then damaged on disk, so
+    # each of its replicas fails verification and exits: a crash loop
+    model = onnx.load_from_string(iris_file.read_bytes())
+    onnx.helper.set_model_props(model, {"build": "2"})
+    second = tmp_path / "iris2.onnx"
+    second.write_bytes(model.SerializeToString())
+    server.push(second)
+    model_info = httpx.get(f"{server.url}/api/v1/models/iris", headers=server.auth).json()
+    digest = model_info["versions"][1]["digest"]
+    blob = next((server.home / "blobs" / "sha256").glob(f"*/{digest}"))
+    damaged = bytearray(blob.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    blob.write_bytes(bytes(damaged))
+    assert server.cli("deploy", "iris:2", "--no-wait").returncode == 0
+
+    def served_by(version: str) -> bool:
+        response = httpx.post(f"{server.url}/v2/models/iris/infer", headers=server.auth,
+                              json=GOOD, timeout=10)  # fmt: skip
+        return response.status_code == 200 and response.json()["model_version"] == version
+
+    def v2_failed() -> bool:
+        return any(e["action"] == "stop" for e in server.deployment("iris")["events"])
+
+    wait_for(v2_failed, timeout=60)
+    assert served_by("1")
+
+    server.stop(signal.SIGKILL)  # the server dies; its replicas follow it
+    server.start()
+    wait_for(lambda: served_by("1"), timeout=60)
+    assert server.deployment("iris")["version"] == 2  # still what was asked for

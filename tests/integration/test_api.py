@@ -1,4 +1,5 @@
-"""The management API and auth, in process against real SQLite and blob folder."""
+"""The management API and auth, in process, on real SQLite and on a real PostgreSQL, with a real
+blob folder."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 
 from modelplane.server import Platform, build
 from modelplane.settings import Settings
+
+pytestmark = pytest.mark.databases
 
 URL = "http://127.0.0.1:8000"  # what the default allowed hosts include
 SAME_ORIGIN = {"Origin": URL}  # what a browser sends with the pages' own form posts
@@ -25,6 +28,7 @@ async def test_admin_key_is_written_once_with_mode_0600(platform: Platform, sett
     again = build(settings)
     assert not again.admin_key_created
     assert path.read_text() == key
+    again.engine.dispose()
 
 
 async def test_only_health_is_public(platform: Platform) -> None:
@@ -227,6 +231,7 @@ async def test_upload_limit_is_413(settings: Settings, tmp_path, iris_bytes) -> 
         assert response.status_code == 413
         assert "MAX_UPLOAD_BYTES" in response.json()["error"]
         assert (await api.get("/api/v1/models")).json() == []
+    platform.engine.dispose()
 
 
 async def test_pushing_the_same_content_again_is_refused_unless_allowed(api, iris_bytes) -> None:

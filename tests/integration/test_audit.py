@@ -6,8 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 from modelplane.server import Platform
+
+pytestmark = pytest.mark.databases
 
 BASE = "http://127.0.0.1:8000"  # a name the server answers to by default
 

@@ -267,3 +267,54 @@ async def test_only_failures_spend_the_restart_budget(platform, iris_bytes) -> N
     clock[0] += 61
     await controller.step()
     assert len(executor.started) == 11  # the minute passed: 3 more tries
+
+
+async def test_a_restart_serves_the_last_good_version_while_the_new_one_crash_loops(
+    platform, iris_bytes
+) -> None:
+    services = platform.services
+    await services.registry.push(PushRequest("iris"), body(iris_bytes))
+    await services.registry.push(PushRequest("iris", allow_duplicate=True), body(iris_bytes))
+    services.deployments.apply(ModelRef("iris", version=1))
+
+    def controller_of(executor: FakeExecutor, table: RoutingTable) -> Controller:
+        return Controller(services.deployments, executor, table,
+                          lambda d: services.settings.blob_dir / d)  # fmt: skip
+
+    executor, table = FakeExecutor(), RoutingTable()
+    controller = controller_of(executor, table)
+    await controller.step()
+    executor.set_all(ReplicaState.READY)
+    await controller.step()  # v1 serves: it is the last good revision from now on
+    services.deployments.apply(ModelRef("iris", version=2))
+    await controller.step()
+    new = [r for r in executor.replicas.values() if r.version == 2]
+    executor.replicas[new[0].id] = replace(new[0], state=ReplicaState.FAILED, message="crash")
+    await controller.step()
+    assert table.routes["iris"].version == "1"  # v1 serves through the failed rollout
+    assert services.deployments.get("iris").stable is not None
+
+    # the server restarts: nothing is running, nothing is remembered but the database
+    executor, table = FakeExecutor(), RoutingTable()
+    controller = controller_of(executor, table)
+    await controller.step()
+    assert sorted(spec.version for spec in executor.started) == [1, 2]
+    for rid, r in list(executor.replicas.items()):
+        state = ReplicaState.READY if r.version == 1 else ReplicaState.FAILED
+        executor.replicas[rid] = replace(r, state=state, message="crash")
+    await controller.step()
+    route = table.routes["iris"]
+    assert route.version == "1"
+    assert [e.replica_id for e in route.endpoints] == [executor.started[0].replica_id]
+
+    # once the new version is ready, it serves and becomes the last good one
+    for _ in range(3):
+        await controller.step()
+        for rid, r in list(executor.replicas.items()):
+            executor.replicas[rid] = replace(r, state=ReplicaState.READY, message="")
+    await controller.step()
+    assert table.routes["iris"].version == "2"
+    assert services.deployments.get("iris").stable is None  # v2 is the last good revision now
+    routed = {executor.replicas[e.replica_id].version for e in table.routes["iris"].endpoints}
+    assert routed == {2}  # v1's replica is drained
+    assert [e["action"] for e in controller.events("iris")][-1] == "drain"

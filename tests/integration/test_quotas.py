@@ -16,6 +16,8 @@ from modelplane.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelplane.server import Platform
 from modelplane.serving.grpc import create_grpc_server
 
+pytestmark = pytest.mark.databases
+
 
 def _client(platform: Platform, key: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(

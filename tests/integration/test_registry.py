@@ -1,12 +1,14 @@
-"""The registry on real SQLite and a real blob folder."""
+"""The registry on real SQLite and on a real PostgreSQL, with a real blob folder."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import sqlalchemy as sa
 
-from modelplane.domain import ModelRef
+from modelplane.domain import Artifact, ModelRef, ModelVersion
 from modelplane.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, UnsupportedModel
 from modelplane.registry.blobs import LocalBlobStore
 from modelplane.registry.db import make_engine, make_sessions, migrate
@@ -20,8 +22,13 @@ async def chunks(data: bytes, size: int = 100) -> AsyncIterator[bytes]:
         yield data[i : i + size]
 
 
+pytestmark = pytest.mark.databases
+
+Stores = tuple[RegistryService, DeploymentStore, LocalBlobStore]
+
+
 @pytest.fixture
-def stores(settings: Settings) -> tuple[RegistryService, DeploymentStore, LocalBlobStore]:
+def stores(settings: Settings) -> Iterator[Stores]:
     settings.home.mkdir(parents=True)
     engine = make_engine(settings.resolved_database_url)
     migrate(engine)
@@ -29,7 +36,8 @@ def stores(settings: Settings) -> tuple[RegistryService, DeploymentStore, LocalB
     sessions = make_sessions(engine)
     blobs = LocalBlobStore(settings.blob_dir)
     registry = RegistryService(sessions, blobs, max_upload=10_000)
-    return registry, DeploymentStore(sessions, registry), blobs
+    yield registry, DeploymentStore(sessions, registry), blobs
+    engine.dispose()
 
 
 async def test_versions_are_numbered_and_content_addressed(stores, iris_bytes) -> None:
@@ -181,7 +189,8 @@ async def test_content_being_converted_is_neither_pushed_twice_nor_dropped(store
     registry, _, blobs = stores
     payload = b"\x80\x04K\x01."  # a pickle, held as a conversion's source
     upload = await registry.upload(PushRequest("m", trust_pickle=True), chunks(payload))
-    sessions = make_sessions(make_engine(settings.resolved_database_url))
+    engine = make_engine(settings.resolved_database_url)
+    sessions = make_sessions(engine)
     stamp = datetime.now(UTC)
     with sessions.begin() as session:
         session.add(ConversionRow(
@@ -203,6 +212,7 @@ async def test_content_being_converted_is_neither_pushed_twice_nor_dropped(store
     with pytest.raises(UnsupportedModel):
         await registry.push(PushRequest("n", trust_pickle=True), chunks(payload), convert=refuse)
     assert blobs.path(upload.artifact.digest).exists()
+    engine.dispose()
 
 
 async def test_a_language_model_reserves_its_weights_and_kv_cache(stores, iris_bytes) -> None:
@@ -223,3 +233,54 @@ async def test_a_language_model_reserves_its_weights_and_kv_cache(stores, iris_b
     assert smaller.deployment.resources.memory_mb == 700  # asked for: kept
     plain = deployments.apply(ModelRef("iris"))
     assert plain.deployment.resources.memory_mb == 512  # not a language model: the default
+
+
+async def test_concurrent_pushes_of_one_model_all_get_a_version(stores, iris_bytes) -> None:
+    """Twenty pushes at once (new model, then existing): none fails for numbering."""
+    registry, _, _ = stores
+
+    async def push(i: int) -> int:
+        request = PushRequest("iris", description=str(i), allow_duplicate=True)
+        version: ModelVersion = await registry.push(request, chunks(iris_bytes, size=4096))
+        return version.version
+
+    first = await asyncio.gather(*(push(i) for i in range(20)))
+    again = await asyncio.gather(*(push(i) for i in range(20)))
+    assert sorted(first + again) == list(range(1, 41))
+    versions = registry.get_model("iris")[1]
+    assert [v.version for v in versions] == list(range(1, 41))
+    assert sorted(int(v.description) for v in versions) == sorted([*range(20), *range(20)])
+
+
+async def test_a_version_larger_than_2_gib_is_recorded(stores, iris_bytes) -> None:
+    """A language model's bundle passes 2 GiB: its size is kept whole on both databases."""
+    registry, _, _ = stores
+    upload = await registry.upload(PushRequest("llm"), chunks(iris_bytes))
+    big = Artifact(upload.artifact.digest, 5 * 2**30)
+    assert upload.signature is not None
+    version = registry.record(PushRequest("llm"), big, upload.signature, "onnx", None, None)
+    assert version.artifact.size == 5 * 2**30
+    assert registry.resolve(ModelRef("llm")).artifact.size == 5 * 2**30
+
+
+def test_the_migrations_build_the_schema_the_code_uses(settings: Settings) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from modelplane.registry.tables import Base
+
+    settings.home.mkdir(parents=True)
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    sqlite = engine.dialect.name == "sqlite"
+
+    def differ(_context, _column, _declared_column, inspected, declared) -> bool | None:
+        if sqlite and isinstance(inspected, sa.Integer) and isinstance(declared, sa.Integer):
+            return False  # SQLite's integers are all 64-bit
+        return None  # alembic's own comparison
+
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": differ})
+        differences = compare_metadata(context, Base.metadata)
+    engine.dispose()
+    assert differences == []

@@ -21,6 +21,8 @@ from modelplane.domain import (
 )
 from modelplane.registry.deployments import DeploymentRecord, Scheduling
 
+MAX_LIMIT = 2**31 - 1  # a key's limits are stored as 32-bit integers (on every database)
+
 
 class TensorOut(BaseModel):
     name: str
@@ -411,13 +413,20 @@ class KeyIn(BaseModel):
         examples=[50],
     )  # fmt: skip
     burst: int | None = Field(
-        None, ge=1, description="requests at once above the rate (default: one second's worth)",
-        examples=[100],
+        None, ge=1, le=MAX_LIMIT, examples=[100],
+        description="requests at once above the rate (default: one second's worth)",
     )  # fmt: skip
-    max_concurrent: int | None = Field(None, ge=1, description="requests in flight at once")
-    daily: int | None = Field(None, ge=1, description="requests per UTC day (per gateway)")
+    max_concurrent: int | None = Field(
+        None, ge=1, le=MAX_LIMIT, description="requests in flight at once"
+    )
+    daily: int | None = Field(
+        None, ge=1, le=MAX_LIMIT, description="requests per UTC day (per gateway)"
+    )
     daily_tokens: int | None = Field(
-        None, ge=1, description="language-model tokens (prompt + completion) per UTC day"
+        None,
+        ge=1,
+        le=MAX_LIMIT,
+        description="language-model tokens (prompt + completion) per UTC day",
     )
 
 
@@ -426,11 +435,13 @@ class KeyUpdateIn(BaseModel):
     role: Role | None = None
     models: list[str] | None = Field(None, description='["*"] for every model')
     expires: str | None = Field(None, description="30d, an ISO time, or never")
-    rate_limit: float | None = Field(None, ge=0, allow_inf_nan=False, description="0 removes it")
-    burst: int | None = Field(None, ge=0, description="0 removes it")
-    max_concurrent: int | None = Field(None, ge=0, description="0 removes it")
-    daily: int | None = Field(None, ge=0, description="0 removes it")
-    daily_tokens: int | None = Field(None, ge=0, description="0 removes it")
+    rate_limit: float | None = Field(
+        None, ge=0, le=MAX_LIMIT, allow_inf_nan=False, description="0 removes it"
+    )
+    burst: int | None = Field(None, ge=0, le=MAX_LIMIT, description="0 removes it")
+    max_concurrent: int | None = Field(None, ge=0, le=MAX_LIMIT, description="0 removes it")
+    daily: int | None = Field(None, ge=0, le=MAX_LIMIT, description="0 removes it")
+    daily_tokens: int | None = Field(None, ge=0, le=MAX_LIMIT, description="0 removes it")
 
 
 class RotateIn(BaseModel):

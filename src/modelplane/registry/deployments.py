@@ -31,6 +31,9 @@ MAX_REPLICAS = 64
 class DeploymentRecord:
     deployment: Deployment
     version: ModelVersion
+    # the last revision that served, where it is not this one: it serves until this one can
+    stable: DeploymentRecord | None = None
+    served: bool = False  # whether this revision is the last one that served
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,15 +54,27 @@ def missing_deployment(name: str) -> NotFound:
 
 
 def _record(row: DeploymentRow) -> DeploymentRecord:
-    version = to_version(row.version)
-    spec: dict[str, Any] = dict(row.config or {})
+    current = _as_of(row, row.version, row.config, row.replicas)
+    if row.stable_version is None or row.stable_config is None:
+        return current
+    stable = _as_of(row, row.stable_version, row.stable_config, row.stable_replicas or 1)
+    if stable.deployment.revision == current.deployment.revision:
+        return replace(current, served=True)
+    return replace(current, stable=stable)
+
+
+def _as_of(
+    row: DeploymentRow, version_row: VersionRow, config: Mapping[str, Any] | None, replicas: int
+) -> DeploymentRecord:
+    version = to_version(version_row)
+    spec: dict[str, Any] = dict(config or {})
     scaling = spec.get("autoscaling")
     return DeploymentRecord(
         Deployment(
             name=row.name,
             model=version.model,
             version=version.version,
-            replicas=row.replicas,
+            replicas=replicas,
             created_at=row.created_at,
             updated_at=row.updated_at,
             config=ServingConfig.from_dict(spec),
@@ -157,12 +172,27 @@ class DeploymentStore:
         with self._sessions.begin() as session:
             session.delete(self._load(session, name))
 
+    def mark_stable(self, name: str, revision: str) -> bool:
+        """Record that the deployment's current revision served (a replica of it was ready),
+        if ``revision`` is still the current one; whether it was recorded."""
+        with self._sessions.begin() as session:
+            row = session.scalar(self._query().where(DeploymentRow.name == name))
+            if row is None or _record(row).deployment.revision != revision:
+                return False
+            row.stable_version_id = row.version_id
+            row.stable_config = dict(row.config or {})
+            row.stable_replicas = row.replicas
+            return True
+
     @staticmethod
     def _query() -> Select[DeploymentRow]:
         return select(DeploymentRow).options(
             selectinload(DeploymentRow.version)
             .selectinload(VersionRow.model)
-            .selectinload(ModelRow.aliases)
+            .selectinload(ModelRow.aliases),
+            selectinload(DeploymentRow.stable_version)
+            .selectinload(VersionRow.model)
+            .selectinload(ModelRow.aliases),
         )
 
     def _load(self, session: Session, name: str) -> DeploymentRow:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, overload
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -215,48 +215,55 @@ class RegistryService:
         source_digest: str | None,
         report: dict[str, Any] | None,
     ) -> ModelVersion:
-        for _attempt in range(5):
-            try:
-                with self._sessions.begin() as session:
-                    # the model row is locked (PostgreSQL; SQLite has one writer) so two pushes
-                    # of the same bytes cannot both pass the duplicate check
-                    model = session.scalar(
-                        select(ModelRow).where(ModelRow.name == request.name).with_for_update()
-                    )
-                    if model is not None and not request.allow_duplicate:
-                        self._refuse_duplicate(
-                            session, request.name, artifact.digest, source_digest
-                        )
-                    if model is None:
-                        model = ModelRow(
-                            name=request.name, description="", next_version=1, created_at=now()
-                        )
-                        session.add(model)
-                        session.flush()
-                    number = model.next_version
-                    model.next_version = number + 1
-                    row = VersionRow(
-                        model=model,
-                        version=number,
-                        digest=artifact.digest,
-                        size=artifact.size,
-                        source_format=source_format,
-                        signature=signature.to_dict(),
-                        description=request.description,
-                        tags=request.tags,
-                        created_by=request.created_by,
-                        created_at=now(),
-                        parent=request.parent,
-                        source_digest=source_digest,
-                        report=report,
-                        input_stats=request.input_stats,
-                    )
-                    session.add(row)
-                    session.flush()
-                    return to_version(row)
-            except IntegrityError:
-                continue  # a concurrent push took the number or created the model; try again
-        raise Conflict(f"could not record a new version of {request.name!r}; retry the push")
+        """Record a new version. Its number comes from one atomic increment of the model's
+        counter, which also holds the model's row until the version is written: concurrent
+        pushes are numbered one after another, never fail for it, and two pushes of the same
+        bytes cannot both pass the duplicate check (on SQLite and on PostgreSQL alike)."""
+        for _attempt in range(3):
+            self._ensure_model(request.name)
+            with self._sessions.begin() as session:
+                taken = session.execute(
+                    update(ModelRow)
+                    .where(ModelRow.name == request.name)
+                    .values(next_version=ModelRow.next_version + 1)
+                    .returning(ModelRow.id, ModelRow.next_version)
+                    .execution_options(synchronize_session=False)
+                ).one_or_none()
+                if taken is None:
+                    continue  # the model was deleted meanwhile: made again on the next turn
+                model_id, after = taken
+                if not request.allow_duplicate:
+                    self._refuse_duplicate(session, request.name, artifact.digest, source_digest)
+                row = VersionRow(
+                    model_id=model_id,
+                    version=after - 1,
+                    digest=artifact.digest,
+                    size=artifact.size,
+                    source_format=source_format,
+                    signature=signature.to_dict(),
+                    description=request.description,
+                    tags=request.tags,
+                    created_by=request.created_by,
+                    created_at=now(),
+                    parent=request.parent,
+                    source_digest=source_digest,
+                    report=report,
+                    input_stats=request.input_stats,
+                )
+                session.add(row)
+                session.flush()
+                return to_version(row)
+        raise Conflict(f"{request.name!r} was deleted while this push recorded it; push again")
+
+    def _ensure_model(self, name: str) -> None:
+        with self._sessions() as session:
+            if session.scalar(select(ModelRow.id).where(ModelRow.name == name)) is not None:
+                return
+        try:
+            with self._sessions.begin() as session:
+                session.add(ModelRow(name=name, description="", next_version=1, created_at=now()))
+        except IntegrityError:
+            pass  # a concurrent push made it
 
     # ---- reads ------------------------------------------------------------------------------
     def list_models(self) -> list[Model]:
@@ -392,9 +399,10 @@ class RegistryService:
     def _refuse_if_deployed(session: Session, version_ids: list[int], what: str) -> None:
         """Refuse to delete versions a deployment serves. The message gives a count, never the
         deployments' names: the caller's key may not be allowed to see them."""
-        names = session.scalars(
-            select(DeploymentRow.name).where(DeploymentRow.version_id.in_(version_ids))
-        ).all()
+        serving = DeploymentRow.version_id.in_(version_ids)
+        # the version a deployment falls back to while its newer one is not ready yet
+        stable = DeploymentRow.stable_version_id.in_(version_ids)
+        names = session.scalars(select(DeploymentRow.name).where(serving | stable)).all()
         if names:
             count = "1 deployment" if len(names) == 1 else f"{len(names)} deployments"
             raise Conflict(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import DateTime
 
@@ -36,7 +36,7 @@ class VersionRow(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     version: Mapped[int] = mapped_column(Integer)
     digest: Mapped[str] = mapped_column(String(64), index=True)
-    size: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BigInteger)
     source_format: Mapped[str] = mapped_column(String(32))
     signature: Mapped[dict[str, object]] = mapped_column(JSON)
     description: Mapped[str] = mapped_column(String, default="")
@@ -75,8 +75,15 @@ class DeploymentRow(Base):
     config: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # the last revision that served (a ready replica): served again while a newer one is not
+    stable_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id"), nullable=True
+    )
+    stable_config: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
+    stable_replicas: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
-    version: Mapped[VersionRow] = relationship()
+    version: Mapped[VersionRow] = relationship(foreign_keys=[version_id])
+    stable_version: Mapped[VersionRow | None] = relationship(foreign_keys=[stable_version_id])
 
 
 class ApiKeyRow(Base):

@@ -186,7 +186,7 @@ class Controller:
         await self._finish_draining({r.id: r.state for r in observed})
         observed = [r for r in observed if r.id in self._live_ids]
         owners = {r.id: r.deployment for r in observed}
-        desired = [self._desired(r.deployment) for r in records]
+        desired = [self._desired(r) for r in records]
         actions = plan(desired, observed, self._nodes, self._start_budget(desired))
         pending: defaultdict[str, list[str]] = defaultdict(list)
         for action in actions:
@@ -208,6 +208,7 @@ class Controller:
             observed = await self._observe(with_nodes=False)  # nodes were probed this step
         self._observed = observed
         self._forget(by_name)
+        records = await self._note_stable(records, observed)
         self._publish(records, observed, planned_at)
         self.load.prune({r.id: r.url for r in observed})
 
@@ -268,13 +269,35 @@ class Controller:
         self._live_ids.discard(replica_id)
         await self._executor.stop(replica_id)
 
-    def _desired(self, d: Deployment) -> Desired:
+    def _desired(self, record: DeploymentRecord) -> Desired:
+        d = record.deployment
         replicas = d.replicas
         if d.autoscaling is not None:
             replicas = self._autoscale(d)
         else:
             self._scale.pop(d.name, None)
-        return Desired(d.name, d.revision, replicas, d.resources, d.placement)
+        fallback = None
+        if record.stable is not None:
+            s = record.stable.deployment
+            fallback = Desired(s.name, s.revision, 1, s.resources, s.placement)
+        return Desired(d.name, d.revision, replicas, d.resources, d.placement, fallback)
+
+    async def _note_stable(
+        self, records: list[DeploymentRecord], observed: list[Replica]
+    ) -> list[DeploymentRecord]:
+        """Persist each deployment's revision as its last good one once a replica of it is
+        ready (the revision a restart serves while a newer one is not)."""
+        ready = {(r.deployment, r.revision) for r in observed if r.state == ReplicaState.READY}
+        noted = []
+        for record in records:
+            d = record.deployment
+            ready_now = not record.served and (d.name, d.revision) in ready
+            if ready_now and await asyncio.to_thread(
+                self._deployments.mark_stable, d.name, d.revision
+            ):
+                record = replace(record, stable=None, served=True)
+            noted.append(record)
+        return noted
 
     def _autoscale(self, d: Deployment) -> int:
         policy = d.autoscaling
@@ -324,6 +347,8 @@ class Controller:
         return budget
 
     async def _start(self, record: DeploymentRecord, action: Start) -> None:
+        if action.revision and record.stable is not None:
+            record = record.stable  # the last revision that served, while the new one cannot
         version, d = record.version, record.deployment
         spec = ReplicaSpec(
             replica_id=uuid.uuid4().hex[:10],
@@ -359,13 +384,13 @@ class Controller:
             ]
             serving = [r for r in ready if r.revision == d.revision]
             version, signature = d.version, record.version.signature
-            previous = self._table.get(d.name)
-            if not serving and previous is not None and previous.endpoints:
-                # rolling update: the old revision serves until the new one is ready
-                version, signature = int(previous.version), previous.signature
-                serving = [r for r in ready if r.version == version]
+            if not serving and record.stable is not None:
+                # a rollout: the last revision that served serves until the new one is ready
+                stable = record.stable
+                version, signature = stable.deployment.version, stable.version.signature
+                serving = [r for r in ready if r.revision == stable.deployment.revision]
             elif not serving:
-                serving = ready  # e.g. a config change: old replicas serve until replaced
+                serving = [r for r in ready if r.version == version]
             scaling, target = d.autoscaling, self.scale_target(d.name)
             routes.append(
                 Route(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from modelplane.domain import DEFAULT_REQUEST, Node, NodeState, PlacementPolicy, Replica, Resources
 from modelplane.domain import ReplicaState as S
@@ -17,6 +17,8 @@ class Desired:
     replicas: int
     resources: Resources = DEFAULT_REQUEST
     policy: PlacementPolicy = field(default_factory=PlacementPolicy)
+    # the last revision that served: kept (and started again) while this one has no ready replica
+    fallback: Desired | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +26,7 @@ class Start:
     deployment: str
     node: str = ""
     reason: str = ""
+    revision: str = ""  # the deployment's fallback revision; empty: its desired one
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,18 +84,25 @@ def plan(
     running = [r for r in observed if r.id not in gone]
     view = ClusterView.build(nodes, ((r.node, r.deployment, r.resources) for r in running))
     requests: list[Request] = []
+    revisions: list[str] = []  # what each request starts: "" for the desired revision
     for d in desired:
-        current = [r for r in running if r.deployment == d.name and r.state in LIVE
-                   and r.revision == d.revision and r.node not in moving]  # fmt: skip
-        missing = d.replicas - len(current)
-        if missing > 0:
-            budget = missing if start_budget is None else min(missing, start_budget.get(d.name, 0))
-            requests.extend(Request(d.name, d.resources, d.policy) for _ in range(max(budget, 0)))
+        budget = None if start_budget is None else start_budget.get(d.name, 0)
+        for want, revision in _wanted(d, running):
+            live = [r for r in running if r.deployment == d.name and r.state in LIVE
+                    and r.revision == want.revision and r.node not in moving]  # fmt: skip
+            missing = want.replicas - len(live)
+            if budget is not None:
+                missing = min(missing, budget)
+                budget -= max(missing, 0)
+            for _ in range(missing):
+                requests.append(Request(d.name, want.resources, want.policy))
+                revisions.append(revision)
     short_of_room: set[str] = set()
     after = view.copy()  # the cluster once this round's starts are placed
-    for request, decision in zip(requests, place_into(after, requests), strict=True):
+    decisions = place_into(after, requests)
+    for request, revision, decision in zip(requests, revisions, decisions, strict=True):
         if isinstance(decision, Placed):
-            actions.append(Start(request.deployment, decision.node, decision.reason))
+            actions.append(Start(request.deployment, decision.node, decision.reason, revision))
         else:
             short_of_room.add(request.deployment)
             actions.append(Pending(request.deployment, decision.reason))
@@ -120,10 +130,28 @@ def plan(
             # at a time, keeping at least one replica serving throughout
             actions.append(Drain(room.id, "making room for the new revision"))
         else:
+            kept = d.fallback.revision if d.fallback is not None else None
             actions.extend(
-                Stop(r.id, _why_replaced(r, d, moving)) for r in old if r.state != S.READY
+                Stop(r.id, _why_replaced(r, d, moving))
+                for r in old
+                if r.state != S.READY and r.revision != kept
             )
     return actions
+
+
+def _wanted(d: Desired, running: Sequence[Replica]) -> list[tuple[Desired, str]]:
+    """The revisions to have replicas of: the desired one, and at least one replica of its
+    fallback while no replica of the desired one is ready (a crash-looping new version leaves
+    the last good one serving, after a restart too). The fallback comes first: it has the start
+    budget first. One replica, not its old count: more would take the room a rolling update
+    frees for the new revision. Each with the ``Start.revision`` that starts it."""
+    fallback = d.fallback
+    if fallback is not None and fallback.revision != d.revision:
+        ready = any(r.deployment == d.name and r.revision == d.revision and r.state == S.READY
+                    for r in running)  # fmt: skip
+        if not ready:
+            return [(replace(fallback, replicas=1), fallback.revision), (d, "")]
+    return [(d, "")]
 
 
 def _making_room(view: ClusterView, d: Desired, outdated: list[Replica]) -> Replica | None:

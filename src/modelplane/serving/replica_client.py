@@ -99,8 +99,14 @@ class ReplicaConnection:
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             raise ReplicaGone(f"cannot connect to the replica: {exc}") from None
         connection = cls(protocol)
-        hello = await connection.request(frames.HELLO, token.encode(), None, 0, timeout)
+        try:
+            hello = await connection.request(frames.HELLO, token.encode(), None, 0, timeout)
+        except (ReplicaGone, TimeoutError):
+            # a hung replica: the kernel accepts the connection, nobody answers on it
+            connection.close()
+            raise ReplicaGone(f"the replica did not answer within {timeout:g}s") from None
         if hello.status != 200:
+            connection.close()
             raise ReplicaGone("the replica refused the token")
         return connection
 

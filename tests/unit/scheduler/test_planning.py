@@ -162,3 +162,43 @@ def test_a_cordoned_node_keeps_its_replicas_but_takes_no_new_ones() -> None:
     assert pending == Pending(
         "iris", "needs 0.25 CPU, 512 MB per replica; no node takes replicas (nodes are cordoned)"
     )
+
+
+LAST_GOOD = Desired("iris", "r1", 1)
+
+
+def test_the_last_good_revision_is_started_while_the_new_one_has_no_ready_replica() -> None:
+    # after a restart: nothing runs, the new revision (r2) has never been ready
+    actions = plan([Desired("iris", "r2", 1, fallback=LAST_GOOD)], [], NODES, {"iris": 5})
+    starts = [a for a in actions if isinstance(a, Start)]
+    assert [a.revision for a in starts] == ["r1", ""]
+    # a crash loop has spent most of the budget: the last good revision has it first
+    actions = plan([Desired("iris", "r2", 1, fallback=LAST_GOOD)], [], NODES, {"iris": 1})
+    assert [a.revision for a in actions if isinstance(a, Start)] == ["r1"]
+
+
+def test_the_last_good_revision_is_kept_until_the_new_one_is_ready() -> None:
+    desired = [Desired("iris", "r2", 1, fallback=LAST_GOOD)]
+    starting = [replica("a", ReplicaState.STARTING, version=1),
+                replica("b", ReplicaState.STARTING, version=2, node="n2")]  # fmt: skip
+    assert plan(desired, starting, NODES) == []  # neither is stopped, nothing more started
+    failing = [replica("a", ReplicaState.READY, version=1),
+               replica("b", ReplicaState.FAILED, version=2, node="n2")]  # fmt: skip
+    actions = plan(desired, failing, NODES)
+    assert actions[0] == Stop("b", "failed")
+    assert [a.revision for a in actions if isinstance(a, Start)] == [""]
+    ready = [replica("a", ReplicaState.READY, version=1),
+             replica("b", ReplicaState.READY, version=2, node="n2")]  # fmt: skip
+    assert plan(desired, ready, NODES) == [Drain("a", "replaced by a new revision")]
+
+
+def test_the_last_good_revision_never_takes_the_room_a_rolling_update_frees() -> None:
+    one = [Node("n1", Resources(2, 8192))]
+    old = [replica("a", ReplicaState.READY, resources=Resources(1, 512)),
+           replica("b", ReplicaState.READY, resources=Resources(1, 512))]  # fmt: skip
+    fallback = Desired("iris", "r1", 3, Resources(1, 512))
+    desired = [Desired("iris", "r2", 3, Resources(1, 256), fallback=fallback)]
+    actions = plan(desired, old, one)
+    # no start of the old revision: one of its replicas is given back for the new one
+    assert not [a for a in actions if isinstance(a, Start)]
+    assert Drain("a", "making room for the new revision") in actions
