@@ -20,7 +20,7 @@ $(RUN_STAMP): pyproject.toml | $(BIN)/python
 
 ## Every converter's extra, Ray and the dev tools (about 3 GB).
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[sklearn,torch,keras,transformers,llm,media,tensorflow,ray,postgres,dev]'
+	$(BIN)/python -m pip install -q -e '.[sklearn,torch,keras,transformers,llm,media,tensorflow,ray,postgres,s3,dev]'
 	touch $(RUN_STAMP) $(STAMP)
 
 install-run: $(RUN_STAMP)

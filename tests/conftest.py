@@ -12,7 +12,7 @@ import pytest
 from modelplane.server import Platform, build
 from modelplane.settings import Settings
 from modelplane.testing import iris_onnx, train_iris
-from modelplane.testing_servers import PostgresServer, postgres_server
+from modelplane.testing_servers import PostgresServer, S3Server, postgres_server, s3_server
 
 DATABASES = ("sqlite", "postgresql")
 
@@ -28,6 +28,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def postgres() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the session (a new database for each test that asks)."""
     with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """moto's S3 server for the session (a new bucket for each test that asks)."""
+    with s3_server() as server:
         yield server
 
 

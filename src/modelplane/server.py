@@ -31,6 +31,7 @@ from modelplane.registry.db import make_engine, make_sessions, migrate
 from modelplane.registry.deployments import DeploymentStore
 from modelplane.registry.keys import KeySpec, KeyStore, flush_usage_forever
 from modelplane.registry.nodes import NodeStore
+from modelplane.registry.s3blobs import S3BlobStore, StorageUrlError
 from modelplane.registry.service import RegistryService
 from modelplane.scheduler.controller import Controller
 from modelplane.security.blobkeys import BlobKeys, MasterKeyError, load_master_key
@@ -89,16 +90,23 @@ def make_executor(
     return LocalExecutor(settings, artifact_keys)
 
 
-def open_blob_store(settings: Settings) -> tuple[LocalBlobStore, BlobKeys]:
-    """The blob store with its data keys, opened with the master key; a master key that is
-    malformed or not this registry's ends ``serve`` with a one-line error."""
+def open_blob_store(settings: Settings) -> tuple[LocalBlobStore | S3BlobStore, BlobKeys]:
+    """The blob store with its data keys, opened with the master key: a local folder, or a
+    bucket (``MODELPLANE_STORAGE_URL``). A master key that is malformed or not this
+    registry's, or a bucket that cannot be reached, ends ``serve`` with a one-line error."""
     secret = settings.master_key.get_secret_value() if settings.master_key else None
+    url = settings.storage_url
     try:
         master, pending = load_master_key(settings.master_key_path, secret)
-        keys = BlobKeys(settings.blob_dir / "keys", master, pending)
-    except MasterKeyError as exc:
+        elsewhere = None if url is None else f"in {url}"
+        keys = BlobKeys(settings.blob_dir / "keys", master, pending, elsewhere)
+        if url is None:
+            return LocalBlobStore(settings.blob_dir, keys), keys
+        store = S3BlobStore(url, settings.blob_dir, keys)
+        store.check()
+    except (MasterKeyError, StorageUrlError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    return LocalBlobStore(settings.blob_dir, keys), keys
+    return store, keys
 
 
 DEMO_READY_TIMEOUT_S = 120.0

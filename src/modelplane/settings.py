@@ -192,6 +192,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite:///$MODELPLANE_HOME/modelplane.db"
     )
+    storage_url: str | None = Field(
+        None,
+        description="Artifacts in a bucket: s3://bucket/prefix (endpoint, region and credentials "
+        "the usual way: AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID...); default "
+        "the folder $MODELPLANE_HOME/blobs",
+    )
     server: ServerSettings = ServerSettings()
     registry: RegistrySettings = RegistrySettings()
     serving: ServingSettings = ServingSettings()

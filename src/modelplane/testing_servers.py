@@ -1,6 +1,6 @@
 """Real servers for tests, started on 127.0.0.1 in a new private folder and stopped by their pid:
 PostgreSQL from the machine's Debian packages (``apt-get install postgresql``; ``make test``
-installs it).
+installs it) and moto's S3-compatible server (``pip install 'moto[server]'``).
 """
 
 from __future__ import annotations
@@ -9,16 +9,19 @@ import contextlib
 import itertools
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from modelplane.testing import free_port
 
-__all__ = ["PostgresServer", "postgres_server"]
+__all__ = ["PostgresServer", "S3Server", "postgres_server", "s3_server"]
 
 PG_ROOT = Path("/usr/lib/postgresql")  # Debian's layout: <major>/bin/{initdb,postgres}
 PG_USER = "modelplane"
@@ -129,3 +132,86 @@ def postgres_server() -> Iterator[PostgresServer]:
         server.stop()
         with contextlib.suppress(OSError):
             shutil.rmtree(server.folder)
+
+
+class S3Server:
+    """moto's S3 server on a free loopback port; ``env`` is what a client (boto3, modelplane)
+    needs to reach it."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.folder = Path(tempfile.mkdtemp(prefix="mp-s3-"))
+        self.process: subprocess.Popen[bytes] | None = None
+        self._clients: list[Any] = []
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        # moto accepts any credentials: these open nothing but this test server
+        secret = "test"  # noqa: S105  # nosec B105
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "test",
+                "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+
+    def start(self, timeout: float = 30.0) -> None:
+        program = Path(sys.executable).parent / "moto_server"
+        with (self.folder / "moto.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(program), "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while True:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 1),
+            ):
+                return
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log_text = (self.folder / "moto.log").read_text()[-2000:]
+                raise RuntimeError(f"moto's S3 server did not start:\n{log_text}")
+            time.sleep(0.1)
+
+    def client(self) -> Any:
+        """A boto3 client of this server (closed when the server stops)."""
+        import boto3
+
+        env = self.env
+        client = boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name=env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )  # fmt: skip
+        self._clients.append(client)
+        return client
+
+    def bucket(self, name: str) -> str:
+        """A new bucket; its name."""
+        if not self._clients:
+            self.client()
+        self._clients[0].create_bucket(Bucket=name)
+        return name
+
+    def stop(self) -> None:
+        for client in self._clients:
+            client.close()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextmanager
+def s3_server() -> Iterator[S3Server]:
+    server = S3Server()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.folder, ignore_errors=True)

@@ -28,6 +28,7 @@ from modelplane.api.schemas import error_doc
 from modelplane.api.services import Services
 from modelplane.dashboard.pages import create_router as dashboard_router
 from modelplane.errors import ModelplaneError, error_for_status
+from modelplane.registry.db import DATABASE_DOWN, database_unavailable
 from modelplane.security.auditing import AuditMiddleware, Reached
 from modelplane.security.detection_asgi import DetectionMiddleware, KeyBlockGate
 from modelplane.security.limiter import Quotas
@@ -64,6 +65,14 @@ def create_app(services: Services, gateway: Gateway, lifespan: Lifespan | None =
     @app.exception_handler(ModelplaneError)
     async def on_error(_: Request, exc: ModelplaneError) -> JSONResponse:
         return JSONResponse(error_doc(exc.message, exc.code), status_code=exc.status)
+
+    async def on_database_down(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("the database cannot be reached: %s", str(exc).splitlines()[0])
+        unavailable = database_unavailable()
+        return JSONResponse(error_doc(unavailable.message, unavailable.code), status_code=503)
+
+    for kind in DATABASE_DOWN:
+        app.add_exception_handler(kind, on_database_down)
 
     @app.exception_handler(Exception)
     async def on_bug(_: Request, exc: Exception) -> JSONResponse:

@@ -40,6 +40,7 @@ def replica_arguments(settings: Settings, spec: ReplicaSpec, log_file: Path) -> 
         "--max-queue-delay-ms", str(spec.config.max_queue_delay_ms),
         "--log-file", str(log_file),
         "--replica-id", spec.replica_id,
+        "--drain-timeout-s", str(settings.scheduler.drain_timeout_s),
     ]  # fmt: skip
     if not settings.telemetry.request_log:
         arguments.append("--no-request-log")

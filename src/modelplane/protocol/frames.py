@@ -29,6 +29,7 @@ STATS = 4
 GENERATE = 5
 CANCEL = 6
 PARTIAL = 206  # a GENERATE stream's event; more frames follow
+DRAINING = 421  # the replica is shutting down and did not run the request: send it elsewhere
 NO_HEADER = 0xFFFFFFFF
 # response status bit: the replica flagged the request's input as an outlier (input_guard=flag);
 # the payload then starts with the input's name and a NUL byte

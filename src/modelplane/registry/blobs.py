@@ -34,6 +34,22 @@ from modelplane.security.blobkeys import BlobKeys
 DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
+def blob_failed(digest: str, exc: Exception) -> ModelplaneError:
+    """What a stored blob that fails verification answers: it was changed where it is kept."""
+    return ModelplaneError(
+        f"the stored blob sha256:{digest[:12]} failed verification ({exc}); it was damaged or "
+        "tampered with where it is stored: push the model again"
+    )
+
+
+class Placer(Protocol):
+    """Where a staged upload goes once it is whole: a local folder or a bucket."""
+
+    @property
+    def staging(self) -> Path: ...
+    def place(self, staged: Path, digest: str) -> None: ...
+
+
 class StagedBlob(Protocol):
     @property
     def path(self) -> Path: ...
@@ -46,6 +62,7 @@ class StagedBlob(Protocol):
 class BlobStore(Protocol):
     def stage(self, max_bytes: int) -> StagedBlob: ...
     def path(self, digest: str) -> Path: ...
+    def exists(self, digest: str) -> bool: ...
     def verify(self, digest: str) -> bool: ...
     def delete(self, digest: str) -> None: ...
     def digests(self) -> Iterator[str]: ...
@@ -55,7 +72,7 @@ class BlobStore(Protocol):
     def read(self, digest: str, max_bytes: int) -> bytes: ...
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -64,7 +81,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 class LocalStagedBlob:
-    def __init__(self, store: LocalBlobStore, max_bytes: int) -> None:
+    """An upload written to a local staging file, hashed as it is written; ``commit`` hands it
+    to its store whole."""
+
+    def __init__(self, store: Placer, max_bytes: int) -> None:
         self._store = store
         self._max = max_bytes
         self.path = store.staging / f"{uuid.uuid4().hex}.part"
@@ -126,7 +146,7 @@ class LocalBlobStore:
             return
         if self._keys is None:
             os.replace(staged, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             return
         key = new_data_key()
         sealed = self._seal(staged, key)
@@ -135,7 +155,7 @@ class LocalBlobStore:
                 if not final.exists():
                     self._keys.store(digest, key)  # the key is durable before its blob
                     os.replace(sealed, final)
-                    _fsync_dir(final.parent)
+                    fsync_dir(final.parent)
         finally:
             sealed.unlink(missing_ok=True)
             staged.unlink(missing_ok=True)
@@ -171,7 +191,7 @@ class LocalBlobStore:
             try:
                 self._keys.store(digest, key)
                 os.replace(sealed, path)
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
             finally:
                 sealed.unlink(missing_ok=True)
             count += 1
@@ -211,10 +231,7 @@ class LocalBlobStore:
                 raise ArtifactBroken("its content does not match its digest")
         except ArtifactBroken as exc:
             target.unlink(missing_ok=True)
-            raise ModelplaneError(
-                f"the stored blob sha256:{digest[:12]} failed verification ({exc}); it was "
-                "damaged or tampered with on the server's disk: push the model again"
-            ) from None
+            raise blob_failed(digest, exc) from None
         except BaseException:
             target.unlink(missing_ok=True)
             raise
@@ -232,10 +249,7 @@ class LocalBlobStore:
             if found.hexdigest() != digest:
                 raise ArtifactBroken("its content does not match its digest")
         except ArtifactBroken as exc:
-            raise ModelplaneError(
-                f"the stored blob sha256:{digest[:12]} failed verification ({exc}); it was "
-                "damaged or tampered with on the server's disk: push it again"
-            ) from None
+            raise blob_failed(digest, exc) from None
         return bytes(data)
 
     def stage(self, max_bytes: int) -> LocalStagedBlob:
@@ -245,6 +259,9 @@ class LocalBlobStore:
         if not DIGEST_RE.match(digest):
             raise NotFound(f"no blob with digest {digest!r}")
         return self.root / "sha256" / digest[:2] / digest
+
+    def exists(self, digest: str) -> bool:
+        return self.path(digest).is_file()
 
     def verify(self, digest: str) -> bool:
         if not self.path(digest).is_file():

@@ -179,7 +179,7 @@ class ConversionService:
         require_extra(upload.source_format, self._is_importable)  # 422 naming the pip command
         if options.samples_digest is not None and (
             not DIGEST_RE.match(options.samples_digest)
-            or not self._blobs.path(options.samples_digest).is_file()
+            or not self._blobs.exists(options.samples_digest)
         ):
             raise NotFound(
                 f"no uploaded samples with digest {options.samples_digest!r}; upload them with "

@@ -9,9 +9,22 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelplane.errors import Unavailable
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+# what the driver raises while the database cannot be reached (down, restarting, network)
+DATABASE_DOWN = (OperationalError, InterfaceError)
+
+
+def database_unavailable() -> Unavailable:
+    """The answer to a call that needs the database while it cannot be reached."""
+    return Unavailable(
+        "the database cannot be reached right now; modelplane reconnects by itself: try again "
+        "in a few seconds (inference of deployed models goes on meanwhile)"
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from modelplane.domain import ApiKey, Limits, Principal, Role
 from modelplane.domain.auth import ALL_MODELS
 from modelplane.errors import Conflict, InvalidInput, NotFound
+from modelplane.registry.db import DATABASE_DOWN, database_unavailable
 from modelplane.registry.service import now
 from modelplane.registry.tables import ApiKeyRow
 from modelplane.security.quotas import default_burst
@@ -190,16 +191,26 @@ class KeyStore:
             if cached is not None:
                 cache.move_to_end(digest)
         if cached is None or cached[0] <= moment:
-            principal, valid_s = self._check(token)
+            try:
+                principal, valid_s = self._check(token)
+            except DATABASE_DOWN:
+                if cached is None:
+                    raise database_unavailable() from None
+                # the database is away: the last answer stands until it is back (nothing can
+                # revoke a key meanwhile either)
+                return self._note_use(cached[1], moment)
             cached = (moment + min(self._cache_s, valid_s), principal)
             with self._lock:
                 cache[digest] = cached
                 cache.move_to_end(digest)
                 while len(cache) > self._cache_entries:
                     cache.popitem(last=False)
-        if cached[1] is not None:
-            self._used[cached[1].key_id] = moment
-        return cached[1]
+        return self._note_use(cached[1], moment)
+
+    def _note_use(self, principal: Principal | None, moment: float) -> Principal | None:
+        if principal is not None:
+            self._used[principal.key_id] = moment
+        return principal
 
     def _forget(self) -> None:
         """Drop every cached check (after a change made here: it takes effect at once)."""

@@ -355,7 +355,8 @@ class Controller:
             deployment=d.name,
             model=version.model,
             version=version.version,
-            artifact=self._blob_path(version.artifact.digest),
+            # a bucket-backed store fetches its local copy here: off the loop
+            artifact=await asyncio.to_thread(self._blob_path, version.artifact.digest),
             digest=version.artifact.digest,
             revision=d.revision,
             config=d.config,

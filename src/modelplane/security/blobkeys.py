@@ -133,8 +133,17 @@ def _read_doc(path: Path) -> dict[str, Any]:
 class BlobKeys:
     """Data keys of blobs, wrapped by the master key, one small file per blob."""
 
-    def __init__(self, folder: Path, master: MasterKey, pending: MasterKey | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        master: MasterKey,
+        pending: MasterKey | None = None,
+        held_elsewhere: str | None = None,
+    ) -> None:
+        """``held_elsewhere`` names where the wrapped keys live when a store keeps them itself
+        (``wrap``/``unwrap``): rotation, which re-wraps the files here, is then refused."""
         self._folder = folder
+        self._elsewhere = held_elsewhere
         folder.mkdir(parents=True, exist_ok=True)
         self._current = master
         self._known = {master.check: master}
@@ -191,11 +200,15 @@ class BlobKeys:
                "wrapped": base64.b64encode(wrapped).decode()}  # fmt: skip
         return json.dumps(doc).encode()
 
-    def store(self, digest: str, key: bytes) -> None:
-        """Keep ``key`` as the data key of ``digest``, wrapped; durable once this returns."""
+    def wrap(self, digest: str, key: bytes) -> bytes:
+        """``key`` wrapped by the current master key, for a store that keeps it elsewhere."""
         with self._lock:
             master = self._current
-        _write_private(self._path(digest), self._wrap(master, digest, key))
+        return self._wrap(master, digest, key)
+
+    def store(self, digest: str, key: bytes) -> None:
+        """Keep ``key`` as the data key of ``digest``, wrapped; durable once this returns."""
+        _write_private(self._path(digest), self.wrap(digest, key))
 
     def get(self, digest: str) -> bytes | None:
         """The data key of ``digest``; None when the blob has none (it is not sealed)."""
@@ -203,6 +216,20 @@ class BlobKeys:
             doc = _read_doc(self._path(digest))
         except FileNotFoundError:
             return None
+        return self._unwrap(digest, doc)
+
+    def unwrap(self, digest: str, wrapped: bytes) -> bytes:
+        """The data key in what ``wrap`` returned (``MasterKeyError`` when it does not open)."""
+        try:
+            doc = json.loads(wrapped)
+            fields = all(isinstance(doc.get(f), str) for f in ("master", "nonce", "wrapped"))
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            fields = False
+        if not fields:
+            raise MasterKeyError(f"the data key of blob {digest[:12]} is damaged (not a key)")
+        return self._unwrap(digest, doc)
+
+    def _unwrap(self, digest: str, doc: dict[str, Any]) -> bytes:
         master = self._known.get(doc["master"])
         if master is None:
             raise MasterKeyError(
@@ -232,6 +259,11 @@ class BlobKeys:
             raise Conflict(
                 "the master key comes from MODELPLANE_MASTER_KEY, which the server cannot "
                 "change; use a master key file (MODELPLANE_MASTER_KEY_FILE) to rotate it here"
+            )
+        if self._elsewhere is not None:
+            raise Conflict(
+                f"the data keys are kept {self._elsewhere}; rotating the master key there is "
+                "not supported yet: keep the master key, or move the blobs to a local folder"
             )
         if not self._rotating.acquire(blocking=False):
             raise Conflict("a rotation of the master key is already running; try again later")

@@ -17,6 +17,7 @@ from starlette.responses import RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelplane.domain import Principal
+from modelplane.errors import ModelplaneError
 from modelplane.security.limiter import Quotas, serve_limited
 
 PUBLIC_PATHS = frozenset(
@@ -76,7 +77,15 @@ class AuthMiddleware:
             await self._app(scope, receive, send)
             return
         token, from_cookie = _token(scope)
-        principal = self._auth.authenticate(token) if token else None
+        try:
+            principal = self._auth.authenticate(token) if token else None
+        except ModelplaneError as exc:  # the key store cannot answer (its database is away)
+            body = orjson.dumps({"error": exc.message, "code": exc.code})
+            await send({"type": "http.response.start", "status": exc.status,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})  # fmt: skip
+            await send({"type": "http.response.body", "body": body})
+            return
         if principal is None:
             await self._deny(scope, receive, send, token is not None, from_cookie)
             return

@@ -214,6 +214,8 @@ class Gateway:
                 ) from None
             finally:
                 self._outstanding[endpoint.replica_id] -= 1
+            if reply.status == frames.DRAINING:
+                continue  # shutting down, it ran nothing: the next replica takes it
             counts = self.traffic[endpoint.replica_id]
             counts[0] += len(body)
             counts[1] += len(reply.payload)
@@ -256,12 +258,18 @@ class Gateway:
                         idle_s=self._timeout,
                     )  # fmt: skip
                     # closed on leaving, whatever the reason: that sends CANCEL to the replica
+                    bounced = False
                     async with contextlib.aclosing(stream):
                         async for batch in stream:
+                            if not received and batch[-1].status == frames.DRAINING:
+                                bounced = True  # shutting down, it started nothing
+                                break
                             received = True
                             if batch[-1].status != frames.PARTIAL:
                                 status = batch[-1].status
                             yield batch
+                    if bounced:
+                        continue
                     return
                 except TimeoutError:
                     status = 504

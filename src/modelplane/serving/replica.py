@@ -34,7 +34,7 @@ from modelplane.security.replica_tls import replica_server_context
 from modelplane.serving.dataplane import DataPlane, PayloadLog
 from modelplane.serving.heap import freeze_startup_objects, release_freed_memory
 from modelplane.serving.replica_env import ReplicaEnv, ReplicaEnvError
-from modelplane.serving.replica_server import Plane, ReplicaProtocol
+from modelplane.serving.replica_server import Drain, Plane, ReplicaProtocol
 from modelplane.telemetry.logs import Flusher, LogWriter, RequestLog, json_logging
 from modelplane.watchdog import watch_parent
 
@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--preferred-batch-size", type=int, action="append", default=[])
     parser.add_argument("--log-file", type=Path, help="JSON log file (rotated)")
     parser.add_argument("--replica-id", default="")
+    parser.add_argument("--drain-timeout-s", type=float, default=30.0)
     parser.add_argument("--no-request-log", action="store_true")
     parser.add_argument("--payload-log-rate", type=float, default=0.0)
     parser.add_argument("--input-guard", choices=ACTIONS, default="off")
@@ -78,12 +79,15 @@ async def _serve(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, finish)
+    drain = Drain()
     if args.uds is not None:
-        server = await loop.create_unix_server(lambda: ReplicaProtocol(plane, token), args.uds)
+        server = await loop.create_unix_server(
+            lambda: ReplicaProtocol(plane, token, drain), args.uds
+        )
         os.chmod(args.uds, 0o600)
     else:
         server = await loop.create_server(
-            lambda: ReplicaProtocol(plane, token), args.host, args.port, ssl=tls
+            lambda: ReplicaProtocol(plane, token, drain), args.host, args.port, ssl=tls
         )
         if args.port_file is not None:
             port = server.sockets[0].getsockname()[1]
@@ -93,6 +97,12 @@ async def _serve(
     log.info("serving %s:%s", plane.name, plane.version)
     async with server:
         await stop
+        # unready at once (health probes see it), new requests bounced to other replicas,
+        # those in flight answered, within the drain timeout
+        plane.ready, drain.draining = False, True
+        log.info("draining: %d request(s) in flight", drain.busy)
+        if not await drain.finished(args.drain_timeout_s):
+            log.warning("drain timed out with %d request(s) unanswered", drain.busy)
 
 
 class _Logs(NamedTuple):

@@ -27,6 +27,7 @@ class Plane(Protocol):
 
     name: str
     version: str
+    ready: bool  # what READY frames answer
 
     async def handle(self, frame: frames.RequestFrame) -> frames.ResponseFrame: ...
 
@@ -35,10 +36,43 @@ class Plane(Protocol):
     ) -> Coroutine[Any, Any, frames.ResponseFrame]: ...
 
 
+class Drain:
+    """The replica's requests in flight over all its connections, and whether it is shutting
+    down (SIGTERM): then it runs no new request, and is done once those in flight are answered."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.busy += 1
+        self._idle.clear()
+
+    def leave(self, _: object = None) -> None:
+        self.busy -= 1
+        if self.busy == 0:
+            self._idle.set()
+
+    async def finished(self, timeout_s: float) -> bool:
+        """Whether every request in flight was answered within ``timeout_s``."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+
+SHUTTING_DOWN = v2.error_body("the replica is shutting down; the gateway sends this elsewhere",
+                              "unavailable")  # fmt: skip
+
+
 class ReplicaProtocol(asyncio.Protocol):
-    def __init__(self, plane: Plane, token: bytes) -> None:
+    def __init__(self, plane: Plane, token: bytes, drain: Drain | None = None) -> None:
         self._plane = plane
         self._token = token
+        self._drain = drain or Drain()
         self._reader = frames.request_reader()
         self._transport: asyncio.Transport | None = None
         self._writer: CoalescingWriter | None = None
@@ -73,14 +107,21 @@ class ReplicaProtocol(asyncio.Protocol):
                 if running is not None:
                     running.cancel()
                 continue
+            work = frame.op in (frames.INFER, frames.GENERATE)
+            if work and self._drain.draining:
+                self._send(frames.ResponseFrame(frame.id, frames.DRAINING, None, SHUTTING_DOWN))
+                continue
             if frame.op == frames.GENERATE:
                 task = asyncio.ensure_future(self._stream(frame))
                 self._streams[frame.id] = task
                 task.add_done_callback(functools.partial(self._forget, frame.id))
-                continue
-            task = asyncio.ensure_future(self._answer(frame))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            else:
+                task = asyncio.ensure_future(self._answer(frame))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            if work:
+                self._drain.enter()
+                task.add_done_callback(self._drain.leave)
 
     async def _answer(self, frame: frames.RequestFrame) -> None:
         try:
