@@ -345,6 +345,11 @@ class Client:
                 )
             time.sleep(0.5)
 
+    def cluster(self) -> dict[str, Any]:
+        """The servers sharing the database, which one leads and since when, what they share."""
+        result: dict[str, Any] = self._request("GET", "/api/v1/cluster").json()
+        return result
+
     def nodes(self) -> list[dict[str, Any]]:
         """The nodes replicas run on: capacity, allocated, replicas, cost, state."""
         result: list[dict[str, Any]] = self._request("GET", "/api/v1/nodes").json()

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
+import hmac
 import logging
 import os
 import socket
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,6 +30,7 @@ from modelplane.cluster.local import LocalExecutor
 from modelplane.domain import Role
 from modelplane.registry.audit import AuditLog
 from modelplane.registry.blobs import LocalBlobStore
+from modelplane.registry.cluster import ClusterStore, ServerInfo
 from modelplane.registry.conversions import ConversionService, load_checker
 from modelplane.registry.db import make_engine, make_sessions, migrate
 from modelplane.registry.deployments import DeploymentStore
@@ -34,6 +39,7 @@ from modelplane.registry.nodes import NodeStore
 from modelplane.registry.s3blobs import S3BlobStore, StorageUrlError
 from modelplane.registry.service import RegistryService
 from modelplane.scheduler.controller import Controller
+from modelplane.scheduler.leader import Leadership, follow_routes, share_routes
 from modelplane.security.blobkeys import BlobKeys, MasterKeyError, load_master_key
 from modelplane.security.detection import AttackDetector, rules_from
 from modelplane.security.limiter import Quotas
@@ -81,13 +87,23 @@ def ensure_admin_key(keys: KeyStore, path: Path) -> bool:
 
 
 def make_executor(
-    settings: Settings, artifact_keys: Callable[[str], bytes | None] | None = None
+    settings: Settings,
+    artifact_keys: Callable[[str], bytes | None] | None = None,
+    token: str | None = None,
 ) -> ReplicaExecutor:
     if settings.scheduler.executor == "ray":
         from modelplane.cluster.ray import RayExecutor
 
         return RayExecutor(settings, artifact_keys)
-    return LocalExecutor(settings, artifact_keys)
+    return LocalExecutor(settings, artifact_keys, token)
+
+
+def shared_replica_token(settings: Settings, keys: BlobKeys) -> str | None:
+    """On a shared database every server's gateway must greet every replica: their token is
+    derived from the master key they share (None on SQLite: one server, a token of its own)."""
+    if settings.resolved_database_url.startswith("sqlite"):
+        return None
+    return hmac.new(keys.master.key, b"modelplane replica token", hashlib.sha256).hexdigest()
 
 
 def open_blob_store(settings: Settings) -> tuple[LocalBlobStore | S3BlobStore, BlobKeys]:
@@ -149,9 +165,22 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
     keys = KeyStore(sessions)
     nodes = NodeStore(sessions)
     created = ensure_admin_key(keys, settings.admin_key_path)
-    executor = make_executor(settings, blobs.data_key)
+    executor = make_executor(settings, blobs.data_key, shared_replica_token(settings, blob_keys))
     table = RoutingTable()
     metrics = Metrics(CollectorRegistry(), settings.telemetry.request_metrics)
+    scheme = "https" if settings.server.tls_cert is not None else "http"
+    me = ServerInfo(uuid.uuid4().hex[:12], f"{scheme}://{settings.server.host}:"
+                    f"{settings.server.port}", time.time())  # fmt: skip
+    releasing: set[asyncio.Task[None]] = set()
+
+    def on_leadership(leading: bool) -> None:
+        if not leading:  # the replicas this server started go: the new leader starts its own
+            task = asyncio.get_running_loop().create_task(controller.release_all())
+            releasing.add(task)
+            task.add_done_callback(releasing.discard)
+
+    cluster = ClusterStore(sessions)
+    leadership = Leadership(cluster, me, on_change=on_leadership)
     controller = Controller(
         deployments,
         executor,
@@ -162,6 +191,8 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
         drain_timeout_s=settings.scheduler.drain_timeout_s,
         nodes=nodes,
         on_step=metrics.reconcile.observe,
+        may_act=lambda: leadership.leading,
+        share=share_routes(cluster, leadership),
     )
     gateway = Gateway(
         table, executor.token, settings.serving.request_timeout_s, metrics, executor.replica_tls
@@ -180,7 +211,7 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
     services = Services(
         settings, registry, deployments, keys, controller, conversions, gateway, metrics, nodes,
         audit=audit, audit_log=audit_log, blob_keys=blob_keys, detector=detector,
-        quotas=quotas,
+        quotas=quotas, leadership=leadership,
     )  # fmt: skip
 
     grpc_address = f"{settings.server.host}:{settings.server.grpc_port}"
@@ -205,7 +236,10 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
             ) from None
         await grpc_server.start()
         audit.start()
+        await leadership.try_once()  # a lone server leads from its first reconcile
+        leadership.start()
         controller.start()
+        following = asyncio.create_task(follow_routes(cluster, table, leadership))
         usage = asyncio.create_task(flush_usage_forever(keys))  # keys' last use, in batches
         # freed uploads and parsed models go back to the system, not kept by malloc
         release = asyncio.create_task(release_freed_memory_forever())
@@ -232,7 +266,9 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
             await grpc_server.stop(grace=2.0)
             usage.cancel()
             release.cancel()
+            following.cancel()
             await controller.stop()
+            await leadership.stop()  # after the controller: another server takes over at once
             await gateway.close()
             await asyncio.to_thread(audit.stop)  # what is still queued is written
             engine.dispose()

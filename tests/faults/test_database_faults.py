@@ -14,7 +14,7 @@ from tests.e2e.conftest import Server
 from tests.faults.conftest import Load
 
 from modelplane.testing import wait_for
-from modelplane.testing_servers import PostgresServer
+from modelplane.testing_servers import PostgresServer, postgres_server
 
 pytestmark = pytest.mark.e2e
 
@@ -22,12 +22,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL of this test's own: it is stopped and started again."""
-    server = PostgresServer()
-    try:
-        server.start()
+    with postgres_server() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_postgresql_restarted_under_load(own_postgres: PostgresServer, tmp_path: Path,

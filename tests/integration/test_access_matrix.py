@@ -51,6 +51,7 @@ MANAGEMENT: dict[tuple[str, str], tuple[Any, str | None]] = {
     ("DELETE", "/api/v1/deployments/{name}"): (Action.DEPLOY, "deployment"),
     ("GET", "/api/v1/deployments/{name}/logs"): (Action.LOGS, "deployment"),
     ("GET", "/api/v1/nodes"): (Action.READ, None),
+    ("GET", "/api/v1/cluster"): (Action.NODES, None),  # server addresses, the database host
     ("POST", "/api/v1/nodes/{node}/cordon"): (Action.NODES, None),
     ("DELETE", "/api/v1/nodes/{node}/cordon"): (Action.NODES, None),
     ("GET", "/api/v1/conversions"): (Action.READ, None),

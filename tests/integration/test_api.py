@@ -338,6 +338,8 @@ async def test_openapi_documents_the_management_api(api) -> None:
 async def test_status_says_when_the_controller_has_acted_on_a_deploy(
     api, platform: Platform, iris_bytes
 ) -> None:
+    assert platform.services.leadership is not None
+    await platform.services.leadership.try_once()  # as `serve` does at start: it leads
     await api.post("/api/v1/models/iris/versions", content=iris_bytes)
     await api.post("/api/v1/deployments", json={"model": "iris", "replicas": 0})
     assert (await api.get("/api/v1/deployments/iris")).json()["reconciled"] is False
@@ -348,6 +350,8 @@ async def test_status_says_when_the_controller_has_acted_on_a_deploy(
 
 
 async def test_nodes_cordon_and_uncordon(api, platform: Platform) -> None:
+    assert platform.services.leadership is not None
+    await platform.services.leadership.try_once()  # as `serve` does at start: it leads
     await platform.services.controller.step()  # observe this machine as the one node
     [node] = (await api.get("/api/v1/nodes")).json()
     assert node["state"] == "healthy"

@@ -17,6 +17,7 @@ from modelplane.api.docs import add_docs
 from modelplane.api.routers import (
     admin,
     audit,
+    cluster,
     conversions,
     deployments,
     keys,
@@ -110,6 +111,8 @@ def create_app(services: Services, gateway: Gateway, lifespan: Lifespan | None =
     app.include_router(keys.create_router(services))
     app.include_router(admin.create_router(services))
     app.include_router(audit.create_router(services))
+    if services.leadership is not None:
+        app.include_router(cluster.create_router(services))
     tls = services.settings.server.tls_cert is not None
     app.include_router(dashboard_router(services.keys, services.audit, tls=tls))
     add_docs(app)

@@ -11,6 +11,7 @@ from modelplane.registry.keys import KeyStore
 from modelplane.registry.nodes import NodeStore
 from modelplane.registry.service import RegistryService
 from modelplane.scheduler.controller import Controller
+from modelplane.scheduler.leader import Leadership
 from modelplane.security.blobkeys import BlobKeys
 from modelplane.security.detection import AttackDetector
 from modelplane.security.limiter import Quotas
@@ -36,3 +37,4 @@ class Services:
     blob_keys: BlobKeys | None = None  # the master key's data keys (encryption at rest)
     detector: AttackDetector | None = None  # attack detection (HTTP and gRPC share it)
     quotas: Quotas | None = None  # keys' rate, concurrency and daily limits (HTTP and gRPC)
+    leadership: Leadership | None = None  # which server runs the controller

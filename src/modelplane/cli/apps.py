@@ -26,6 +26,8 @@ admin_app = typer.Typer(help="Operate the server itself (admin keys).", no_args_
 app.add_typer(admin_app, name="admin")
 keys_app = typer.Typer(help="Manage API keys (admin keys only).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+cluster_app = typer.Typer(help="The servers sharing one database.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

@@ -94,11 +94,16 @@ class _Process:
 
 class LocalExecutor:
     def __init__(
-        self, settings: Settings, artifact_keys: Callable[[str], bytes | None] | None = None
+        self,
+        settings: Settings,
+        artifact_keys: Callable[[str], bytes | None] | None = None,
+        token: str | None = None,
     ) -> None:
+        """``token``: the replica token every server of the installation shares (default: a
+        new one, this server's own)."""
         self._settings = settings
         self._artifact_keys = artifact_keys  # a sealed artifact's data key, by digest
-        self._token = secrets.token_urlsafe(24)
+        self._token = token or secrets.token_urlsafe(24)
         self._procs: dict[str, _Process] = {}
         run_dir = settings.home / "run"
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -78,6 +78,54 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def export_verified(chunks: Iterable[bytes], digest: str, target: Path) -> None:
+    """Write a blob's plaintext ``chunks`` to ``target`` (a new file, mode 0600), verified
+    against ``digest``; nothing is left at ``target`` when it does not verify."""
+    found = hashlib.sha256()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                found.update(chunk)
+                out.write(chunk)
+        if found.hexdigest() != digest:
+            raise ArtifactBroken("its content does not match its digest")
+    except ArtifactBroken as exc:
+        target.unlink(missing_ok=True)
+        raise blob_failed(digest, exc) from None
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+
+
+def read_verified(chunks: Iterable[bytes], digest: str, max_bytes: int) -> bytes:
+    """A blob's plaintext ``chunks`` in memory, verified against ``digest``;
+    ``PayloadTooLarge`` as soon as they pass ``max_bytes``."""
+    found, data = hashlib.sha256(), bytearray()
+    try:
+        for chunk in chunks:
+            if len(data) + len(chunk) > max_bytes:
+                raise PayloadTooLarge(f"the blob is larger than {max_bytes} bytes")
+            found.update(chunk)
+            data += chunk
+        if found.hexdigest() != digest:
+            raise ArtifactBroken("its content does not match its digest")
+    except ArtifactBroken as exc:
+        raise blob_failed(digest, exc) from None
+    return bytes(data)
+
+
+def opens_as(chunks: Iterable[bytes], digest: str) -> bool:
+    """Whether a blob's plaintext ``chunks`` open and hash to ``digest``."""
+    found = hashlib.sha256()
+    try:
+        for chunk in chunks:
+            found.update(chunk)
+    except ArtifactBroken:
+        return False
+    return found.hexdigest() == digest
 
 
 class LocalStagedBlob:
@@ -218,39 +266,10 @@ class LocalBlobStore:
         return self._keys.get(digest)
 
     def export(self, digest: str, target: Path) -> None:
-        """Write the blob's plaintext to ``target`` (a new file, mode 0600), verified against
-        its digest; nothing is left at ``target`` when it does not verify."""
-        found = hashlib.sha256()
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in self._plaintext(digest):
-                    found.update(chunk)
-                    out.write(chunk)
-            if found.hexdigest() != digest:
-                raise ArtifactBroken("its content does not match its digest")
-        except ArtifactBroken as exc:
-            target.unlink(missing_ok=True)
-            raise blob_failed(digest, exc) from None
-        except BaseException:
-            target.unlink(missing_ok=True)
-            raise
+        export_verified(self._plaintext(digest), digest, target)
 
     def read(self, digest: str, max_bytes: int) -> bytes:
-        """The blob's plaintext in memory (nothing written to disk), verified against its
-        digest; ``PayloadTooLarge`` as soon as it passes ``max_bytes``."""
-        found, data = hashlib.sha256(), bytearray()
-        try:
-            for chunk in self._plaintext(digest):
-                if len(data) + len(chunk) > max_bytes:
-                    raise PayloadTooLarge(f"the blob is larger than {max_bytes} bytes")
-                found.update(chunk)
-                data += chunk
-            if found.hexdigest() != digest:
-                raise ArtifactBroken("its content does not match its digest")
-        except ArtifactBroken as exc:
-            raise blob_failed(digest, exc) from None
-        return bytes(data)
+        return read_verified(self._plaintext(digest), digest, max_bytes)
 
     def stage(self, max_bytes: int) -> LocalStagedBlob:
         return LocalStagedBlob(self, max_bytes)
@@ -264,15 +283,7 @@ class LocalBlobStore:
         return self.path(digest).is_file()
 
     def verify(self, digest: str) -> bool:
-        if not self.path(digest).is_file():
-            return False
-        found = hashlib.sha256()
-        try:
-            for chunk in self._plaintext(digest):
-                found.update(chunk)
-        except ArtifactBroken:
-            return False
-        return found.hexdigest() == digest
+        return self.path(digest).is_file() and opens_as(self._plaintext(digest), digest)
 
     def delete(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)

@@ -16,7 +16,7 @@ The endpoint, region and credentials come the usual way of boto3: ``AWS_ENDPOINT
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
 import time
 import uuid
@@ -26,8 +26,16 @@ from typing import Any
 from urllib.parse import urlparse
 
 from modelplane.artifacts import CHUNK, ArtifactBroken, Sealer, new_data_key, open_sealed
-from modelplane.errors import ModelplaneError, PayloadTooLarge
-from modelplane.registry.blobs import DIGEST_RE, LocalStagedBlob, blob_failed, fsync_dir
+from modelplane.errors import ModelplaneError, Unavailable
+from modelplane.registry.blobs import (
+    DIGEST_RE,
+    LocalStagedBlob,
+    blob_failed,
+    export_verified,
+    fsync_dir,
+    opens_as,
+    read_verified,
+)
 from modelplane.security.blobkeys import BlobKeys
 
 PART = 8 << 20  # multipart part size (S3's minimum is 5 MiB, but for the last part)
@@ -47,6 +55,26 @@ def parse_url(url: str) -> tuple[str, str]:
         )
     prefix = parsed.path.strip("/")
     return parsed.netloc, f"{prefix}/" if prefix else ""
+
+
+@contextlib.contextmanager
+def _reaching(bucket: str) -> Iterator[None]:
+    """The store's failures as one clear error (a 503 to a client) instead of a traceback."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise Unavailable(
+            f"the artifact store refused the request ({error.get('Code', '?')}: "
+            f"{error.get('Message', '')}); check the bucket {bucket!r} and the credentials"
+        ) from None
+    except BotoCoreError as exc:
+        raise Unavailable(
+            f"the artifact store (bucket {bucket!r}) cannot be reached ({exc}); nothing was "
+            "kept: try again in a moment"
+        ) from None
 
 
 class _Parts:
@@ -146,50 +174,59 @@ class S3BlobStore:
     def place(self, staged: Path, digest: str) -> None:
         """Seal the plaintext file ``staged`` into the bucket as ``digest`` (its data key stored
         first); a blob already there is kept. ``staged`` is removed either way."""
-        try:
-            if self._exists(self._blob(digest)):
-                return
-            parts = _Parts(self._client, self.bucket, self._blob(digest))
+        with _reaching(self.bucket):
             try:
-                key = None
-                if self._keys is not None:
-                    key = new_data_key()
-                    wrapped = self._keys.wrap(digest, key)
-                    self._client.put_object(Bucket=self.bucket, Key=self._key(digest), Body=wrapped)
-                with staged.open("rb") as source:
-                    sink: Any = parts if key is None else Sealer(key, parts)  # type: ignore[arg-type]
-                    while chunk := source.read(CHUNK):
-                        sink.write(chunk)
-                    if key is not None:
-                        sink.close()
-                parts.complete()
-            except BaseException:
-                parts.abort()
-                raise
-        finally:
-            staged.unlink(missing_ok=True)
+                if self._exists(self._blob(digest)):
+                    return
+                parts = _Parts(self._client, self.bucket, self._blob(digest))
+                try:
+                    key = None
+                    if self._keys is not None:
+                        key = new_data_key()
+                        wrapped = self._keys.wrap(digest, key)
+                        self._client.put_object(
+                            Bucket=self.bucket, Key=self._key(digest), Body=wrapped
+                        )
+                    with staged.open("rb") as source:
+                        sink: Any = parts if key is None else Sealer(key, parts)  # type: ignore[arg-type]
+                        while chunk := source.read(CHUNK):
+                            sink.write(chunk)
+                        if key is not None:
+                            sink.close()
+                    parts.complete()
+                except BaseException:
+                    # an upload never completed is invisible; one the store cannot abort now
+                    # goes at the next start's clean-up (after a day)
+                    with contextlib.suppress(Exception):
+                        parts.abort()
+                    raise
+            finally:
+                staged.unlink(missing_ok=True)
 
     def delete(self, digest: str) -> None:
-        self._client.delete_object(Bucket=self.bucket, Key=self._blob(digest))
-        self._client.delete_object(Bucket=self.bucket, Key=self._key(digest))  # after its blob
-        self._cached(digest).unlink(missing_ok=True)
+        with _reaching(self.bucket):
+            self._client.delete_object(Bucket=self.bucket, Key=self._blob(digest))
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(digest))  # after its blob
+            self._cached(digest).unlink(missing_ok=True)
 
     # ---- reading ----------------------------------------------------------------------------
     def exists(self, digest: str) -> bool:
-        return bool(DIGEST_RE.match(digest)) and self._exists(self._blob(digest))
+        with _reaching(self.bucket):
+            return bool(DIGEST_RE.match(digest)) and self._exists(self._blob(digest))
 
     def data_key(self, digest: str) -> bytes | None:
-        if self._keys is None:
-            return None
-        from botocore.exceptions import ClientError
-
-        try:
-            doc = self._client.get_object(Bucket=self.bucket, Key=self._key(digest))["Body"]
-            return self._keys.unwrap(digest, doc.read())
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+        with _reaching(self.bucket):
+            if self._keys is None:
                 return None
-            raise
+            from botocore.exceptions import ClientError
+
+            try:
+                doc = self._client.get_object(Bucket=self.bucket, Key=self._key(digest))["Body"]
+                return self._keys.unwrap(digest, doc.read())
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                    return None
+                raise
 
     def _plaintext(self, digest: str) -> Iterator[bytes]:
         body = self._client.get_object(Bucket=self.bucket, Key=self._blob(digest))["Body"]
@@ -204,48 +241,16 @@ class S3BlobStore:
             body.close()
 
     def export(self, digest: str, target: Path) -> None:
-        """The blob's plaintext written to ``target`` (new, 0600), verified; nothing is left
-        there when it does not verify."""
-        found = hashlib.sha256()
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in self._plaintext(digest):
-                    found.update(chunk)
-                    out.write(chunk)
-            if found.hexdigest() != digest:
-                raise ArtifactBroken("its content does not match its digest")
-        except ArtifactBroken as exc:
-            target.unlink(missing_ok=True)
-            raise blob_failed(digest, exc) from None
-        except BaseException:
-            target.unlink(missing_ok=True)
-            raise
+        with _reaching(self.bucket):
+            export_verified(self._plaintext(digest), digest, target)
 
     def read(self, digest: str, max_bytes: int) -> bytes:
-        found, data = hashlib.sha256(), bytearray()
-        try:
-            for chunk in self._plaintext(digest):
-                if len(data) + len(chunk) > max_bytes:
-                    raise PayloadTooLarge(f"the blob is larger than {max_bytes} bytes")
-                found.update(chunk)
-                data += chunk
-            if found.hexdigest() != digest:
-                raise ArtifactBroken("its content does not match its digest")
-        except ArtifactBroken as exc:
-            raise blob_failed(digest, exc) from None
-        return bytes(data)
+        with _reaching(self.bucket):
+            return read_verified(self._plaintext(digest), digest, max_bytes)
 
     def verify(self, digest: str) -> bool:
-        if not self.exists(digest):
-            return False
-        found = hashlib.sha256()
-        try:
-            for chunk in self._plaintext(digest):
-                found.update(chunk)
-        except ArtifactBroken:
-            return False
-        return found.hexdigest() == digest
+        with _reaching(self.bucket):
+            return self.exists(digest) and opens_as(self._plaintext(digest), digest)
 
     def _cached(self, digest: str) -> Path:
         return self.cache / digest[:2] / digest
@@ -253,44 +258,39 @@ class S3BlobStore:
     def path(self, digest: str) -> Path:
         """A local copy of the sealed blob, for replicas on this machine: fetched on first use,
         checked against the digest (decrypted and hashed) before it is visible."""
-        if not DIGEST_RE.match(digest):
-            raise ModelplaneError(f"no blob with digest {digest!r}")
-        final = self._cached(digest)
-        if final.exists():
+        with _reaching(self.bucket):
+            if not DIGEST_RE.match(digest):
+                raise ModelplaneError(f"no blob with digest {digest!r}")
+            final = self._cached(digest)
+            if final.exists():
+                return final
+            final.parent.mkdir(parents=True, exist_ok=True)
+            part = self.staging / f"{uuid.uuid4().hex}.part"
+            try:
+                with part.open("xb") as out:
+                    body = self._client.get_object(Bucket=self.bucket, Key=self._blob(digest))[
+                        "Body"
+                    ]
+                    try:
+                        while chunk := body.read(CHUNK):
+                            out.write(chunk)
+                    finally:
+                        body.close()
+                    out.flush()
+                    os.fsync(out.fileno())
+                if not self._verify_file(part, digest):
+                    raise blob_failed(digest, ArtifactBroken("the copy fetched does not open"))
+                os.replace(part, final)
+                fsync_dir(final.parent)
+            finally:
+                part.unlink(missing_ok=True)
             return final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        part = self.staging / f"{uuid.uuid4().hex}.part"
-        try:
-            with part.open("xb") as out:
-                body = self._client.get_object(Bucket=self.bucket, Key=self._blob(digest))["Body"]
-                try:
-                    while chunk := body.read(CHUNK):
-                        out.write(chunk)
-                finally:
-                    body.close()
-                out.flush()
-                os.fsync(out.fileno())
-            if not self._verify_file(part, digest):
-                raise blob_failed(digest, ArtifactBroken("the copy fetched does not open"))
-            os.replace(part, final)
-            fsync_dir(final.parent)
-        finally:
-            part.unlink(missing_ok=True)
-        return final
 
     def _verify_file(self, path: Path, digest: str) -> bool:
         key = self.data_key(digest)
-        found = hashlib.sha256()
-        try:
-            with path.open("rb") as f:
-                chunks = (
-                    open_sealed(key, f) if key is not None else iter(lambda: f.read(CHUNK), b"")
-                )
-                for chunk in chunks:
-                    found.update(chunk)
-        except ArtifactBroken:
-            return False
-        return found.hexdigest() == digest
+        with path.open("rb") as f:
+            chunks = open_sealed(key, f) if key is not None else iter(lambda: f.read(CHUNK), b"")
+            return opens_as(chunks, digest)
 
     # ---- housekeeping -----------------------------------------------------------------------
     def _list(self, prefix: str) -> Iterator[dict[str, Any]]:
@@ -299,32 +299,34 @@ class S3BlobStore:
             yield from page.get("Contents", ())
 
     def digests(self) -> Iterator[str]:
-        for item in self._list(f"{self.prefix}sha256/"):
-            name = item["Key"].rsplit("/", 1)[-1]
-            if DIGEST_RE.match(name):
-                yield name
+        with _reaching(self.bucket):
+            for item in self._list(f"{self.prefix}sha256/"):
+                name = item["Key"].rsplit("/", 1)[-1]
+                if DIGEST_RE.match(name):
+                    yield name
 
     def clean_staging(self) -> int:
         """Remove local leftovers, and what a crashed push left in the bucket long ago (other
         servers may be pushing now: only uploads and keys older than a day go)."""
-        removed = 0
-        for path in self.staging.glob("*.part"):
-            path.unlink(missing_ok=True)
-            removed += 1
-        old = time.time() - STALE_S
-        uploads = self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix)
-        for upload in uploads.get("Uploads", ()):
-            if upload["Initiated"].timestamp() < old:
-                self._client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                )
+        with _reaching(self.bucket):
+            removed = 0
+            for path in self.staging.glob("*.part"):
+                path.unlink(missing_ok=True)
                 removed += 1
-        blobs = set(self.digests())
-        for item in self._list(f"{self.prefix}keys/"):
-            digest = item["Key"].rsplit("/", 1)[-1].removesuffix(".key")
-            if digest not in blobs and item["LastModified"].timestamp() < old:
-                self._client.delete_object(Bucket=self.bucket, Key=item["Key"])
-        return removed
+            old = time.time() - STALE_S
+            uploads = self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix)
+            for upload in uploads.get("Uploads", ()):
+                if upload["Initiated"].timestamp() < old:
+                    self._client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    removed += 1
+            blobs = set(self.digests())
+            for item in self._list(f"{self.prefix}keys/"):
+                digest = item["Key"].rsplit("/", 1)[-1].removesuffix(".key")
+                if digest not in blobs and item["LastModified"].timestamp() < old:
+                    self._client.delete_object(Bucket=self.bucket, Key=item["Key"])
+            return removed
 
     def seal_plaintext(self) -> int:
         return 0  # blobs are sealed on their way into the bucket

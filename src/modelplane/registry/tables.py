@@ -151,3 +151,37 @@ class AuditRow(Base):
     target: Mapped[str] = mapped_column(String(500))
     result: Mapped[str] = mapped_column(String(100))
     detail: Mapped[str] = mapped_column(String(500), default="")
+
+
+class ServerRow(Base):
+    """A server of the installation and its last heartbeat (seconds since the epoch)."""
+
+    __tablename__ = "servers"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(String(512))
+    started_at: Mapped[float] = mapped_column(Float)
+    seen_at: Mapped[float] = mapped_column(Float)
+
+
+class LeaseRow(Base):
+    """Who runs the controller: the holder, until ``expires_at``; ``token`` grows with every
+    change of holder (the fence)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    token: Mapped[int] = mapped_column(BigInteger)
+    acquired_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class DocumentRow(Base):
+    """A document the leader shares with every server (the routes), written under its lease."""
+
+    __tablename__ = "cluster_documents"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    doc: Mapped[object] = mapped_column(JSON)
+    token: Mapped[int] = mapped_column(BigInteger)

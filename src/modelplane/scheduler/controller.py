@@ -91,7 +91,14 @@ class Controller:
         on_step: Callable[[float], None] | None = None,
         load: LoadSource | None = None,
         nodes: NodeStore | None = None,
+        may_act: Callable[[], bool] | None = None,
+        share: Callable[[list[Route]], None] | None = None,
     ) -> None:
+        """``may_act`` says whether this server leads (None: always); ``share`` writes the
+        routes for the gateways of the other servers (run in a thread when they change)."""
+        self._may_act = may_act or (lambda: True)
+        self._share = share
+        self._shared: list[Route] | None = None
         self._node_store = nodes
         self._cordons: dict[str, Cordon] = {}
         self._on_step = on_step
@@ -189,6 +196,8 @@ class Controller:
         desired = [self._desired(r) for r in records]
         actions = plan(desired, observed, self._nodes, self._start_budget(desired))
         pending: defaultdict[str, list[str]] = defaultdict(list)
+        if not self._may_act():
+            return  # the lease ran out while this step observed: another server acts now
         for action in actions:
             if isinstance(action, Stop):
                 owner = owners.get(action.replica_id, "")
@@ -209,7 +218,8 @@ class Controller:
         self._observed = observed
         self._forget(by_name)
         records = await self._note_stable(records, observed)
-        self._publish(records, observed, planned_at)
+        routes = self._publish(records, observed, planned_at)
+        await self._share_routes(routes)
         self.load.prune({r.id: r.url for r in observed})
 
     async def _observe(self, with_nodes: bool) -> list[Replica]:
@@ -350,13 +360,18 @@ class Controller:
         if action.revision and record.stable is not None:
             record = record.stable  # the last revision that served, while the new one cannot
         version, d = record.version, record.deployment
+        try:  # a bucket-backed store fetches its local copy here: off the loop
+            artifact = await asyncio.to_thread(self._blob_path, version.artifact.digest)
+        except Exception as exc:  # the store is away: this start waits, the loop goes on
+            self._last_failure[d.name] = f"could not fetch the artifact: {redact_paths(str(exc))}"
+            log.warning("cannot start a replica of %s yet: %s", d.name, exc)
+            return
         spec = ReplicaSpec(
             replica_id=uuid.uuid4().hex[:10],
             deployment=d.name,
             model=version.model,
             version=version.version,
-            # a bucket-backed store fetches its local copy here: off the loop
-            artifact=await asyncio.to_thread(self._blob_path, version.artifact.digest),
+            artifact=artifact,
             digest=version.artifact.digest,
             revision=d.revision,
             config=d.config,
@@ -376,7 +391,7 @@ class Controller:
 
     def _publish(
         self, records: list[DeploymentRecord], observed: list[Replica], planned_at: float
-    ) -> None:
+    ) -> list[Route]:
         routes = []
         for record in records:
             d = record.deployment
@@ -408,12 +423,36 @@ class Controller:
                 )
             )
         self._table.publish(routes)
+        return routes
+
+    async def _share_routes(self, routes: list[Route]) -> None:
+        """Hand the routes to the other servers' gateways when they changed (``planned_at``
+        aside, which is this process's clock)."""
+        if self._share is None:
+            return
+        comparable = [replace(r, planned_at=0.0) for r in routes]
+        if comparable == self._shared:
+            return
+        try:
+            await asyncio.to_thread(self._share, routes)
+        except Exception:
+            log.exception("could not share the routes; trying again next step")
+            return
+        self._shared = comparable
+
+    async def release_all(self) -> None:
+        """Stop every replica this server started (its lease is lost: the new leader starts
+        its own, and none is left running that nobody manages)."""
+        for replica in list(self._observed):
+            await self._stop(replica.id, "this server no longer leads", replica.deployment)
+        self._observed, self._shared = [], None
 
     async def run(self) -> None:
         while True:
             started = time.perf_counter()
             try:
-                await self.step()
+                if self._may_act():
+                    await self.step()
             except Exception:
                 log.exception("reconcile step failed; retrying")
             elapsed = time.perf_counter() - started

@@ -23,7 +23,7 @@ class Action(enum.StrEnum):
     ALIAS = "alias"
     DELETE = "delete"  # versions and models not in use
     DEPLOY = "deploy"  # deploy, scale, undeploy
-    NODES = "nodes"  # cordon, drain, uncordon
+    NODES = "nodes"  # cordon, drain, uncordon; the servers of the cluster
     LOGS = "logs"
     METRICS = "metrics"  # /metrics
     MANAGE_KEYS = "manage_keys"

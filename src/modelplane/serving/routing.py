@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from modelplane.domain import Signature
 
@@ -29,6 +30,21 @@ class Route:
     cold_start_s: float = 0.0  # >0: with no replica, hold requests this long while one starts
     pending: str = ""  # why a wanted replica cannot be placed now (no room), if one cannot
     planned_at: float = 0.0  # time.monotonic() when the plan behind ``pending`` began
+
+
+def route_doc(route: Route) -> dict[str, Any]:
+    """The route as JSON, for the gateways of other servers (``planned_at`` stays here: it is
+    this process's monotonic clock)."""
+    doc = asdict(route)
+    doc["signature"] = route.signature.to_dict()
+    doc["endpoints"] = [[e.replica_id, e.url] for e in route.endpoints]
+    del doc["planned_at"]
+    return doc
+
+
+def route_from_doc(doc: dict[str, Any]) -> Route:
+    return Route(**{**doc, "signature": Signature.from_dict(doc["signature"]),
+                    "endpoints": tuple(Endpoint(i, u) for i, u in doc["endpoints"])})  # fmt: skip
 
 
 RETIRED_KEPT = 1000
