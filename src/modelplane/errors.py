@@ -46,6 +46,11 @@ class PayloadTooLarge(ModelplaneError):
     status = 413
 
 
+class StorageFull(ModelplaneError):
+    code = "insufficient_storage"
+    status = 507
+
+
 class UnsupportedModel(ModelplaneError):
     code = "unsupported_model"
     status = 422
@@ -77,6 +82,7 @@ STATUS_ERRORS: dict[int, type[ModelplaneError]] = {
     429: Overloaded,
     503: Unavailable,
     504: DeadlineExceeded,
+    507: StorageFull,
 }
 
 

@@ -39,7 +39,7 @@ from modelplane.registry.nodes import NodeStore
 from modelplane.registry.s3blobs import S3BlobStore, StorageUrlError
 from modelplane.registry.service import RegistryService
 from modelplane.scheduler.controller import Controller
-from modelplane.scheduler.leader import Leadership, follow_routes, share_routes
+from modelplane.scheduler.leader import Leadership, follow_leader, share_state
 from modelplane.security.blobkeys import BlobKeys, MasterKeyError, load_master_key
 from modelplane.security.detection import AttackDetector, rules_from
 from modelplane.security.limiter import Quotas
@@ -96,6 +96,18 @@ def make_executor(
 
         return RayExecutor(settings, artifact_keys)
     return LocalExecutor(settings, artifact_keys, token)
+
+
+def server_id(home: Path) -> str:
+    """This server's name among those sharing a database, kept in its home: a restarted server
+    is the same one, and takes back its own lease at once instead of waiting for it to run out."""
+    path = home / "server.id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        name = uuid.uuid4().hex[:12]
+        path.write_text(name + "\n")
+        return name
 
 
 def shared_replica_token(settings: Settings, keys: BlobKeys) -> str | None:
@@ -169,7 +181,7 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
     table = RoutingTable()
     metrics = Metrics(CollectorRegistry(), settings.telemetry.request_metrics)
     scheme = "https" if settings.server.tls_cert is not None else "http"
-    me = ServerInfo(uuid.uuid4().hex[:12], f"{scheme}://{settings.server.host}:"
+    me = ServerInfo(server_id(settings.home), f"{scheme}://{settings.server.host}:"
                     f"{settings.server.port}", time.time())  # fmt: skip
     releasing: set[asyncio.Task[None]] = set()
 
@@ -192,7 +204,7 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
         nodes=nodes,
         on_step=metrics.reconcile.observe,
         may_act=lambda: leadership.leading,
-        share=share_routes(cluster, leadership),
+        share=share_state(cluster, leadership),
     )
     gateway = Gateway(
         table, executor.token, settings.serving.request_timeout_s, metrics, executor.replica_tls
@@ -239,7 +251,7 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
         await leadership.try_once()  # a lone server leads from its first reconcile
         leadership.start()
         controller.start()
-        following = asyncio.create_task(follow_routes(cluster, table, leadership))
+        following = asyncio.create_task(follow_leader(cluster, table, controller.adopt, leadership))
         usage = asyncio.create_task(flush_usage_forever(keys))  # keys' last use, in batches
         # freed uploads and parsed models go back to the system, not kept by malloc
         release = asyncio.create_task(release_freed_memory_forever())

@@ -67,6 +67,12 @@ def test_two_servers_one_leader_and_a_handover(server_factory, postgres, s3, iri
     assert first.cli("deploy", "iris").returncode == 0
     wait_for(lambda: serves(second), timeout=30)
     assert serves(first)
+    # and one through the follower too: it shows what the leader's controller saw
+    through_follower = second.cli("deploy", "iris", "--replicas", "2")
+    assert through_follower.returncode == 0, through_follower.stderr
+    assert second.deployment("iris")["ready_replicas"] == 2
+    shown = second.cli("deployments", "status", "iris")
+    assert shown.stdout.count("ready") >= 2, shown.stdout
 
     # the leader dies (kill -9; its local replicas follow it): the other takes over
     with Load(second) as load:
@@ -86,7 +92,7 @@ def test_two_servers_one_leader_and_a_handover(server_factory, postgres, s3, iri
     assert handover_s <= 5.0
     assert served_s <= 60.0
     # the survivor accepts deploys, and runs exactly the replicas it is asked for
-    assert second.cli("deploy", "iris", "--replicas", "2").returncode == 0
+    assert second.cli("deploy", "iris", "--replicas", "3").returncode == 0
     replicas = second.deployment("iris")["replicas"]
-    assert len(replicas) == 2
+    assert len(replicas) == 3
     assert next(s for s in status(second)["servers"] if s["this"])["leader"]

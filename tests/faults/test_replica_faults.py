@@ -85,7 +85,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_sigterm_drains_a_replica_holding_20_slow_requests(tmp_path: Path, iris_file) -> None:
-    """Requests wait in each replica's batcher for a fuller batch (1.5 s): 40 at once put 20 on
+    """Requests wait in each replica's batcher for a fuller batch (3 s): 40 at once put 20 on
     each replica; the one sent SIGTERM turns unready, answers all it holds, then exits, and
     requests that reach it meanwhile are served by the other replica."""
     import asyncio
@@ -94,7 +94,7 @@ def test_sigterm_drains_a_replica_holding_20_slow_requests(tmp_path: Path, iris_
     try:
         server.start()
         server.push(iris_file)
-        batching = ["--max-batch-size", "64", "--max-queue-delay-ms", "1500",
+        batching = ["--max-batch-size", "64", "--max-queue-delay-ms", "3000",
                     "--preferred-batch-size", "64"]  # fmt: skip
         deployed = server.cli("deploy", "iris", "--replicas", "2", *batching)
         assert deployed.returncode == 0, deployed.stderr
@@ -113,7 +113,7 @@ def test_sigterm_drains_a_replica_holding_20_slow_requests(tmp_path: Path, iris_
                     return reply.status_code
 
                 held = [asyncio.create_task(one(0)) for _ in range(40)]
-                await asyncio.sleep(0.5)  # all 40 are waiting in the two batchers
+                await asyncio.sleep(1.5)  # all 40 are waiting in the two batchers (3 s)
                 os.kill(victim, signal.SIGTERM)
                 later = [asyncio.create_task(one(0.1 * i)) for i in range(10)]  # during drain
                 return list(await asyncio.gather(*held, *later))

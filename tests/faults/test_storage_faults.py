@@ -47,6 +47,8 @@ class Proxy:
                 client, _ = self._listener.accept()
             except TimeoutError:
                 continue
+            except OSError:
+                return  # closed: the proxy is done
             if not self._up.is_set():
                 client.close()
                 continue

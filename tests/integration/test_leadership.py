@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from modelplane.registry.cluster import ROUTES, ClusterStore, ServerInfo
+from modelplane.registry.cluster import CONTROL, ClusterStore, ServerInfo
 from modelplane.registry.db import make_engine, make_sessions, migrate
 from modelplane.scheduler.leader import Leadership
 from modelplane.settings import Settings
@@ -39,8 +39,8 @@ async def test_one_leader_then_a_fenced_handover(store: ClusterStore) -> None:
     assert not await b.try_once()
     assert a.lease is not None
     first = a.lease.token
-    assert store.publish(ROUTES, [{"name": "iris"}], "a", first)
-    assert not store.publish(ROUTES, [], "b", first)  # only the holder writes
+    assert store.publish(CONTROL, [{"name": "iris"}], "a", first)
+    assert not store.publish(CONTROL, [], "b", first)  # only the holder writes
     assert [s.id for s in store.servers(0)] == ["a", "b"]
 
     # a cannot renew (its database is away, say): it stops leading 1 s before the lease ends
@@ -51,9 +51,9 @@ async def test_one_leader_then_a_fenced_handover(store: ClusterStore) -> None:
     assert await b.try_once()
     assert b.lease is not None
     assert b.lease.token == first + 1
-    assert not store.publish(ROUTES, [], "a", first)  # the old leader is fenced off
-    assert store.publish(ROUTES, [{"name": "iris", "v": 2}], "b", b.lease.token)
-    assert store.document(ROUTES) == [{"name": "iris", "v": 2}]
+    assert not store.publish(CONTROL, [], "a", first)  # the old leader is fenced off
+    assert store.publish(CONTROL, [{"name": "iris", "v": 2}], "b", b.lease.token)
+    assert store.document(CONTROL) == [{"name": "iris", "v": 2}]
     assert not await a.try_once()
     assert changes == [("a", True), ("b", True), ("a", False)]
 

@@ -14,6 +14,7 @@ def test_public_api_is_curated() -> None:
             "Overloaded",
             "PayloadTooLarge",
             "PermissionDenied",
+            "StorageFull",
             "Unauthenticated",
             "Unavailable",
             "UnsupportedModel",

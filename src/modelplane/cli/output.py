@@ -28,6 +28,7 @@ EXIT_CODES: dict[type[errors.ModelplaneError], int] = {
     errors.Unavailable: 6,
     errors.Overloaded: 6,
     errors.DeadlineExceeded: 6,
+    errors.StorageFull: 6,
 }
 
 

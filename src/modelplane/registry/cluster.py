@@ -1,6 +1,6 @@
 """What the servers of one installation share through the database: who they are (each writes a
 heartbeat), which one leads (a lease with a fencing token), and the routes the leader publishes
-for every gateway.
+and what its controller saw, for every gateway and API.
 
 The lease: one row, ``(holder, token, expires_at)``. A server takes it when it is free or has
 expired, and renews it while it holds it; every change of holder increments the token. Times
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from modelplane.registry.tables import DocumentRow, LeaseRow, ServerRow
 
 CONTROLLER = "controller"
-ROUTES = "routes"
+CONTROL = "control"  # the leader's routes and what its controller saw
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,7 +24,14 @@ from modelplane.domain.model import (
     alias_problem,
     name_problem,
 )
-from modelplane.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, UnsupportedModel
+from modelplane.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    StorageFull,
+    UnsupportedModel,
+)
 from modelplane.registry.blobs import BlobStore
 from modelplane.registry.tables import (
     AliasRow,
@@ -160,6 +168,14 @@ class RegistryService:
                 if self._check_loads is not None:
                     await self._check_loads(staged.path)  # before the version can be seen
             artifact = await run_in_threadpool(staged.commit)
+        except OSError as exc:
+            staged.discard()  # the space the upload took is given back at once
+            if exc.errno == errno.ENOSPC:
+                raise StorageFull(
+                    "no space left on the server's disk for this upload; nothing was kept. "
+                    "Free space where MODELPLANE_HOME is, then push again"
+                ) from None
+            raise
         except BaseException:
             staged.discard()
             raise

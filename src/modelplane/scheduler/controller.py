@@ -23,6 +23,7 @@ from modelplane.registry.deployments import DeploymentRecord, DeploymentStore
 from modelplane.registry.nodes import Cordon, NodeStore
 from modelplane.scheduler import autoscaling
 from modelplane.scheduler.planning import Desired, Drain, Pending, Start, Stop, plan
+from modelplane.scheduler.view import ControlView
 from modelplane.serving.routing import Endpoint, Route, RoutingTable
 from modelplane.telemetry.logs import now_iso
 
@@ -92,13 +93,13 @@ class Controller:
         load: LoadSource | None = None,
         nodes: NodeStore | None = None,
         may_act: Callable[[], bool] | None = None,
-        share: Callable[[list[Route]], None] | None = None,
+        share: Callable[[list[Route], ControlView], None] | None = None,
     ) -> None:
         """``may_act`` says whether this server leads (None: always); ``share`` writes the
-        routes for the gateways of the other servers (run in a thread when they change)."""
+        routes and the view for the other servers (run in a thread when they change)."""
         self._may_act = may_act or (lambda: True)
         self._share = share
-        self._shared: list[Route] | None = None
+        self._shared: tuple[list[Route], ControlView] | None = None
         self._node_store = nodes
         self._cordons: dict[str, Cordon] = {}
         self._on_step = on_step
@@ -129,50 +130,63 @@ class Controller:
         self._failure_logged: set[str] = set()  # replicas whose failure the log has
         self._events: deque[dict[str, Any]] = deque(maxlen=1000)
         self._task: asyncio.Task[None] | None = None
+        self.view = ControlView()
 
-    # ---- what the API reads -----------------------------------------------------------------
+    # ---- what the API reads: the view the leader built at its last step -----------------
     def replicas(self, deployment: str) -> list[Replica]:
-        return [r for r in self._observed if r.deployment == deployment]
+        return self.view.replicas_of(deployment)
 
     def all_replicas(self) -> list[Replica]:
-        return list(self._observed)
+        return list(self.view.replicas)
 
     def nodes(self) -> list[Node]:
-        return list(self._nodes)
+        return list(self.view.nodes)
 
     def pending(self, deployment: str) -> list[str]:
         """Why each replica that is wanted but not placed is waiting."""
-        return list(self._pending.get(deployment, []))
+        return list(self.view.pending.get(deployment, []))
 
     def acted_on(self, deployment: str) -> datetime | None:
         """The deployment's ``updated_at`` as the last reconcile saw it: equal to the stored one
         once the controller has acted on the latest change (like Kubernetes' observedGeneration)."""
-        return self._acted_on.get(deployment)
+        return self.view.acted_on.get(deployment)
 
     def pending_count(self) -> int:
         """Replicas wanted but not placed, over all deployments."""
-        return sum(len(reasons) for reasons in self._pending.values())
+        return sum(len(reasons) for reasons in self.view.pending.values())
 
     def placement(self, replica_id: str) -> str:
         """Why the replica's node was chosen."""
-        return self._placements.get(replica_id, "")
+        return self.view.placements.get(replica_id, "")
 
     def scale_target(self, deployment: str) -> int | None:
         """The autoscaler's current replica count, where autoscaling is on."""
-        state = self._scale.get(deployment)
-        return None if state is None else state.replicas
+        return self.view.scale.get(deployment)
 
     def events(self, deployment: str, limit: int = 20) -> list[dict[str, Any]]:
         """The latest replica starts, drains, stops and scaling decisions, with their reasons."""
-        mine = [e for e in self._events if e["deployment"] == deployment]
-        return mine[-limit:]
+        return self.view.events_of(deployment, limit)
 
     def _event(self, deployment: str, action: str, replica: str, reason: str) -> None:
         self._events.append({"time": now_iso(), "deployment": deployment, "action": action,
                              "replica": replica, "reason": reason})  # fmt: skip
 
     def last_failure(self, deployment: str) -> str | None:
-        return self._last_failure.get(deployment)
+        return self.view.failures.get(deployment)
+
+    def adopt(self, view: ControlView) -> None:
+        """Show what the leader saw (this server follows)."""
+        self.view = view
+
+    def _build_view(self) -> ControlView:
+        return ControlView(
+            replicas=tuple(self._observed), nodes=tuple(self._nodes),
+            pending={k: list(v) for k, v in self._pending.items()},
+            acted_on=dict(self._acted_on), placements=dict(self._placements),
+            scale={k: v.replicas for k, v in self._scale.items()},
+            events=tuple(self._events), failures=dict(self._last_failure),
+            cordons=dict(self._cordons),
+        )  # fmt: skip
 
     def kick(self) -> None:
         """Reconcile now instead of at the next tick (after a deploy, say)."""
@@ -180,7 +194,7 @@ class Controller:
 
     # ---- the loop ---------------------------------------------------------------------------
     def cordon(self, node: str) -> Cordon | None:
-        return self._cordons.get(node)
+        return self.view.cordons.get(node)
 
     async def step(self) -> None:
         # what the gateway compares with a request's arrival: time.monotonic, not self._clock
@@ -219,7 +233,8 @@ class Controller:
         self._forget(by_name)
         records = await self._note_stable(records, observed)
         routes = self._publish(records, observed, planned_at)
-        await self._share_routes(routes)
+        self.view = self._build_view()
+        await self._share_state(routes, self.view)
         self.load.prune({r.id: r.url for r in observed})
 
     async def _observe(self, with_nodes: bool) -> list[Replica]:
@@ -407,7 +422,8 @@ class Controller:
                 serving = [r for r in ready if r.revision == stable.deployment.revision]
             elif not serving:
                 serving = [r for r in ready if r.version == version]
-            scaling, target = d.autoscaling, self.scale_target(d.name)
+            scaling, state = d.autoscaling, self._scale.get(d.name)
+            target = None if state is None else state.replicas
             routes.append(
                 Route(
                     name=d.name,
@@ -425,16 +441,16 @@ class Controller:
         self._table.publish(routes)
         return routes
 
-    async def _share_routes(self, routes: list[Route]) -> None:
-        """Hand the routes to the other servers' gateways when they changed (``planned_at``
+    async def _share_state(self, routes: list[Route], view: ControlView) -> None:
+        """Hand the routes and the view to the other servers when they changed (``planned_at``
         aside, which is this process's clock)."""
         if self._share is None:
             return
-        comparable = [replace(r, planned_at=0.0) for r in routes]
+        comparable = ([replace(r, planned_at=0.0) for r in routes], view)
         if comparable == self._shared:
             return
         try:
-            await asyncio.to_thread(self._share, routes)
+            await asyncio.to_thread(self._share, routes, view)
         except Exception:
             log.exception("could not share the routes; trying again next step")
             return

@@ -18,15 +18,16 @@ import logging
 import time
 from collections.abc import Callable
 
-from modelplane.registry.cluster import ROUTES, ClusterStore, Lease, ServerInfo
+from modelplane.registry.cluster import CONTROL, ClusterStore, Lease, ServerInfo
 from modelplane.registry.db import DATABASE_DOWN
+from modelplane.scheduler.view import ControlView
 from modelplane.serving.routing import Route, RoutingTable, route_doc, route_from_doc
 
 log = logging.getLogger("modelplane.leader")
 
 TTL_S = 3.0
 MARGIN_S = 1.0
-FOLLOW_INTERVAL_S = 0.5  # how often a follower reads the leader's routes
+FOLLOW_INTERVAL_S = 0.5  # how often a follower reads the leader's routes and view
 
 
 class Leadership:
@@ -118,39 +119,43 @@ class Leadership:
         self._lease = None
 
 
-def share_routes(store: ClusterStore, leadership: Leadership) -> Callable[[list[Route]], None]:
-    """What the controller calls with its routes: written under this server's lease (a server
-    that lost it writes nothing)."""
+def share_state(
+    store: ClusterStore, leadership: Leadership
+) -> Callable[[list[Route], ControlView], None]:
+    """What the controller calls with its routes and view: written under this server's lease (a
+    server that lost it writes nothing)."""
 
-    def share(routes: list[Route]) -> None:
+    def share(routes: list[Route], view: ControlView) -> None:
         lease = leadership.lease
         if lease is None:
             return
-        docs = [route_doc(r) for r in routes]
-        if not store.publish(ROUTES, docs, leadership.me.id, lease.token):
+        doc = {"routes": [route_doc(r) for r in routes], "view": view.to_doc()}
+        if not store.publish(CONTROL, doc, leadership.me.id, lease.token):
             log.warning("not publishing routes: the lease is no longer this server's")
 
     return share
 
 
-async def follow_routes(
+async def follow_leader(
     store: ClusterStore,
     table: RoutingTable,
+    adopt: Callable[[ControlView], None],
     leadership: Leadership,
     interval_s: float = FOLLOW_INTERVAL_S,
 ) -> None:
-    """While another server leads, serve the routes it publishes. With the database away the
-    routes held are kept: inference goes on."""
+    """While another server leads, serve the routes it publishes and show what it saw. With the
+    database away the routes held are kept: inference goes on."""
     last: object = None
     while True:
         if leadership.leading:
             last = None  # the controller here publishes; read again after a handover
         else:
             try:
-                docs = await asyncio.to_thread(store.document, ROUTES)
+                doc = await asyncio.to_thread(store.document, CONTROL)
             except DATABASE_DOWN:
-                docs = last
-            if docs is not None and docs != last:
-                table.publish([route_from_doc(d) for d in docs])
-                last = docs
+                doc = last
+            if doc is not None and doc != last:
+                table.publish([route_from_doc(d) for d in doc["routes"]])
+                adopt(ControlView.from_doc(doc["view"]))
+                last = doc
         await asyncio.sleep(interval_s)
