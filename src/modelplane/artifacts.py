@@ -15,7 +15,7 @@ import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -57,10 +57,14 @@ def _aad(header: bytes, index: int, final: bool) -> bytes:
     return header + index.to_bytes(8, "big") + (b"\x01" if final else b"\x00")
 
 
+class Sink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
 class Sealer:
     """Writes a sealed artifact to ``out`` as plaintext arrives (``write``), then ``close``."""
 
-    def __init__(self, key: bytes, out: BinaryIO, chunk_size: int = CHUNK) -> None:
+    def __init__(self, key: bytes, out: Sink, chunk_size: int = CHUNK) -> None:
         if not 0 < chunk_size <= MAX_CHUNK:
             raise ValueError(f"chunk size must be in 1..{MAX_CHUNK}")
         self._aead = AESGCM(key)

@@ -72,11 +72,6 @@ class ClusterStore:
         with self._sessions.begin() as session:
             session.execute(delete(ServerRow).where(ServerRow.id == server_id))
 
-    def forget_before(self, seen_before: float) -> None:
-        """Drop servers not heard from since ``seen_before`` (gone for good)."""
-        with self._sessions.begin() as session:
-            session.execute(delete(ServerRow).where(ServerRow.seen_at < seen_before))
-
     # ---- the lease ----------------------------------------------------------------------------
     def acquire(self, holder: str, ttl_s: float, now: float) -> Lease | None:
         """Take or renew the controller's lease for ``holder``; None when another holds it."""

@@ -57,7 +57,7 @@ def _record(row: DeploymentRow) -> DeploymentRecord:
     current = _as_of(row, row.version, row.config, row.replicas)
     if row.stable_version is None or row.stable_config is None:
         return current
-    stable = _as_of(row, row.stable_version, row.stable_config, row.stable_replicas or 1)
+    stable = _as_of(row, row.stable_version, row.stable_config, 1)
     if stable.deployment.revision == current.deployment.revision:
         return replace(current, served=True)
     return replace(current, stable=stable)
@@ -181,7 +181,6 @@ class DeploymentStore:
                 return False
             row.stable_version_id = row.version_id
             row.stable_config = dict(row.config or {})
-            row.stable_replicas = row.replicas
             return True
 
     @staticmethod

@@ -196,21 +196,19 @@ class KeyStore:
             except DATABASE_DOWN:
                 if cached is None:
                     raise database_unavailable() from None
-                # the database is away: the last answer stands until it is back (nothing can
-                # revoke a key meanwhile either)
-                return self._note_use(cached[1], moment)
+                # the database is away: the last answer stands for another period (nothing can
+                # revoke a key meanwhile either), so the outage costs one try per period, not
+                # one per request
+                principal, valid_s = cached[1], self._cache_s
             cached = (moment + min(self._cache_s, valid_s), principal)
             with self._lock:
                 cache[digest] = cached
                 cache.move_to_end(digest)
                 while len(cache) > self._cache_entries:
                     cache.popitem(last=False)
-        return self._note_use(cached[1], moment)
-
-    def _note_use(self, principal: Principal | None, moment: float) -> Principal | None:
-        if principal is not None:
-            self._used[principal.key_id] = moment
-        return principal
+        if cached[1] is not None:
+            self._used[cached[1].key_id] = moment
+        return cached[1]
 
     def _forget(self) -> None:
         """Drop every cached check (after a change made here: it takes effect at once)."""

@@ -188,11 +188,11 @@ class S3BlobStore:
                             Bucket=self.bucket, Key=self._key(digest), Body=wrapped
                         )
                     with staged.open("rb") as source:
-                        sink: Any = parts if key is None else Sealer(key, parts)  # type: ignore[arg-type]
+                        sealer = None if key is None else Sealer(key, parts)
                         while chunk := source.read(CHUNK):
-                            sink.write(chunk)
-                        if key is not None:
-                            sink.close()
+                            (parts if sealer is None else sealer).write(chunk)
+                        if sealer is not None:
+                            sealer.close()
                     parts.complete()
                 except BaseException:
                     # an upload never completed is invisible; one the store cannot abort now

@@ -80,7 +80,6 @@ class DeploymentRow(Base):
         ForeignKey("model_versions.id"), nullable=True
     )
     stable_config: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
-    stable_replicas: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     version: Mapped[VersionRow] = relationship(foreign_keys=[version_id])
     stable_version: Mapped[VersionRow | None] = relationship(foreign_keys=[stable_version_id])

@@ -64,3 +64,33 @@ def test_a_full_cache_forgets_the_least_recently_used(store: KeyStore) -> None:
     assert len(counting.calls) == 4  # all three still cached
     assert store.authenticate(keys[1]) is not None
     assert counting.calls[-1] == keys[1]
+
+
+def test_a_database_away_is_tried_once_a_period_while_known_keys_keep_working(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
+    from modelplane.errors import Unavailable
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'keys.db'}")
+    migrate(engine)
+    store = KeyStore(make_sessions(engine), cache_s=0.2)
+    _, secret = store.create(KeySpec(Role.VIEWER, "v"))
+    _, unseen = store.create(KeySpec(Role.VIEWER, "w"))
+    assert store.authenticate(secret) is not None
+    tries: list[str] = []
+
+    def away(token: str) -> tuple[Principal | None, float]:
+        tries.append(token)
+        raise OperationalError("SELECT", {}, Exception("connection refused"))
+
+    store._check = away  # type: ignore[method-assign]  # the database goes away
+    time.sleep(0.25)  # the cached check has expired
+    for _ in range(50):
+        assert store.authenticate(secret) is not None  # its last check stands
+    assert tries == [secret]  # one try for the period, not one per request
+    with pytest.raises(Unavailable, match="database cannot be reached"):
+        store.authenticate(unseen)  # a key never checked cannot be vouched for

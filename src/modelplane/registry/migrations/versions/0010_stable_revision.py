@@ -18,7 +18,6 @@ def upgrade() -> None:
     with op.batch_alter_table("deployments") as batch:
         batch.add_column(sa.Column("stable_version_id", sa.Integer, nullable=True))
         batch.add_column(sa.Column("stable_config", sa.JSON, nullable=True))
-        batch.add_column(sa.Column("stable_replicas", sa.Integer, nullable=True))
         batch.create_foreign_key(
             "fk_deployments_stable_version", "model_versions", ["stable_version_id"], ["id"]
         )
@@ -27,6 +26,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("deployments") as batch:
         batch.drop_constraint("fk_deployments_stable_version", type_="foreignkey")
-        batch.drop_column("stable_replicas")
         batch.drop_column("stable_config")
         batch.drop_column("stable_version_id")
