@@ -70,6 +70,7 @@ bench: install
 	$(BIN)/python bench/scheduler.py
 	$(BIN)/python bench/quotas.py
 	$(BIN)/python bench/llm.py
+	$(BIN)/python bench/soak.py
 
 ## Regenerate the V2 gRPC stubs (protobuf 6 gencode, private descriptor pool: see the README there).
 PROTO_DIR := src/modelplane/protocol/grpc

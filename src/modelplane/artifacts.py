@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -124,6 +124,17 @@ def open_sealed(key: bytes, f: BinaryIO) -> Iterator[bytes]:
         if final:
             return
         current, index = following, index + 1
+
+
+def opens_as(chunks: Iterable[bytes], digest: str) -> bool:
+    """Whether a blob's plaintext ``chunks`` open and hash to ``digest``."""
+    found = hashlib.sha256()
+    try:
+        for chunk in chunks:
+            found.update(chunk)
+    except ArtifactBroken:
+        return False
+    return found.hexdigest() == digest
 
 
 def read_artifact(path: Path, digest: str, key: bytes | None) -> bytes:

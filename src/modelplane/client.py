@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -12,7 +13,7 @@ import httpx
 import numpy as np
 import orjson
 
-from modelplane import errors
+from modelplane import backups, errors
 from modelplane.client_types import (
     AuditEntry,
     DeploymentInfo,
@@ -370,6 +371,35 @@ class Client:
         """Re-wrap the blob store's data keys under a new master key (admin keys only)."""
         result: dict[str, Any] = self._request("POST", "/api/v1/admin/rotate-master-key").json()
         return result
+
+    def backup(self, target: Path, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Write a backup of the server (embedded default only; admin keys) to ``target``: it
+        appears only once whole and checked. Returns its manifest; ``progress`` hears the bytes
+        received so far."""
+        if target.exists():
+            raise errors.InvalidInput(f"{target} exists; choose a new file name")
+        partial = target.with_name(f".{target.name}.partial")
+        received = 0
+        try:
+            with self._http.stream("GET", "/api/v1/admin/backup", timeout=None) as response:
+                if not response.is_success:
+                    response.read()
+                    raise_for(response)
+                with partial.open("wb") as out:
+                    for chunk in response.iter_bytes(1 << 20):
+                        out.write(chunk)
+                        received += len(chunk)
+                        if progress is not None:
+                            progress(received)
+                    out.flush()
+                    os.fsync(out.fileno())
+            manifest = backups.read_manifest(partial)
+            partial.rename(target)
+        except httpx.TransportError as exc:
+            raise errors.Unavailable(f"the backup stream ended: {type(exc).__name__}") from None
+        finally:
+            partial.unlink(missing_ok=True)
+        return manifest
 
     def audit(
         self,

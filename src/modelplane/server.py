@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
-import hmac
 import logging
 import os
 import socket
@@ -22,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from starlette.types import ASGIApp
 
-from modelplane import __version__
+from modelplane import __version__, backups
 from modelplane.api.app import create_app
 from modelplane.api.services import Services
 from modelplane.cluster.executor import ReplicaExecutor
@@ -38,11 +36,13 @@ from modelplane.registry.keys import KeySpec, KeyStore, flush_usage_forever
 from modelplane.registry.nodes import NodeStore
 from modelplane.registry.s3blobs import S3BlobStore, StorageUrlError
 from modelplane.registry.service import RegistryService
+from modelplane.scheduler.cluster_load import ClusterLoad
 from modelplane.scheduler.controller import Controller
 from modelplane.scheduler.leader import Leadership, follow_leader, share_state
 from modelplane.security.blobkeys import BlobKeys, MasterKeyError, load_master_key
 from modelplane.security.detection import AttackDetector, rules_from
 from modelplane.security.limiter import Quotas
+from modelplane.security.replica_tls import derive
 from modelplane.security.tls import TlsFileError, TlsFiles, grpc_credentials, tls_files
 from modelplane.security.tls import uvicorn_options as tls_options
 from modelplane.serving.gateway import Gateway
@@ -89,12 +89,17 @@ def ensure_admin_key(keys: KeyStore, path: Path) -> bool:
 def make_executor(
     settings: Settings,
     artifact_keys: Callable[[str], bytes | None] | None = None,
-    token: str | None = None,
+    shared_secret: bytes | None = None,
+    artifact_source: Callable[[str], dict[str, str]] | None = None,
 ) -> ReplicaExecutor:
+    """The executor ``settings`` ask for; with ``shared_secret`` its replica credentials are
+    the ones every server sharing the database derives (see ``shared_replica_secret``); with
+    ``artifact_source``, Ray nodes fetch artifacts from the bucket themselves."""
     if settings.scheduler.executor == "ray":
         from modelplane.cluster.ray import RayExecutor
 
-        return RayExecutor(settings, artifact_keys)
+        return RayExecutor(settings, artifact_keys, shared_secret, artifact_source)
+    token = derive(shared_secret, b"replica token").hex() if shared_secret else None
     return LocalExecutor(settings, artifact_keys, token)
 
 
@@ -110,12 +115,13 @@ def server_id(home: Path) -> str:
         return name
 
 
-def shared_replica_token(settings: Settings, keys: BlobKeys) -> str | None:
-    """On a shared database every server's gateway must greet every replica: their token is
-    derived from the master key they share (None on SQLite: one server, a token of its own)."""
+def shared_replica_secret(settings: Settings, keys: BlobKeys) -> bytes | None:
+    """On a shared database every server's gateway must reach every replica, and a new leader
+    adopt its predecessor's Ray replicas: their token and CA are derived from the master key
+    the servers share (None on SQLite: one server, credentials of its own)."""
     if settings.resolved_database_url.startswith("sqlite"):
         return None
-    return hmac.new(keys.master.key, b"modelplane replica token", hashlib.sha256).hexdigest()
+    return keys.master.key
 
 
 def open_blob_store(settings: Settings) -> tuple[LocalBlobStore | S3BlobStore, BlobKeys]:
@@ -168,6 +174,7 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
         load_checker(settings),
     )
     removed = registry.collect_garbage()
+    backups.clean_snapshots(settings.work_dir)
     if removed:
         log.info("removed %d leftover file(s) from an interrupted write", removed)
     sealed = blobs.seal_plaintext()
@@ -177,7 +184,15 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
     keys = KeyStore(sessions)
     nodes = NodeStore(sessions)
     created = ensure_admin_key(keys, settings.admin_key_path)
-    executor = make_executor(settings, blobs.data_key, shared_replica_token(settings, blob_keys))
+    # replicas on Ray fetch artifacts from the bucket themselves: the server hands them where
+    # (and its own copy's path, used only where a node shares this machine's files)
+    blob_path: Callable[[str], Path] = blobs.path
+    source: Callable[[str], dict[str, str]] | None = None
+    if isinstance(blobs, S3BlobStore) and settings.scheduler.executor == "ray":
+        blob_path, source = blobs.cached_path, blobs.locate
+    executor = make_executor(
+        settings, blobs.data_key, shared_replica_secret(settings, blob_keys), source
+    )
     table = RoutingTable()
     metrics = Metrics(CollectorRegistry(), settings.telemetry.request_metrics)
     scheme = "https" if settings.server.tls_cert is not None else "http"
@@ -197,7 +212,7 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
         deployments,
         executor,
         table,
-        blobs.path,
+        blob_path,
         interval_s=settings.scheduler.reconcile_interval_s,
         max_starts_per_minute=settings.scheduler.max_restarts_per_minute,
         drain_timeout_s=settings.scheduler.drain_timeout_s,
@@ -209,8 +224,16 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
     gateway = Gateway(
         table, executor.token, settings.serving.request_timeout_s, metrics, executor.replica_tls
     )
-    controller.load = gateway
-    gateway.on_demand = controller.kick
+    # the autoscaler counts the traffic through every server, and any server's request wakes a
+    # deployment scaled to zero
+    cluster_load = ClusterLoad(gateway, cluster, me.id, lambda: leadership.leading, controller.kick)
+    controller.load = cluster_load
+
+    def on_demand() -> None:
+        controller.kick()
+        cluster_load.kick()
+
+    gateway.on_demand = on_demand
     conversions = ConversionService(sessions, registry, blobs, settings, metrics)
     interrupted = conversions.fail_interrupted()
     if interrupted:
@@ -252,6 +275,7 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
         leadership.start()
         controller.start()
         following = asyncio.create_task(follow_leader(cluster, table, controller.adopt, leadership))
+        exchanging = asyncio.create_task(cluster_load.run())
         usage = asyncio.create_task(flush_usage_forever(keys))  # keys' last use, in batches
         # freed uploads and parsed models go back to the system, not kept by malloc
         release = asyncio.create_task(release_freed_memory_forever())
@@ -279,6 +303,7 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
             usage.cancel()
             release.cancel()
             following.cancel()
+            exchanging.cancel()
             await controller.stop()
             await leadership.stop()  # after the controller: another server takes over at once
             await gateway.close()

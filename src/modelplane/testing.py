@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import socket
 import subprocess
@@ -138,7 +139,10 @@ class RayCluster:
     def address(self) -> str:
         return f"127.0.0.2:{self.port}"
 
-    def start_node(self, ip: str, zone: str, cost: str, head: bool = False) -> None:
+    def start_node(
+        self, ip: str, zone: str, cost: str, head: bool = False, env: dict[str, str] | None = None
+    ) -> None:
+        """Start a node; ``env`` is added to its environment (its workers inherit it)."""
         where = ["--head", "--port", str(self.port)] if head else ["--address", self.address]
         result = subprocess.run(
             [str(RAY), "start", *where, "--node-ip-address", ip, "--num-cpus", "2",
@@ -147,6 +151,7 @@ class RayCluster:
              "--temp-dir", str(self.temp), "--disable-usage-stats",
              *(["--include-dashboard", "false"] if head else [])],
             capture_output=True, text=True, timeout=180, check=False,
+            env={**os.environ, **(env or {})},
         )  # fmt: skip
         assert result.returncode == 0, result.stdout + result.stderr
 
@@ -196,15 +201,16 @@ class RayCluster:
 
 
 @contextmanager
-def ray_cluster(nodes: int = 2) -> Iterator[RayCluster]:
-    """Nodes 127.0.0.2 (head, zone-a, $0.10/h), 127.0.0.3 (zone-b, $0.20/h), ..."""
+def ray_cluster(nodes: int = 2, env: dict[str, str] | None = None) -> Iterator[RayCluster]:
+    """Nodes 127.0.0.2 (head, zone-a, $0.10/h), 127.0.0.3 (zone-b, $0.20/h), ...; ``env`` is
+    added to every node's environment."""
     # a short path: Ray's Unix sockets live under it
     # mkdtemp makes a private (0700) folder with a random name: safe in /tmp
     cluster = RayCluster(Path(tempfile.mkdtemp(prefix="mpray-", dir="/tmp")))  # nosec B108
     try:
         for n in range(nodes):
             zone = "zone-" + "abcdefgh"[n]
-            cluster.start_node(f"127.0.0.{n + 2}", zone, f"{0.1 * (n + 1):.2f}", head=n == 0)
+            cluster.start_node(f"127.0.0.{n + 2}", zone, f"{0.1 * (n + 1):.2f}", n == 0, env)
         yield cluster
     finally:
         cluster.stop()

@@ -83,3 +83,20 @@ def test_llm_benchmark(tmp_path: Path) -> None:
     assert ("tiny", 4, "modelplane") in systems
     assert all(r["tokens_per_s"] > 0 for r in result["rows"])
     assert result["embeddings"]["modelplane"] > 0
+
+
+def test_soak_benchmark(tmp_path: Path) -> None:
+    out, result = run_bench("soak.py", tmp_path, "--smoke")
+    assert "| minute | requests/s | p99 (ms) |" in out
+    assert "| series | rise over the run | allowed | flat |" in out
+    samples = result["samples"]
+    assert len(samples) >= 4
+    assert all(s["failed"] == 0 and s["requests_s"] > 0 for s in samples)
+    assert result["unknown_404"] > 0
+    assert result["unknown_other"] == 0  # every unknown name got its 404
+    assert result["churn"]["cycles"] >= 3
+    assert result["churn"]["errors"] == 0
+    # neither the churned deployment nor the unknown names leave series behind
+    assert result["verdicts"]["metric_series"]["flat"]
+    [plot] = tmp_path.glob("*.png")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -65,6 +65,7 @@ MANAGEMENT: dict[tuple[str, str], tuple[Any, str | None]] = {
     ("DELETE", "/api/v1/keys/{key_id}"): (Action.MANAGE_KEYS, None),
     ("POST", "/api/v1/keys/{key_id}/rotate"): (Action.MANAGE_KEYS, None),
     ("POST", "/api/v1/admin/rotate-master-key"): (Action.MANAGE_KEYS, None),
+    ("GET", "/api/v1/admin/backup"): (Action.MANAGE_KEYS, None),
     ("GET", "/api/v1/audit"): (Action.AUDIT, None),
 }
 # routes outside the OpenAPI document

@@ -40,6 +40,10 @@ class FakeExecutor:
     async def observe(self) -> list[Replica]:
         return list(self.replicas.values())
 
+    async def release(self) -> None:  # as the local executor: its replicas stop
+        for replica_id in list(self.replicas):
+            await self.stop(replica_id)
+
     async def shutdown(self) -> None:
         self.replicas.clear()
 

@@ -10,6 +10,7 @@ import pytest
 
 from modelplane.registry.cluster import CONTROL, ClusterStore, ServerInfo
 from modelplane.registry.db import make_engine, make_sessions, migrate
+from modelplane.scheduler.cluster_load import LOAD_PREFIX, ClusterLoad
 from modelplane.scheduler.leader import Leadership
 from modelplane.settings import Settings
 
@@ -66,3 +67,60 @@ async def test_a_clean_stop_hands_over_at_once(store: ClusterStore) -> None:
     await a.stop()
     assert await b.try_once()  # no wait for the lease to run out
     assert [s.id for s in store.servers(0)] == ["b"]
+
+
+class GatewayFigures:
+    """A gateway's load as the controller reads it: set by the test."""
+
+    def __init__(self) -> None:
+        self.figures: dict[str, tuple[int, float, int]] = {}
+
+    def load(self, name: str) -> tuple[int, float, int]:
+        return self.figures.get(name, (0, 0.0, 0))
+
+    def in_flight(self) -> dict[str, int]:
+        return {name: n for name, (n, _, _) in self.figures.items()}
+
+    def outstanding(self, replica_id: str) -> int:
+        return 0
+
+    def prune(self, replicas: dict[str, str]) -> None:
+        pass
+
+
+async def test_the_leader_autoscales_on_every_servers_load(store: ClusterStore) -> None:
+    """A follower's traffic reaches the leader's autoscaler through the database, and a request
+    waiting at a follower makes the leader reconcile at once; a server gone adds nothing."""
+    clock = [1000.0]
+    kicked: list[str] = []
+    gateways = {name: GatewayFigures() for name in ("a", "b", "c")}
+    loads = {}
+
+    def exchange(name: str) -> ClusterLoad:
+        def on_demand() -> None:
+            kicked.append(name)
+
+        return ClusterLoad(gateways[name], store, name, leading=lambda: name == "a",
+                           on_demand=on_demand, clock=lambda: clock[0])  # fmt: skip
+
+    for name in gateways:
+        store.heartbeat(ServerInfo(name, f"http://{name}", clock[0]), clock[0])
+        loads[name] = exchange(name)
+    gateways["a"].figures["iris"] = (2, 10.0, 100)
+    gateways["b"].figures["iris"] = (3, 5.0, 40)
+    gateways["c"].figures["iris"] = (1, 1.0, 10)
+    last = {name: await loads[name].exchange_once(None) for name in ("b", "c", "a")}
+    assert loads["a"].load("iris") == (6, 16.0, 150)  # the leader sums every server's
+    assert loads["b"].load("iris") == (3, 5.0, 40)  # a follower knows only its own
+    assert kicked == ["a"]  # requests waiting elsewhere: the leader reconciles now
+
+    # c is killed (no heartbeat for over 10 s): its last figures no longer count
+    clock[0] += 11
+    store.heartbeat(ServerInfo("b", "http://b", 1000.0), clock[0])
+    store.heartbeat(ServerInfo("a", "http://a", 1000.0), clock[0])
+    gateways["b"].figures["iris"] = (0, 9.0, 80)
+    last["b"] = await loads["b"].exchange_once(last["b"])
+    await loads["a"].exchange_once(last["a"])
+    assert loads["a"].load("iris") == (2, 19.0, 180)
+    store.leave("b")  # a clean stop takes its documents with it
+    assert set(store.documents(LOAD_PREFIX)) == {f"{LOAD_PREFIX}a", f"{LOAD_PREFIX}c"}

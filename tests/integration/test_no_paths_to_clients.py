@@ -50,6 +50,9 @@ class FailingExecutor:
     async def observe(self) -> list[Replica]:
         return list(self.replicas.values())
 
+    async def release(self) -> None:
+        self.replicas.clear()
+
     async def shutdown(self) -> None:
         self.replicas.clear()
 

@@ -14,7 +14,7 @@ from modelplane.protocol import frames
 from modelplane.protocol.v2 import Limits
 from modelplane.runtime.batching import BatchingConfig, BatchingRuntime
 from modelplane.runtime.onnx import OnnxRuntime
-from modelplane.security.replica_tls import ReplicaAuthority, replica_server_context
+from modelplane.security.replica_tls import ReplicaAuthority, derive, replica_server_context
 from modelplane.serving.dataplane import DataPlane
 from modelplane.serving.replica_client import ReplicaConnection, ReplicaGone, probe
 from modelplane.serving.replica_server import ReplicaProtocol
@@ -74,3 +74,26 @@ async def test_plain_tcp_and_strangers_are_refused(
         await ReplicaConnection.connect(replica, TOKEN, 2.0, stranger.client_context())
     # TLS but the wrong token: refused as before
     assert not await probe(replica, "not-the-token", 2.0, authority.client_context())
+
+
+async def test_servers_sharing_a_secret_trust_each_others_replicas(tmp_path: Path) -> None:
+    """Every server sharing a database derives the same authority from the master key: a
+    replica certified by one is trusted by another (and adopted by a new leader); an
+    authority derived from another secret is not."""
+    seed = derive(b"m" * 32, b"replica CA")
+    leader, follower = ReplicaAuthority.derived(seed), ReplicaAuthority.derived(seed)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(identity_onnx("FP32"))
+    plane = DataPlane("m", "1", BatchingRuntime(OnnxRuntime(path), BatchingConfig()), Limits(1000))
+    plane.load()
+    context = replica_server_context(*leader.issue("r1"))
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: ReplicaProtocol(plane, TOKEN.encode()), "127.0.0.1", 0, ssl=context
+    )
+    url = f"tls://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server:
+        assert await probe(url, TOKEN, 5.0, follower.client_context())
+        other = ReplicaAuthority.derived(derive(b"n" * 32, b"replica CA"))
+        assert not await probe(url, TOKEN, 2.0, other.client_context())
+        server.close()

@@ -60,6 +60,12 @@ class ReplicaExecutor(Protocol):
         """The nodes replicas can be placed on, with their capacity and health now."""
         ...
 
+    async def release(self) -> None:
+        """This server no longer leads: let go of every replica. Replicas that live and die
+        with this process are stopped; ones that outlive it (Ray's detached actors) are left
+        running, for the new leader to adopt, and adopted again if this server leads again."""
+        ...
+
     async def shutdown(self) -> None: ...
 
 

@@ -212,5 +212,8 @@ class LocalExecutor:
     async def nodes(self) -> list[Node]:
         return [self._node]
 
+    async def release(self) -> None:
+        await self.shutdown()  # its replicas are this process's children: they go with it
+
     async def shutdown(self) -> None:
         await asyncio.gather(*(self.stop(rid) for rid in list(self._procs)))

@@ -30,7 +30,7 @@ from typing import Any
 from modelplane.cluster.executor import ReplicaSpec, after_probe
 from modelplane.cluster.local import replica_arguments
 from modelplane.domain import Node, NodeState, Replica, ReplicaState, Resources
-from modelplane.security.replica_tls import ReplicaAuthority
+from modelplane.security.replica_tls import ReplicaAuthority, derive
 from modelplane.serving.replica_client import probe
 from modelplane.settings import Settings
 from modelplane.telemetry.logs import LogWriter
@@ -70,17 +70,31 @@ def _load_token(path: Path) -> str:
 
 class RayExecutor:
     def __init__(
-        self, settings: Settings, artifact_keys: Callable[[str], bytes | None] | None = None
+        self,
+        settings: Settings,
+        artifact_keys: Callable[[str], bytes | None] | None = None,
+        shared_secret: bytes | None = None,
+        artifact_source: Callable[[str], dict[str, str]] | None = None,
     ) -> None:
+        """``shared_secret`` (the servers sharing a database all derive the same one): the
+        replica token and CA come from it, so every server's gateway reaches every replica and
+        a new leader adopts its predecessor's; without it both are this server's own, kept in
+        its home. ``artifact_source`` (artifacts in a bucket): where a node fetches a blob by
+        digest, itself; without it the bytes go through Ray's object store."""
         import ray
 
         self._ray = ray
         self._settings = settings
         self._artifact_keys = artifact_keys  # a sealed artifact's data key, by digest
+        self._artifact_source = artifact_source
         settings.home.mkdir(parents=True, exist_ok=True)
-        self._token = _load_token(settings.home / "replica.token")
-        # replicas listen on the network: TLS with a certificate from this server's own CA
-        self._authority = ReplicaAuthority.load_or_create(settings.home / "replica-ca.pem")
+        # replicas listen on the network: TLS with a certificate from a private CA
+        if shared_secret is None:
+            self._token = _load_token(settings.home / "replica.token")
+            self._authority = ReplicaAuthority.load_or_create(settings.home / "replica-ca.pem")
+        else:
+            self._token = derive(shared_secret, b"replica token").hex()
+            self._authority = ReplicaAuthority.derived(derive(shared_secret, b"replica CA"))
         self._tls = self._authority.client_context()
         self._actors: dict[str, _Actor] = {}
         self._artifacts: dict[str, Any] = {}
@@ -89,6 +103,7 @@ class RayExecutor:
         self._lost: set[str] = set()
         self._actor_class: Any = None  # ray.remote(ReplicaActor), made once
         self._connected = False
+        self._adopted = False
         self._lock = asyncio.Lock()
 
     @property
@@ -104,13 +119,15 @@ class RayExecutor:
 
     # ---- connection and adoption ------------------------------------------------------------
     async def _ensure(self) -> None:
-        if self._connected:
+        if self._adopted:
             return
         async with self._lock:
             if not self._connected:
                 await asyncio.to_thread(self._connect)
-                await self._adopt()
                 self._connected = True
+            if not self._adopted:
+                await self._adopt()
+                self._adopted = True
 
     def _connect(self) -> None:
         scheduler = self._settings.scheduler
@@ -126,7 +143,8 @@ class RayExecutor:
         )
 
     async def _adopt(self) -> None:
-        """Take over the replica actors a previous ``serve`` left running."""
+        """Take over the replica actors a previous ``serve``, or the previous leader, left
+        running."""
         ray = self._ray
         names = await asyncio.to_thread(ray.util.list_named_actors)
         for name in names:
@@ -212,7 +230,10 @@ class RayExecutor:
         node = self._full_ids.get(spec.node)
         if node is None:
             raise RuntimeError(f"unknown Ray node {spec.node!r}")
-        artifact = await self._artifact(spec)
+        if self._artifact_source is None:
+            artifacts, source = [await self._artifact(spec)], None
+        else:  # the node fetches it from the bucket: the server never holds the bytes
+            artifacts, source = [], self._artifact_source(spec.digest)
         now = time.time()
         info = {
             "replica_id": spec.replica_id, "deployment": spec.deployment, "model": spec.model,
@@ -242,7 +263,7 @@ class RayExecutor:
         # the artifact crosses the object store sealed; only its own data key goes to the actor
         key = self._artifact_keys(spec.digest) if self._artifact_keys is not None else None
         handle = actor.remote(
-            info, arguments, self._token, [artifact], cache, tls, key.hex() if key else ""
+            info, arguments, self._token, artifacts, cache, tls, key.hex() if key else "", source
         )
         timeout = self._settings.serving.replica_start_timeout_s
         replica = Replica(
@@ -341,6 +362,12 @@ class RayExecutor:
         healthy = await probe(replica.url, self._token, timeout, self._tls)
         checked, entry.failures = after_probe(replica, healthy, entry.failures, self._settings)
         return checked  # one that never became ready is stopped (its actor killed) as failed
+
+    async def release(self) -> None:
+        """Forget the actors (detached: they go on serving); adopt them all again on next use."""
+        async with self._lock:
+            self._actors.clear()
+            self._adopted = False
 
     async def shutdown(self) -> None:
         await asyncio.gather(*(self.stop(rid) for rid in list(self._actors)))

@@ -35,9 +35,12 @@ class ReplicaActor:
         cache_dir: str,
         tls: tuple[str, str],
         artifact_key: str = "",
+        source: dict[str, str] | None = None,
     ) -> None:
         """``tls`` is the replica's certificate and key (PEM), issued by the server for it: the
-        replica listens with TLS only."""
+        replica listens with TLS only. ``source``: the bucket the sealed artifact is fetched
+        from (with this node's credentials) when this machine does not have it; otherwise the
+        bytes are in ``artifact`` (Ray's object store)."""
         import ray
 
         self.info = info
@@ -45,8 +48,12 @@ class ReplicaActor:
         arguments = list(arguments)
         path = Path(info["artifact"])
         if not path.exists():
-            # another machine: the bytes come once through Ray's object store
-            path = self._fetch(ray.get(artifact[0]), Path(cache_dir), info["digest"])
+            # another machine: the node fetches the bytes once, from the bucket or through Ray's
+            # object store, into a cache by digest (the replica checks the digest as it loads)
+            if source is not None:
+                path = self._download(source, Path(cache_dir), info["digest"])
+            else:
+                path = self._fetch(ray.get(artifact[0]), Path(cache_dir), info["digest"])
             arguments[arguments.index("--artifact") + 1] = str(path)
         run_dir = self.run_dir = Path(tempfile.mkdtemp(prefix="mp-replica-"))
         self.port_file = run_dir / "port"
@@ -67,6 +74,34 @@ class ReplicaActor:
                  "MODELPLANE_REPLICA_ARTIFACT_KEY": artifact_key,
                  "MODELPLANE_REPLICA_PARENT_PID": str(os.getpid())},
         )  # fmt: skip
+
+    @staticmethod
+    def _download(source: dict[str, str], cache_dir: Path, digest: str) -> Path:
+        """The sealed blob from the bucket, streamed to the cache (kept by digest)."""
+        target = cache_dir / digest
+        if target.exists():
+            return target
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = target.with_suffix(f".{os.getpid()}.tmp")
+        where = f"s3://{source['bucket']}/{source['key']}"
+        try:
+            import boto3
+
+            client = boto3.client("s3", endpoint_url=source["endpoint"] or None,
+                                  region_name=source["region"] or None)  # fmt: skip
+            try:
+                client.download_file(source["bucket"], source["key"], str(staging))
+            finally:
+                client.close()
+            staging.replace(target)
+        except Exception as exc:
+            staging.unlink(missing_ok=True)
+            raise RuntimeError(
+                f"could not fetch the artifact from {where} ({type(exc).__name__}: {exc}); give "
+                "this Ray node read access to the bucket (AWS_* variables or an instance role) "
+                "and install modelplane[s3] there"
+            ) from None
+        return target
 
     @staticmethod
     def _fetch(data: bytes, cache_dir: Path, digest: str) -> Path:

@@ -26,6 +26,7 @@ from modelplane.artifacts import (
     is_sealed,
     new_data_key,
     open_sealed,
+    opens_as,
 )
 from modelplane.domain import Artifact
 from modelplane.errors import ModelplaneError, NotFound, PayloadTooLarge, UnsupportedModel
@@ -115,17 +116,6 @@ def read_verified(chunks: Iterable[bytes], digest: str, max_bytes: int) -> bytes
     except ArtifactBroken as exc:
         raise blob_failed(digest, exc) from None
     return bytes(data)
-
-
-def opens_as(chunks: Iterable[bytes], digest: str) -> bool:
-    """Whether a blob's plaintext ``chunks`` open and hash to ``digest``."""
-    found = hashlib.sha256()
-    try:
-        for chunk in chunks:
-            found.update(chunk)
-    except ArtifactBroken:
-        return False
-    return found.hexdigest() == digest
 
 
 class LocalStagedBlob:

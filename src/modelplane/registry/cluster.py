@@ -69,8 +69,10 @@ class ClusterStore:
             return [ServerInfo(r.id, r.url, r.started_at, r.seen_at) for r in rows]
 
     def leave(self, server_id: str) -> None:
+        """Remove the server and the documents named after it (its ``...:<id>`` ones)."""
         with self._sessions.begin() as session:
             session.execute(delete(ServerRow).where(ServerRow.id == server_id))
+            session.execute(delete(DocumentRow).where(DocumentRow.name.endswith(f":{server_id}")))
 
     # ---- the lease ----------------------------------------------------------------------------
     def acquire(self, holder: str, ttl_s: float, now: float) -> Lease | None:
@@ -126,3 +128,18 @@ class ClusterStore:
         with self._sessions() as session:
             row = session.get(DocumentRow, name)
             return None if row is None else row.doc
+
+    def put(self, name: str, doc: Any) -> None:
+        """Write a server's own document (no fence: only that server writes ``name``)."""
+        with self._sessions.begin() as session:
+            row = session.get(DocumentRow, name)
+            if row is None:
+                session.add(DocumentRow(name=name, doc=doc, token=0))
+            else:
+                row.doc = doc
+
+    def documents(self, prefix: str) -> dict[str, Any]:
+        """Every document whose name starts with ``prefix``, by name."""
+        with self._sessions() as session:
+            rows = session.scalars(select(DocumentRow).where(DocumentRow.name.startswith(prefix)))
+            return {row.name: row.doc for row in rows}

@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from modelplane.artifacts import CHUNK, ArtifactBroken, Sealer, new_data_key, open_sealed
+from modelplane.artifacts import (
+    CHUNK,
+    ArtifactBroken,
+    Sealer,
+    new_data_key,
+    open_sealed,
+    opens_as,
+)
 from modelplane.errors import ModelplaneError, Unavailable
 from modelplane.registry.blobs import (
     DIGEST_RE,
@@ -33,7 +40,6 @@ from modelplane.registry.blobs import (
     blob_failed,
     export_verified,
     fsync_dir,
-    opens_as,
     read_verified,
 )
 from modelplane.security.blobkeys import BlobKeys
@@ -254,6 +260,20 @@ class S3BlobStore:
 
     def _cached(self, digest: str) -> Path:
         return self.cache / digest[:2] / digest
+
+    def cached_path(self, digest: str) -> Path:
+        """Where this machine's copy of the blob is, or would be: nothing is fetched (replicas
+        on other machines fetch the blob themselves, see ``locate``)."""
+        if not DIGEST_RE.match(digest):
+            raise ModelplaneError(f"no blob with digest {digest!r}")
+        return self._cached(digest)
+
+    def locate(self, digest: str) -> dict[str, str]:
+        """Where a replica on another machine fetches the sealed blob from, with its own
+        credentials: bucket, key, and the endpoint and region this server uses (no secret)."""
+        return {"bucket": self.bucket, "key": self._blob(digest),
+                "endpoint": self._client.meta.endpoint_url,
+                "region": self._client.meta.region_name or ""}  # fmt: skip
 
     def path(self, digest: str) -> Path:
         """A local copy of the sealed blob, for replicas on this machine: fetched on first use,

@@ -177,7 +177,8 @@ class LeaseRow(Base):
 
 
 class DocumentRow(Base):
-    """A document the leader shares with every server (the routes), written under its lease."""
+    """A document shared through the database: the leader's (its routes and view, written under
+    its lease: ``token``) or a server's own (its gateway's load, ``token`` 0)."""
 
     __tablename__ = "cluster_documents"
 

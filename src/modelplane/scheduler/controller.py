@@ -288,11 +288,14 @@ class Controller:
 
     async def _stop(self, replica_id: str, reason: str, owner: str) -> None:
         log.info("stopping replica %s: %s", replica_id, reason)
-        self._event(owner, "stop", replica_id, reason)
+        self._let_go(replica_id, "stop", reason, owner)
+        await self._executor.stop(replica_id)
+
+    def _let_go(self, replica_id: str, kind: str, reason: str, owner: str) -> None:
+        self._event(owner, kind, replica_id, reason)
         self._draining.pop(replica_id, None)
         self._placements.pop(replica_id, None)
         self._live_ids.discard(replica_id)
-        await self._executor.stop(replica_id)
 
     def _desired(self, record: DeploymentRecord) -> Desired:
         d = record.deployment
@@ -457,10 +460,12 @@ class Controller:
         self._shared = comparable
 
     async def release_all(self) -> None:
-        """Stop every replica this server started (its lease is lost: the new leader starts
-        its own, and none is left running that nobody manages)."""
+        """Let go of every replica (this server's lease is lost): the executor stops the ones
+        that live with this process, for the new leader to start its own, and leaves the ones
+        that outlive it (Ray's) for the new leader to adopt. None is left that nobody manages."""
         for replica in list(self._observed):
-            await self._stop(replica.id, "this server no longer leads", replica.deployment)
+            self._let_go(replica.id, "release", "this server no longer leads", replica.deployment)
+        await self._executor.release()
         self._observed, self._shared = [], None
 
     async def run(self) -> None:

@@ -90,7 +90,8 @@ def _write_private(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def _read_file_key(path: Path) -> MasterKey:
+def read_master_key(path: Path) -> MasterKey:
+    """The master key in the file ``path``, refused when other users can read it."""
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise MasterKeyError(
@@ -110,7 +111,7 @@ def load_master_key(path: Path, from_env: str | None) -> tuple[MasterKey, Master
         _write_private(path, base64.b64encode(os.urandom(KEY_BYTES)) + b"\n")
         log.info("created the master key %s (keep a copy apart from the blobs)", path)
     pending = path.with_name(path.name + NEXT_SUFFIX)
-    return _read_file_key(path), _read_file_key(pending) if pending.exists() else None
+    return read_master_key(path), read_master_key(pending) if pending.exists() else None
 
 
 def _read_doc(path: Path) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """TLS between the gateway and replicas on other machines (the Ray executor's TCP channel).
 
 Each server keeps a private certificate authority (``$MODELPLANE_HOME/replica-ca.pem``, mode
-0600, made on first use, kept so a restarted server trusts the replicas it adopts). Every replica
+0600, made on first use, kept so a restarted server trusts the replicas it adopts); servers that
+share a database derive one authority from the secret they share, so each trusts every replica
+and a new leader adopts its predecessor's. Every replica
 gets its own key and certificate, issued in memory and handed to it with its start arguments;
 the gateway trusts only that authority, so a replica channel is encrypted and the replica is
 authenticated, and the per-server token (sent inside TLS) authenticates the gateway. On one
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
+import hmac
 import os
 import ssl
 import tempfile
@@ -23,6 +27,16 @@ from typing import Any
 # party: this server's
 REPLICA_NAME = "replica.modelplane.internal"
 CA_DAYS = 3650
+# a derived authority's certificate is the same on every server: fixed dates, fixed serial
+DERIVED_FROM = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
+DERIVED_UNTIL = datetime.datetime(2125, 1, 1, tzinfo=datetime.UTC)
+
+
+def derive(secret: bytes, purpose: bytes) -> bytes:
+    """A 32-byte secret for ``purpose``, derived from ``secret`` (HMAC-SHA256)."""
+    return hmac.new(secret, b"modelplane " + purpose, hashlib.sha256).digest()
+
+
 REPLICA_DAYS = 365  # an expired replica fails its health checks and is replaced with a new one
 
 
@@ -51,13 +65,30 @@ class ReplicaAuthority:
         return authority
 
     @classmethod
-    def _create(cls) -> ReplicaAuthority:
+    def derived(cls, seed: bytes) -> ReplicaAuthority:
+        """The authority every holder of ``seed`` builds alike (its key is derived from it)."""
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256's n
+        key = ec.derive_private_key(int.from_bytes(seed) % (order - 1) + 1, ec.SECP256R1())
+        serial = int.from_bytes(derive(seed, b"replica CA serial")[:16]) >> 1
+        return cls._create(key, serial, DERIVED_FROM, DERIVED_UNTIL)
+
+    @classmethod
+    def _create(
+        cls,
+        key: Any = None,
+        serial: int | None = None,
+        not_before: datetime.datetime | None = None,
+        not_after: datetime.datetime | None = None,
+    ) -> ReplicaAuthority:
+        """A new authority: a fresh key valid for ``CA_DAYS``, or the one given."""
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.x509.oid import NameOID
 
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = key if key is not None else ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "modelplane replica CA")])
         now = datetime.datetime.now(datetime.UTC)
         cert = (
@@ -65,9 +96,9 @@ class ReplicaAuthority:
             .subject_name(name)
             .issuer_name(name)
             .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+            .serial_number(serial if serial is not None else x509.random_serial_number())
+            .not_valid_before(not_before or now - datetime.timedelta(minutes=5))
+            .not_valid_after(not_after or now + datetime.timedelta(days=CA_DAYS))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
