@@ -82,7 +82,7 @@ async def test_controller_starts_routes_and_replaces(platform, iris_bytes) -> No
     executor.set_all(ReplicaState.FAILED)
     await controller.step()
     assert len(executor.started) == 3  # the start budget (3 a minute) is spent
-    assert controller.last_failure("iris") == "failed"
+    assert controller.view.failures.get("iris") == "failed"
     clock[0] += 61
     executor.set_all(ReplicaState.FAILED)
     await controller.step()
@@ -133,7 +133,9 @@ async def test_scale_down_drains_until_requests_finish(platform, iris_bytes) -> 
     await controller.step()
     route = table.routes["iris"]
     assert len(route.endpoints) == 1  # out of the routes at once...
-    draining = next(r for r in controller.replicas("iris") if r.state == ReplicaState.DRAINING)
+    draining = next(
+        r for r in controller.view.replicas_of("iris") if r.state == ReplicaState.DRAINING
+    )
     assert draining.id not in {e.replica_id for e in route.endpoints}
     load.outstanding_by_replica[draining.id] = 1
     clock[0] += 5
@@ -142,7 +144,7 @@ async def test_scale_down_drains_until_requests_finish(platform, iris_bytes) -> 
     load.outstanding_by_replica[draining.id] = 0
     await controller.step()
     assert executor.stopped == [draining.id]
-    actions = [e["action"] for e in controller.events("iris")]
+    actions = [e["action"] for e in controller.view.events_of("iris")]
     assert actions[-2:] == ["drain", "stop"]
 
 
@@ -159,7 +161,7 @@ async def test_pending_replicas_carry_the_reason(platform, iris_bytes) -> None:
     await controller.step()
     assert executor.started == []
     assert (
-        controller.pending("iris")
+        controller.view.pending.get("iris", [])
         == [
             "needs 4 CPU per replica; the largest free is 2 CPU on n1 (no node has more than 2 CPU)"
         ]
@@ -171,7 +173,7 @@ async def test_pending_replicas_carry_the_reason(platform, iris_bytes) -> None:
     await controller.step()
     assert len(executor.started) == 3
     assert {s.node for s in executor.started} == {"n1"}
-    assert controller.pending("iris") == []
+    assert controller.view.pending.get("iris", []) == []
 
 
 async def test_autoscaling_follows_the_gateway_load(platform, iris_bytes) -> None:
@@ -201,23 +203,23 @@ async def test_autoscaling_follows_the_gateway_load(platform, iris_bytes) -> Non
         load.done += 30
         await controller.step()
     assert len(executor.replicas) == 3
-    assert controller.scale_target("iris") == 3
+    assert controller.view.scale.get("iris") == 3
     executor.set_all(ReplicaState.READY)
     idle = 0
-    while controller.scale_target("iris") != 0:
+    while controller.view.scale.get("iris") != 0:
         idle += 1
         assert idle <= 8, "no scale down after 8 idle seconds"
         clock[0] += 1
         await controller.step()
     assert idle >= 5  # not before the downscale delay
     # scaled to zero: the three leave the routes and drain, then stop
-    assert [r.state for r in controller.replicas("iris")] == [ReplicaState.DRAINING] * 3
+    assert [r.state for r in controller.view.replicas_of("iris")] == [ReplicaState.DRAINING] * 3
     assert table.routes["iris"].endpoints == ()
     clock[0] += 1
     await controller.step()
     assert executor.replicas == {}
     assert load.pruned == {}  # the gateway is told to forget them
-    assert any(e["action"] == "scale" for e in controller.events("iris"))
+    assert any(e["action"] == "scale" for e in controller.view.events_of("iris"))
 
 
 async def test_draining_a_node_moves_its_replicas_without_a_gap(platform, iris_bytes) -> None:
@@ -232,7 +234,7 @@ async def test_draining_a_node_moves_its_replicas_without_a_gap(platform, iris_b
     victim = executor.started[0].node
     services.nodes.cordon(victim, drain=True, reason="kernel upgrade", by="test")
     await controller.step()
-    assert {n.id: n.state.value for n in controller.nodes()}[victim] == "draining"
+    assert {n.id: n.state.value for n in controller.view.nodes}[victim] == "draining"
     assert len(table.routes["iris"].endpoints) == 2  # still serving from the old node
     assert executor.started[-1].node != victim
     executor.set_all(ReplicaState.READY)
@@ -244,11 +246,13 @@ async def test_draining_a_node_moves_its_replicas_without_a_gap(platform, iris_b
     clock[0] += 1
     await controller.step()
     assert all(r.node != victim for r in executor.replicas.values())
-    assert "node " + victim + " is draining" in [e["reason"] for e in controller.events("iris")]
+    assert "node " + victim + " is draining" in [
+        e["reason"] for e in controller.view.events_of("iris")
+    ]
 
     services.nodes.uncordon(victim)
     await controller.step()
-    assert {n.id: n.state.value for n in controller.nodes()}[victim] == "healthy"
+    assert {n.id: n.state.value for n in controller.view.nodes}[victim] == "healthy"
 
 
 async def test_only_failures_spend_the_restart_budget(platform, iris_bytes) -> None:
@@ -321,4 +325,4 @@ async def test_a_restart_serves_the_last_good_version_while_the_new_one_crash_lo
     assert services.deployments.get("iris").stable is None  # v2 is the last good revision now
     routed = {executor.replicas[e.replica_id].version for e in table.routes["iris"].endpoints}
     assert routed == {2}  # v1's replica is drained
-    assert [e["action"] for e in controller.events("iris")][-1] == "drain"
+    assert [e["action"] for e in controller.view.events_of("iris")][-1] == "drain"

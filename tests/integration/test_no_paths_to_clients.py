@@ -136,10 +136,10 @@ async def test_a_failed_deployment_shows_no_server_path(
     with caplog.at_level(logging.WARNING, logger="modelplane.controller"):
         await controller.step()
         await controller.step()
-    failure = controller.last_failure("iris")
+    failure = controller.view.failures.get("iris")
     assert failure is not None
     assert failure == redact_paths(detail)
     assert home not in failure
-    assert all(home not in (r.message or "") for r in controller.all_replicas())
-    assert all(home not in e["reason"] for e in controller.events("iris"))
+    assert all(home not in (r.message or "") for r in controller.view.replicas)
+    assert all(home not in e["reason"] for e in controller.view.events_of("iris"))
     assert home in caplog.text  # the operator still has it

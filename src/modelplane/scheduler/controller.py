@@ -130,49 +130,13 @@ class Controller:
         self._failure_logged: set[str] = set()  # replicas whose failure the log has
         self._events: deque[dict[str, Any]] = deque(maxlen=1000)
         self._task: asyncio.Task[None] | None = None
+        # what the API and the dashboard read: what the leader saw at its last step (built
+        # here when leading, adopted from the leader's document when following)
         self.view = ControlView()
-
-    # ---- what the API reads: the view the leader built at its last step -----------------
-    def replicas(self, deployment: str) -> list[Replica]:
-        return self.view.replicas_of(deployment)
-
-    def all_replicas(self) -> list[Replica]:
-        return list(self.view.replicas)
-
-    def nodes(self) -> list[Node]:
-        return list(self.view.nodes)
-
-    def pending(self, deployment: str) -> list[str]:
-        """Why each replica that is wanted but not placed is waiting."""
-        return list(self.view.pending.get(deployment, []))
-
-    def acted_on(self, deployment: str) -> datetime | None:
-        """The deployment's ``updated_at`` as the last reconcile saw it: equal to the stored one
-        once the controller has acted on the latest change (like Kubernetes' observedGeneration)."""
-        return self.view.acted_on.get(deployment)
-
-    def pending_count(self) -> int:
-        """Replicas wanted but not placed, over all deployments."""
-        return sum(len(reasons) for reasons in self.view.pending.values())
-
-    def placement(self, replica_id: str) -> str:
-        """Why the replica's node was chosen."""
-        return self.view.placements.get(replica_id, "")
-
-    def scale_target(self, deployment: str) -> int | None:
-        """The autoscaler's current replica count, where autoscaling is on."""
-        return self.view.scale.get(deployment)
-
-    def events(self, deployment: str, limit: int = 20) -> list[dict[str, Any]]:
-        """The latest replica starts, drains, stops and scaling decisions, with their reasons."""
-        return self.view.events_of(deployment, limit)
 
     def _event(self, deployment: str, action: str, replica: str, reason: str) -> None:
         self._events.append({"time": now_iso(), "deployment": deployment, "action": action,
                              "replica": replica, "reason": reason})  # fmt: skip
-
-    def last_failure(self, deployment: str) -> str | None:
-        return self.view.failures.get(deployment)
 
     def adopt(self, view: ControlView) -> None:
         """Show what the leader saw (this server follows)."""
@@ -193,9 +157,6 @@ class Controller:
         self._wake.set()
 
     # ---- the loop ---------------------------------------------------------------------------
-    def cordon(self, node: str) -> Cordon | None:
-        return self.view.cordons.get(node)
-
     async def step(self) -> None:
         # what the gateway compares with a request's arrival: time.monotonic, not self._clock
         planned_at = time.monotonic()

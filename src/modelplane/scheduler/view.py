@@ -25,12 +25,20 @@ class ControlView:
     events: tuple[dict[str, Any], ...] = ()  # the latest, oldest first
     failures: dict[str, str] = field(default_factory=dict)  # deployment -> last failure
     cordons: dict[str, Cordon] = field(default_factory=dict)
+    # acted_on: the deployment's ``updated_at`` as the last reconcile saw it, equal to the
+    # stored one once the controller has acted on the latest change (like Kubernetes'
+    # observedGeneration); pending: why each replica wanted but not placed is waiting
 
     def replicas_of(self, deployment: str) -> list[Replica]:
         return [r for r in self.replicas if r.deployment == deployment]
 
-    def events_of(self, deployment: str, limit: int) -> list[dict[str, Any]]:
+    def events_of(self, deployment: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest replica starts, drains, stops and scaling decisions, with their reasons."""
         return [e for e in self.events if e["deployment"] == deployment][-limit:]
+
+    def pending_count(self) -> int:
+        """Replicas wanted but not placed, over all deployments."""
+        return sum(len(reasons) for reasons in self.pending.values())
 
     def by_node(self) -> defaultdict[str, list[Replica]]:
         found: defaultdict[str, list[Replica]] = defaultdict(list)

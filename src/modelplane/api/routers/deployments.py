@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -25,17 +24,16 @@ def create_router(services: Services) -> APIRouter:
     controller = services.controller
 
     def out(record: DeploymentRecord) -> DeploymentOut:
-        name = record.deployment.name
-        replicas = controller.replicas(name)
+        name, view = record.deployment.name, controller.view
         return DeploymentOut.of(
             record,
-            replicas,
-            last_failure=controller.last_failure(name),
-            target=controller.scale_target(name),
-            placement=controller.placement,
-            pending=controller.pending(name),
-            events=controller.events(name),
-            reconciled=controller.acted_on(name) == record.deployment.updated_at,
+            view.replicas_of(name),
+            last_failure=view.failures.get(name),
+            target=view.scale.get(name),
+            placement=lambda replica_id: view.placements.get(replica_id, ""),
+            pending=list(view.pending.get(name, [])),
+            events=view.events_of(name),
+            reconciled=view.acted_on.get(name) == record.deployment.updated_at,
         )
 
     def _may_replace(who: Principal, name: str) -> bool:
@@ -65,7 +63,7 @@ def create_router(services: Services) -> APIRouter:
         replicas = body.replicas
         if replicas is None and body.autoscaling_off:
             # fixed from now on at the count autoscaling had reached (at least 1)
-            target = controller.scale_target(body.name or ref.name)
+            target = controller.view.scale.get(body.name or ref.name)
             replicas = max(1, target) if target is not None else None
         record = store.apply(ref, replicas, body.name, body.config_change(), body.scheduling())
         controller.kick()
@@ -98,10 +96,11 @@ def create_nodes_router(services: Services) -> APIRouter:
     controller = services.controller
 
     def find(node_id: str) -> Node:
-        for node in controller.nodes():
+        nodes = controller.view.nodes
+        for node in nodes:
             if node.id == node_id:
                 return node
-        known = ", ".join(n.id for n in controller.nodes()) or "none yet"
+        known = ", ".join(n.id for n in nodes) or "none yet"
         raise NotFound(f"no node {node_id!r}; nodes: {known}")
 
     def out(node: Node, on_node: list[Replica], cordon: Cordon | None) -> NodeOut:
@@ -110,10 +109,9 @@ def create_nodes_router(services: Services) -> APIRouter:
     @router.get("", response_model=list[NodeOut])
     def list_nodes(_: Annotated[Principal, Depends(allow(Action.READ))]) -> list[NodeOut]:
         """Nodes with capacity, what is allocated, replicas, cost and state."""
-        by_node: defaultdict[str, list[Replica]] = defaultdict(list)
-        for replica in controller.all_replicas():
-            by_node[replica.node].append(replica)
-        return [out(n, by_node[n.id], controller.cordon(n.id)) for n in controller.nodes()]
+        view = controller.view
+        by_node = view.by_node()
+        return [out(n, by_node[n.id], view.cordons.get(n.id)) for n in view.nodes]
 
     @router.post("/{node}/cordon", response_model=NodeOut)
     def cordon(
@@ -129,7 +127,7 @@ def create_nodes_router(services: Services) -> APIRouter:
         reason = body.reason or ("drained" if body.drain else "cordoned") + f" by {who.name}"
         cordon = services.nodes.cordon(node, drain=body.drain, reason=reason, by=who.name)
         controller.kick()  # the next reconcile (now) acts on it
-        return out(found, [r for r in controller.all_replicas() if r.node == node], cordon)
+        return out(found, controller.view.by_node()[node], cordon)
 
     @router.delete("/{node}/cordon", status_code=204)
     def uncordon(node: str, _: Annotated[Principal, Depends(allow(Action.NODES))]) -> Response:

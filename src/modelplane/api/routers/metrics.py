@@ -60,7 +60,8 @@ def create_router(services: Services) -> APIRouter:
 
     @router.get("/metrics", response_class=Response)
     async def prometheus(who: Annotated[Principal, Depends(allow(Action.METRICS))]) -> Response:
-        replicas = {r.id: r for r in controller.all_replicas()}
+        view = controller.view
+        replicas = {r.id: r for r in view.replicas}
         samples = []
         for route in list(gateway.table.routes.values()):
             for endpoint, stats in await gateway.replica_stats(route):
@@ -72,7 +73,7 @@ def create_router(services: Services) -> APIRouter:
                     remote=replica is not None and replica.pid is None,
                 ))  # fmt: skip
         states = Counter(r.state.value for r in replicas.values())
-        states["pending"] = controller.pending_count()
+        states["pending"] = view.pending_count()
         metrics.snapshot = Snapshot(samples, dict(states), gateway.in_flight())
         text = generate_latest(metrics.registry)
         scoped = _scoped(text, who, _served_models(gateway))
