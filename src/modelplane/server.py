@@ -38,7 +38,7 @@ from modelplane.registry.s3blobs import S3BlobStore, StorageUrlError
 from modelplane.registry.service import RegistryService
 from modelplane.scheduler.cluster_load import ClusterLoad
 from modelplane.scheduler.controller import Controller
-from modelplane.scheduler.leader import Leadership, follow_leader, share_state
+from modelplane.scheduler.leader import Leadership, await_successor, follow_leader, share_state
 from modelplane.security.blobkeys import BlobKeys, MasterKeyError, load_master_key
 from modelplane.security.detection import AttackDetector, rules_from
 from modelplane.security.limiter import Quotas
@@ -144,6 +144,7 @@ def open_blob_store(settings: Settings) -> tuple[LocalBlobStore | S3BlobStore, B
 
 
 DEMO_READY_TIMEOUT_S = 120.0
+HANDOVER_PEERS_S = 10.0  # a server seen this recently can take over from one stopping
 
 
 async def _wait_until_routed(table: RoutingTable, name: str, timeout_s: float) -> bool:
@@ -201,7 +202,9 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
     releasing: set[asyncio.Task[None]] = set()
 
     def on_leadership(leading: bool) -> None:
-        if not leading:  # the replicas this server started go: the new leader starts its own
+        if leading:  # serve the previous leader's replicas until this server's are ready
+            controller.inherit(dict(table.routes))
+        else:  # the replicas this server started go: the new leader starts its own
             task = asyncio.get_running_loop().create_task(controller.release_all())
             releasing.add(task)
             task.add_done_callback(releasing.discard)
@@ -304,11 +307,35 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
             release.cancel()
             following.cancel()
             exchanging.cancel()
+            if shared:
+                await hand_over()
             await controller.stop()
             await leadership.stop()  # after the controller: another server takes over at once
             await gateway.close()
             await asyncio.to_thread(audit.stop)  # what is still queued is written
             engine.dispose()
+
+    shared = not settings.resolved_database_url.startswith("sqlite")
+
+    async def hand_over() -> None:
+        """A clean stop on a shared database: replicas that outlive this server are left to
+        the next leader; ones that stop with it stop only once the next leader serves every
+        deployment with its own (at most the drain timeout; at once with no other server)."""
+        await controller.pause()
+        if executor.outlives_server:
+            await controller.release_all()
+            return
+        others = await asyncio.to_thread(cluster.servers, time.time() - HANDOVER_PEERS_S)
+        if not leadership.leading or not [s for s in others if s.id != me.id]:
+            return
+        leaving, routes = controller.replica_ids(), list(table.routes.values())
+        await leadership.stop()  # the next server takes the lease at its next try
+        timeout = settings.scheduler.drain_timeout_s
+        if await await_successor(cluster, leaving, routes, timeout):
+            log.info("handed over: the next leader serves every deployment; stopping replicas")
+        else:
+            log.warning("no other server served every deployment within %.0f s; stopping "
+                        "replicas anyway", timeout)  # fmt: skip
 
     app = create_app(services, gateway, lifespan)
     return Platform(services, gateway, app, created, engine)
@@ -395,6 +422,9 @@ def serve(settings: Settings) -> None:
             server_header=False,
             date_header=False,
             http=GatheringHttpProtocol,  # one send per response, not two
+            # SIGTERM: stop listening at once, let requests in flight finish, within the drain
+            # timeout; then the replicas go (or are handed over: see build's hand_over)
+            timeout_graceful_shutdown=int(settings.scheduler.drain_timeout_s),
             **(tls_options(tls) if tls is not None else {}),
         )
         uvicorn.Server(config).run(sockets=[sock])

@@ -13,20 +13,12 @@ import uuid
 
 import httpx
 import pytest
+from tests.e2e.test_cluster import serves
 from tests.faults.conftest import Load
 
-from modelplane.testing import IRIS_REQUEST, wait_for
+from modelplane.testing import wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def serves(server, name: str = "iris") -> bool:
-    try:
-        reply = httpx.post(f"{server.url}/v2/models/{name}/infer", json=IRIS_REQUEST,
-                           headers=server.auth, timeout=5)  # fmt: skip
-    except httpx.HTTPError:
-        return False
-    return reply.status_code == 200
 
 
 def test_backup_of_a_running_server_restores_into_a_fresh_one(

@@ -187,3 +187,29 @@ def test_traffic_through_a_follower_wakes_and_scales(server_factory, postgres, s
                if e["action"] == "scale"]  # fmt: skip
     assert reasons[:2] == ["0 -> 1 replicas", "1 -> 2 replicas"]
     assert reasons[-1].endswith("-> 0 replicas")
+
+
+def test_a_clean_stop_of_the_leader_hands_over_without_failures(
+    server_factory, postgres, s3, iris_file
+) -> None:
+    """SIGTERM of the leader, whose replicas stop with it: it gives up the lease, the next
+    leader serves its predecessor's replicas until its own are ready, and only then do the old
+    ones stop. Clients of the other server see nothing."""
+    first, second = start_two(server_factory, postgres, s3)
+    first.push(iris_file)
+    assert first.cli("deploy", "iris", "--replicas", "2").returncode == 0
+    wait_for(lambda: serves(second), timeout=30)
+    with Load(second) as load:
+        time.sleep(1)
+        stopping = time.monotonic()
+        first.stop(signal.SIGTERM)
+        stopped_s = time.monotonic() - stopping
+        time.sleep(1)
+    print(f"leader stopped cleanly: exited after {stopped_s:.1f} s; through the other server "
+          f"sent {load.sent}, failed {len(load.failures)}")  # fmt: skip
+    assert load.failures == []
+    assert load.sent > 100
+    assert stopped_s < 40  # the handover waits at most the drain timeout (30 s)
+    me = next(s for s in status(second)["servers"] if s["this"])
+    assert me["leader"]
+    assert info(second)["ready_replicas"] == 2

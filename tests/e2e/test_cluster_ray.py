@@ -128,3 +128,17 @@ def test_ray_replicas_outlive_the_leader(
     assert window <= 30.0  # failures only while the lost replica was still routed
     assert serves(first)
     assert serves(second)
+
+    # the leader stops cleanly: its Ray replicas stay, for the other server to adopt
+    ids = ready_ids(second)
+    old_leader = leader_seen(second)
+    with Load(first) as load:
+        time.sleep(1)
+        second.stop(signal.SIGTERM)
+        wait_for(lambda: leader_seen(first) not in (None, old_leader), timeout=15)
+        wait_for(lambda: ready_ids(first) == ids, timeout=60, interval=0.5)
+        time.sleep(1)
+    print(f"leader stopped cleanly (Ray): replicas adopted, through the other server sent "
+          f"{load.sent}, failed {len(load.failures)}")  # fmt: skip
+    assert load.failures == []
+    assert replica_processes(ray_cluster) == 2

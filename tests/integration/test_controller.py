@@ -40,6 +40,8 @@ class FakeExecutor:
     async def observe(self) -> list[Replica]:
         return list(self.replicas.values())
 
+    outlives_server = False
+
     async def release(self) -> None:  # as the local executor: its replicas stop
         for replica_id in list(self.replicas):
             await self.stop(replica_id)

@@ -8,10 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from modelplane.domain import Signature
 from modelplane.registry.cluster import CONTROL, ClusterStore, ServerInfo
 from modelplane.registry.db import make_engine, make_sessions, migrate
 from modelplane.scheduler.cluster_load import LOAD_PREFIX, ClusterLoad
-from modelplane.scheduler.leader import Leadership
+from modelplane.scheduler.leader import Leadership, await_successor
+from modelplane.serving.routing import Endpoint, Route, route_doc
 from modelplane.settings import Settings
 
 pytestmark = pytest.mark.databases
@@ -124,3 +126,22 @@ async def test_the_leader_autoscales_on_every_servers_load(store: ClusterStore) 
     assert loads["a"].load("iris") == (2, 19.0, 180)
     store.leave("b")  # a clean stop takes its documents with it
     assert set(store.documents(LOAD_PREFIX)) == {f"{LOAD_PREFIX}a", f"{LOAD_PREFIX}c"}
+
+
+async def test_a_stopping_leader_waits_for_its_successor_to_serve(store: ClusterStore) -> None:
+    """A leader whose replicas stop with it waits, after giving up its lease, until the next
+    leader's routes serve each of its deployments with a replica that is not its own."""
+    signature = Signature(inputs=(), outputs=())
+    mine = [Route("iris", "iris", "1", signature, 1, (Endpoint("old", "unix:/old"),)),
+            Route("idle", "idle", "1", signature, 0)]  # fmt: skip
+    lease = store.acquire("b", 3.0, 1000.0)
+    assert lease is not None
+
+    def publish(*endpoints: Endpoint) -> None:
+        route = Route("iris", "iris", "1", signature, 1, endpoints)
+        assert store.publish(CONTROL, {"routes": [route_doc(route)], "view": {}}, "b", lease.token)
+
+    publish(Endpoint("old", "unix:/old"))  # the successor still serves the inherited replica
+    assert not await await_successor(store, {"old"}, mine, timeout_s=0.3, interval_s=0.05)
+    publish(Endpoint("old", "unix:/old"), Endpoint("new", "unix:/new"))
+    assert await await_successor(store, {"old"}, mine, timeout_s=5.0, interval_s=0.05)

@@ -50,6 +50,8 @@ class FailingExecutor:
     async def observe(self) -> list[Replica]:
         return list(self.replicas.values())
 
+    outlives_server = False
+
     async def release(self) -> None:
         self.replicas.clear()
 

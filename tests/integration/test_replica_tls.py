@@ -30,21 +30,25 @@ def authority(tmp_path: Path) -> ReplicaAuthority:
     return ReplicaAuthority.load_or_create(tmp_path / "replica-ca.pem")
 
 
-@pytest.fixture
-async def replica(tmp_path: Path, authority: ReplicaAuthority) -> AsyncIterator[str]:
-    """A replica core listening with TLS on a loopback port; yields its ``tls://`` URL."""
+async def listen(tmp_path: Path, authority: ReplicaAuthority) -> asyncio.Server:
+    """A replica core listening with TLS on a loopback port, certified by ``authority``."""
     path = tmp_path / "m.onnx"
     path.write_bytes(identity_onnx("FP32"))
     plane = DataPlane("m", "1", BatchingRuntime(OnnxRuntime(path), BatchingConfig()), Limits(1000))
     plane.load()
     context = replica_server_context(*authority.issue("r1"))
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
+    return await loop.create_server(
         lambda: ReplicaProtocol(plane, TOKEN.encode()), "127.0.0.1", 0, ssl=context
     )
-    port = server.sockets[0].getsockname()[1]
+
+
+@pytest.fixture
+async def replica(tmp_path: Path, authority: ReplicaAuthority) -> AsyncIterator[str]:
+    """A replica core listening with TLS on a loopback port; yields its ``tls://`` URL."""
+    server = await listen(tmp_path, authority)
     async with server:
-        yield f"tls://127.0.0.1:{port}"
+        yield f"tls://127.0.0.1:{server.sockets[0].getsockname()[1]}"
         server.close()
 
 
@@ -82,15 +86,7 @@ async def test_servers_sharing_a_secret_trust_each_others_replicas(tmp_path: Pat
     authority derived from another secret is not."""
     seed = derive(b"m" * 32, b"replica CA")
     leader, follower = ReplicaAuthority.derived(seed), ReplicaAuthority.derived(seed)
-    path = tmp_path / "m.onnx"
-    path.write_bytes(identity_onnx("FP32"))
-    plane = DataPlane("m", "1", BatchingRuntime(OnnxRuntime(path), BatchingConfig()), Limits(1000))
-    plane.load()
-    context = replica_server_context(*leader.issue("r1"))
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: ReplicaProtocol(plane, TOKEN.encode()), "127.0.0.1", 0, ssl=context
-    )
+    server = await listen(tmp_path, leader)
     url = f"tls://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     async with server:
         assert await probe(url, TOKEN, 5.0, follower.client_context())

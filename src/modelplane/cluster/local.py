@@ -212,6 +212,8 @@ class LocalExecutor:
     async def nodes(self) -> list[Node]:
         return [self._node]
 
+    outlives_server = False  # children of this process, on this machine
+
     async def release(self) -> None:
         await self.shutdown()  # its replicas are this process's children: they go with it
 

@@ -363,6 +363,8 @@ class RayExecutor:
         checked, entry.failures = after_probe(replica, healthy, entry.failures, self._settings)
         return checked  # one that never became ready is stopped (its actor killed) as failed
 
+    outlives_server = True  # detached actors: the next leader adopts them
+
     async def release(self) -> None:
         """Forget the actors (detached: they go on serving); adopt them all again on next use."""
         async with self._lock:

@@ -133,6 +133,10 @@ class Controller:
         # what the API and the dashboard read: what the leader saw at its last step (built
         # here when leading, adopted from the leader's document when following)
         self.view = ControlView()
+        # endpoints of the previous leader's replicas, served until this server's own are
+        # ready (a clean handover with replicas that stop with their server), until a deadline
+        self._inherited: dict[str, tuple[Endpoint, ...]] = {}
+        self._inherited_until = 0.0
 
     def _event(self, deployment: str, action: str, replica: str, reason: str) -> None:
         self._events.append({"time": now_iso(), "deployment": deployment, "action": action,
@@ -155,6 +159,17 @@ class Controller:
     def kick(self) -> None:
         """Reconcile now instead of at the next tick (after a deploy, say)."""
         self._wake.set()
+
+    def inherit(self, routes: dict[str, Route]) -> None:
+        """This server now leads: keep serving the previous leader's replicas (``routes``, as
+        followed) for each deployment until replicas of its own are ready, at most the drain
+        timeout (its predecessor stops them once this server's are ready, or when it dies)."""
+        self._inherited = {name: r.endpoints for name, r in routes.items() if r.endpoints}
+        self._inherited_until = self._clock() + self._drain_timeout
+
+    def replica_ids(self) -> set[str]:
+        """The replicas this server runs now (a stopping leader waits for others to serve)."""
+        return {r.id for r in self._observed}
 
     # ---- the loop ---------------------------------------------------------------------------
     async def step(self) -> None:
@@ -386,6 +401,11 @@ class Controller:
                 serving = [r for r in ready if r.revision == stable.deployment.revision]
             elif not serving:
                 serving = [r for r in ready if r.version == version]
+            endpoints = tuple(Endpoint(r.id, r.url) for r in serving)
+            if endpoints or self._clock() > self._inherited_until:
+                self._inherited.pop(d.name, None)
+            else:
+                endpoints = self._inherited.get(d.name, ())
             scaling, state = d.autoscaling, self._scale.get(d.name)
             target = None if state is None else state.replicas
             routes.append(
@@ -395,7 +415,7 @@ class Controller:
                     version=str(version),
                     signature=signature,
                     desired=d.replicas if target is None else target,
-                    endpoints=tuple(Endpoint(r.id, r.url) for r in serving),
+                    endpoints=endpoints,
                     max_queued=d.config.max_queued_requests,
                     cold_start_s=scaling.cold_start_timeout_s if scaling else 0.0,
                     pending=self._pending.get(d.name, [""])[0],
@@ -449,9 +469,14 @@ class Controller:
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="controller")
 
-    async def stop(self) -> None:
+    async def pause(self) -> None:
+        """Stop reconciling (the replicas stay as they are)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
+
+    async def stop(self) -> None:
+        await self.pause()
         await self._executor.shutdown()

@@ -136,6 +136,31 @@ def share_state(
     return share
 
 
+async def await_successor(
+    store: ClusterStore,
+    leaving: set[str],
+    routes: list[Route],
+    timeout_s: float,
+    interval_s: float = 0.25,
+) -> bool:
+    """A leader stopping cleanly, whose replicas stop with it (``leaving``), waits here after
+    giving up its lease: until the routes the next leader publishes serve every deployment
+    that ``leaving`` served with a replica of their own. False after ``timeout_s``."""
+    needed = {r.name for r in routes if any(e.replica_id in leaving for e in r.endpoints)}
+    deadline = time.monotonic() + timeout_s
+    while needed and time.monotonic() < deadline:
+        with contextlib.suppress(*DATABASE_DOWN):
+            doc = await asyncio.to_thread(store.document, CONTROL)
+            served = {
+                d["name"] for d in (doc or {}).get("routes", [])
+                if any(replica_id not in leaving for replica_id, _ in d["endpoints"])
+            }  # fmt: skip
+            needed -= served
+        if needed:
+            await asyncio.sleep(interval_s)
+    return not needed
+
+
 async def follow_leader(
     store: ClusterStore,
     table: RoutingTable,
