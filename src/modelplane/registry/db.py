@@ -15,6 +15,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from modelplane.errors import Unavailable
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+POSTGRES_TIMEOUTS = {
+    "connect_timeout": 5,  # seconds
+    "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,  # ms a write may stay unacknowledged
+}  # fmt: skip
 # what the driver raises while the database cannot be reached (down, restarting, network)
 DATABASE_DOWN = (OperationalError, InterfaceError)
 
@@ -41,7 +46,9 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # a database host that stops answering (rather than refusing) costs seconds, not the
+    # operating system's minutes: libpq's connect timeout, keepalives and TCP user timeout
+    return create_engine(url, pool_pre_ping=True, connect_args=dict(POSTGRES_TIMEOUTS))
 
 
 def migrate(engine: Engine) -> None:
