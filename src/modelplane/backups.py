@@ -81,7 +81,7 @@ def take_snapshot(database: Path, blobs: Path, work: Path, master: MasterKey) ->
     try:
         copy = sqlite3.connect(folder / DATABASE)
         try:
-            source = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+            source = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
             try:
                 source.backup(copy)
             finally:

@@ -255,6 +255,8 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
     grpc_address = f"{settings.server.host}:{settings.server.grpc_port}"
     tls = _tls(settings)
 
+    shared = not settings.resolved_database_url.startswith("sqlite")  # several servers may run
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # grpc.aio binds to the running loop, so the server is made here, not in build()
@@ -278,7 +280,8 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
         leadership.start()
         controller.start()
         following = asyncio.create_task(follow_leader(cluster, table, controller.adopt, leadership))
-        exchanging = asyncio.create_task(cluster_load.run())
+        # on SQLite this is the only server: no load to exchange
+        exchanging = asyncio.create_task(cluster_load.run()) if shared else None
         usage = asyncio.create_task(flush_usage_forever(keys))  # keys' last use, in batches
         # freed uploads and parsed models go back to the system, not kept by malloc
         release = asyncio.create_task(release_freed_memory_forever())
@@ -306,7 +309,8 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
             usage.cancel()
             release.cancel()
             following.cancel()
-            exchanging.cancel()
+            if exchanging is not None:
+                exchanging.cancel()
             if shared:
                 await hand_over()
             await controller.stop()
@@ -314,8 +318,6 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
             await gateway.close()
             await asyncio.to_thread(audit.stop)  # what is still queued is written
             engine.dispose()
-
-    shared = not settings.resolved_database_url.startswith("sqlite")
 
     async def hand_over() -> None:
         """A clean stop on a shared database: replicas that outlive this server are left to
