@@ -291,6 +291,10 @@ class Client:
         autoscaling: Mapping[str, Any] | None = None,
         autoscaling_off: bool = False,
         reset: bool = False,
+        canary: float | None = None,
+        shadow: bool = False,
+        rollout: Mapping[str, Any] | None = None,
+        rollout_off: bool = False,
         wait: bool = True,
         timeout: float = 120.0,
     ) -> DeploymentInfo:
@@ -301,11 +305,15 @@ class Client:
         ``placement`` where replicas may go (node_labels, gpu_type, spread_zones, weights);
         ``autoscaling`` the replica bounds (min_replicas, max_replicas,
         target_ongoing_requests, delays). What is omitted, down to single fields, keeps its
-        value (``reset``: goes back to the defaults). Raises :class:`Unavailable` when replicas
-        cannot be placed (with the reason) or are not ready within ``timeout`` seconds."""
+        value (``reset``: goes back to the defaults). ``canary`` (a percentage) or ``shadow``
+        serve the version beside the current one; ``rollout`` (steps, interval_s,
+        max_error_rate, ...) makes later versions take over step by step. Raises
+        :class:`Unavailable` when replicas cannot be placed (with the reason) or are not ready
+        within ``timeout`` seconds."""
         body = {"model": model, "replicas": replicas, "name": name, "config": config,
                 "resources": resources, "placement": placement, "autoscaling": autoscaling,
-                "autoscaling_off": autoscaling_off, "reset": reset}  # fmt: skip
+                "autoscaling_off": autoscaling_off, "reset": reset, "canary": canary,
+                "shadow": shadow, "rollout": rollout, "rollout_off": rollout_off}  # fmt: skip
         result: DeploymentInfo = self._request("POST", "/api/v1/deployments", json=body).json()
         if not wait or result["desired_replicas"] == 0:
             return result
@@ -319,7 +327,7 @@ class Client:
         stuck_since: float | None = None
         while True:
             info = self.deployment(name)
-            if info["state"] == "ready":
+            if info["state"] == "ready" and all(t["ready_replicas"] for t in info["traffic"]):
                 return info
             # pending with nothing starting or making room, once the controller has acted on
             # the latest deploy: no wait will change it
@@ -477,6 +485,18 @@ class Client:
 
     def undeploy(self, name: str) -> None:
         self._request("DELETE", f"/api/v1/deployments/{name}")
+
+    def promote(self, name: str) -> DeploymentInfo:
+        """The canary's (or shadow's) version serves every request from now on."""
+        result: DeploymentInfo = self._request("POST", f"/api/v1/deployments/{name}/promote").json()
+        return result
+
+    def rollback(self, name: str) -> DeploymentInfo:
+        """Back to the current version (the candidate stops), or to the one before."""
+        result: DeploymentInfo = self._request(
+            "POST", f"/api/v1/deployments/{name}/rollback"
+        ).json()
+        return result
 
     # ---- keys (admin) -----------------------------------------------------------------------
     def keys(self) -> list[KeyInfo]:

@@ -80,6 +80,11 @@ class DeploymentInfo(TypedDict):
     pending: list[str]
     events: list[dict[str, Any]]
     reconciled: bool
+    traffic: list[dict[str, Any]]  # each version served: version, ref, role, percent, ready
+    rollout: dict[str, Any] | None
+    rollout_status: str
+    last_rollout: dict[str, Any] | None
+    previous: str
 
 
 class KeyInfo(TypedDict, total=False):

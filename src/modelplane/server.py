@@ -39,6 +39,7 @@ from modelplane.registry.service import RegistryService
 from modelplane.scheduler.cluster_load import ClusterLoad
 from modelplane.scheduler.controller import Controller
 from modelplane.scheduler.leader import Leadership, await_successor, follow_leader, share_state
+from modelplane.scheduler.rollouts import Rollouts
 from modelplane.security.blobkeys import BlobKeys, MasterKeyError, load_master_key
 from modelplane.security.detection import AttackDetector, rules_from
 from modelplane.security.limiter import Quotas
@@ -211,6 +212,18 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
 
     cluster = ClusterStore(sessions)
     leadership = Leadership(cluster, me, on_change=on_leadership)
+    gateway = Gateway(
+        table, executor.token, settings.serving.request_timeout_s, metrics, executor.replica_tls
+    )
+    audit_log = AuditLog(sessions)
+    audit = AuditTrail(audit_log)
+    metrics.registry.register(AuditCollector(audit))  # dropped entries, in /metrics
+    metrics.registry.register(gateway.watch)  # how a deployment's two versions agree
+
+    def decided(action: str, deployment: str, detail: str) -> None:
+        audit.record(action, key_id=None, key_name="controller", source="controller",
+                     target=deployment, result="ok", detail=detail)  # fmt: skip
+
     controller = Controller(
         deployments,
         executor,
@@ -223,9 +236,7 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
         on_step=metrics.reconcile.observe,
         may_act=lambda: leadership.leading,
         share=share_state(cluster, leadership),
-    )
-    gateway = Gateway(
-        table, executor.token, settings.serving.request_timeout_s, metrics, executor.replica_tls
+        rollouts=Rollouts(deployments, gateway.watch, decided),
     )
     # the autoscaler counts the traffic through every server, and any server's request wakes a
     # deployment scaled to zero
@@ -241,9 +252,6 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
     interrupted = conversions.fail_interrupted()
     if interrupted:
         log.info("%d conversion(s) were interrupted by the last stop; push them again", interrupted)
-    audit_log = AuditLog(sessions)
-    audit = AuditTrail(audit_log)
-    metrics.registry.register(AuditCollector(audit))  # dropped entries, in /metrics
     detector = AttackDetector(rules_from(settings.detection), metrics, audit)
     quotas = Quotas(metrics.key_limited, audit)  # one holder: HTTP and gRPC count together
     services = Services(
@@ -330,7 +338,7 @@ def build(settings: Settings, announce: Callable[[], None] | None = None) -> Pla
         others = await asyncio.to_thread(cluster.servers, time.time() - HANDOVER_PEERS_S)
         if not leadership.leading or not [s for s in others if s.id != me.id]:
             return
-        leaving, routes = controller.replica_ids(), list(table.routes.values())
+        leaving, routes = {r.id for r in controller.view.replicas}, list(table.routes.values())
         await leadership.stop()  # the next server takes the lease at its next try
         timeout = settings.scheduler.drain_timeout_s
         if await await_successor(cluster, leaving, routes, timeout):

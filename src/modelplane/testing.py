@@ -121,6 +121,62 @@ def mlp_onnx(sizes: Sequence[int] = (256, 1024, 1024, 1024, 10), seed: int = 0) 
     return bytes(model.SerializeToString())
 
 
+def scores_onnx(scale: float = 1.0, slow_layers: int = 0, flip_above: float | None = None) -> bytes:
+    """A linear scorer, input ``x`` [N, 4] FP32, output ``scores`` [N, 3] FP32 (its label is
+    the arg-max), with fixed weights times ``scale``: versions of one model for traffic tests.
+    ``slow_layers``: that many 1024-wide layers computed beside it (a deliberately slower
+    version, same answers); ``flip_above``: rows whose first input exceeds it get negated
+    scores (their label changes: a version that disagrees on those rows)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(7)
+    w = (rng.standard_normal((4, 3)) * scale).astype(np.float32)
+    weights = [numpy_helper.from_array(w, "w")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["s0"])]
+    out = "s0"
+    if slow_layers:
+        wide = (rng.standard_normal((4, 1024)) / 2).astype(np.float32)
+        square = (rng.standard_normal((1024, 1024)) / np.sqrt(1024)).astype(np.float32)
+        tiny = np.array([1e-30], dtype=np.float32)
+        weights += [numpy_helper.from_array(a, n) for a, n in
+                    ((wide, "wide"), (square, "square"), (tiny, "tiny"))]  # fmt: skip
+        nodes.append(helper.make_node("MatMul", ["x", "wide"], ["h0"]))
+        for i in range(slow_layers):
+            nodes.append(helper.make_node("MatMul", [f"h{i}", "square"], [f"m{i}"]))
+            nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"]))
+        nodes += [
+            helper.make_node("ReduceMean", [f"h{slow_layers}"], ["r"], keepdims=1),
+            helper.make_node("Mul", ["r", "tiny"], ["rt"]),
+            helper.make_node("Add", [out, "rt"], ["s1"]),
+        ]
+        out = "s1"
+    if flip_above is not None:
+        limits = [np.array([v], dtype=np.int64) for v in (0, 1, 1)]
+        weights += [
+            numpy_helper.from_array(a, n) for a, n in zip(limits, ("c0", "c1", "ax"), strict=True)
+        ]
+        weights.append(numpy_helper.from_array(np.array([flip_above], np.float32), "limit"))
+        nodes += [
+            helper.make_node("Slice", ["x", "c0", "c1", "ax"], ["first"]),
+            helper.make_node("Greater", ["first", "limit"], ["flip"]),
+            helper.make_node("Neg", [out], ["negated"]),
+            helper.make_node("Where", ["flip", "negated", out], ["s2"]),
+        ]
+        out = "s2"
+    nodes.append(helper.make_node("Identity", [out], ["scores"]))
+    graph = helper.make_graph(
+        nodes, "scores",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None, 3])],
+        initializer=weights,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
 # ---- a real Ray cluster on this machine ------------------------------------------------------
 # Nodes on loopback addresses (127.0.0.2, 127.0.0.3, ...: Ray rewrites 127.0.0.1), found and
 # stopped by process id so that nothing else running Ray on the machine is touched.

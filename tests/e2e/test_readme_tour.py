@@ -116,6 +116,11 @@ CHECKS: dict[str, Callable[[str], bool]] = {
     "modelplane predict lazy": lambda out: '"label"' in out,
     "modelplane deployments status lazy": lambda out: "0 -> 1 replicas" in out,
     "modelplane deploy flowers:2": lambda out: "ready" in out,
+    "modelplane deploy flowers:1 --canary": lambda out: (
+        "traffic: flowers:2 90%, flowers:1 10%" in out
+    ),
+    "modelplane promote flowers": lambda out: "promoted: flowers serves flowers:1" in out,
+    "modelplane rollback flowers": lambda out: "rolled back: flowers serves flowers:2" in out,
 }
 
 

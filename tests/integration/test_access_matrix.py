@@ -49,6 +49,8 @@ MANAGEMENT: dict[tuple[str, str], tuple[Any, str | None]] = {
     ("POST", "/api/v1/deployments"): (Action.DEPLOY, "model"),  # the model is in the body
     ("GET", "/api/v1/deployments/{name}"): (Action.READ, "deployment"),
     ("DELETE", "/api/v1/deployments/{name}"): (Action.DEPLOY, "deployment"),
+    ("POST", "/api/v1/deployments/{name}/promote"): (Action.DEPLOY, "deployment"),
+    ("POST", "/api/v1/deployments/{name}/rollback"): (Action.DEPLOY, "deployment"),
     ("GET", "/api/v1/deployments/{name}/logs"): (Action.LOGS, "deployment"),
     ("GET", "/api/v1/nodes"): (Action.READ, None),
     ("GET", "/api/v1/cluster"): (Action.NODES, None),  # server addresses, the database host

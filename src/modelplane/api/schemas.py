@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from modelplane.api.traffic_schemas import RolloutIn, VersionTrafficOut, traffic_of
 from modelplane.domain import (
     DEFAULT_REQUEST,
     ApiKey,
@@ -18,7 +19,11 @@ from modelplane.domain import (
     Replica,
     Resources,
     Role,
+    Split,
+    SplitMode,
 )
+from modelplane.domain.traffic import Agreement, Window
+from modelplane.errors import InvalidInput
 from modelplane.registry.deployments import DeploymentRecord, Scheduling
 
 MAX_LIMIT = 2**31 - 1  # a key's limits are stored as 32-bit integers (on every database)
@@ -194,6 +199,15 @@ class DeployIn(BaseModel):
     reset: bool = Field(
         False, description="settings left out go back to their defaults instead of being kept"
     )
+    canary: float | None = Field(None, gt=0, le=100, description="serve this version beside "
+                                 "the current one, for this percentage of requests")  # fmt: skip
+    shadow: bool = Field(
+        False,
+        description="serve this version beside the current one on a "
+        "copy of every request (its answers compared, then discarded)",
+    )
+    rollout: RolloutIn | None = Field(None, description="later versions take over step by step")
+    rollout_off: bool = Field(False, description="later versions take over at once again")
 
     def config_change(self) -> dict[str, Any] | None:
         return _named(self.config)
@@ -205,7 +219,16 @@ class DeployIn(BaseModel):
             autoscaling=_named(self.autoscaling),
             clear_autoscaling=self.autoscaling_off,
             reset=self.reset,
+            rollout=None if self.rollout is None else self.rollout.policy(),
+            clear_rollout=self.rollout_off,
         )
+
+    def split(self) -> Split | None:
+        if self.canary is not None and self.shadow:
+            raise InvalidInput("canary and shadow contradict each other: give one")
+        if self.shadow:
+            return Split(SplitMode.SHADOW, 0.0)
+        return None if self.canary is None else Split(SplitMode.CANARY, self.canary)
 
 
 class ReplicaOut(BaseModel):
@@ -294,6 +317,13 @@ class DeploymentOut(BaseModel):
     reconciled: bool = Field(
         True, description="the controller has acted on the deployment as it now stands"
     )
+    traffic: list[VersionTrafficOut] = Field(default_factory=list)
+    rollout: RolloutIn | None = None
+    rollout_status: str = Field("", description="where a rollout in progress stands")
+    last_rollout: dict[str, Any] | None = Field(
+        None, description="how the last canary, shadow or rollout ended, and why"
+    )
+    previous: str = Field("", description="the version `rollback` returns to, with no canary")
 
     @classmethod
     def of(
@@ -307,6 +337,9 @@ class DeploymentOut(BaseModel):
         pending: list[str] | None = None,
         events: list[dict[str, Any]] | None = None,
         reconciled: bool = True,
+        rollout_status: str = "",
+        measured: Callable[[int], Window] = lambda version: Window(),
+        agreed: Agreement | None = None,
     ) -> DeploymentOut:
         d = record.deployment
         # ready means the deployment as it now stands: its version, config and resources
@@ -346,6 +379,11 @@ class DeploymentOut(BaseModel):
                 if d.autoscaling is None
                 else AutoscalingIn.model_validate(d.autoscaling.to_dict())
             ),
+            traffic=traffic_of(record, replicas, measured, agreed or Agreement()),
+            rollout=None if d.rollout is None else RolloutIn.model_validate(d.rollout.to_dict()),
+            rollout_status=rollout_status,
+            last_rollout=None if record.outcome is None else dict(record.outcome),
+            previous=record.previous,
         )
 
 

@@ -12,7 +12,7 @@ from modelplane.cli.apps import Json, app, deployments_app
 from modelplane.cli.apps import print_json as _print_json
 from modelplane.cli.output import console, handled, state_style, table
 from modelplane.client import Client
-from modelplane.domain import DEFAULT_REQUEST, parse_pairs
+from modelplane.domain import DEFAULT_REQUEST, RolloutPolicy, parse_pairs
 
 
 @app.command()
@@ -94,10 +94,39 @@ def deploy(
     reset: Annotated[
         bool, typer.Option("--reset", help="Settings not given go back to their defaults.")
     ] = False,
+    canary: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01,
+            max=100,
+            help="Serve beside the current version, for this % of "
+            "requests (then promote or rollback).",
+        ),
+    ] = None,
+    shadow: Annotated[
+        bool,
+        typer.Option(
+            "--shadow",
+            help="Serve beside the current version on copies of "
+            "every request (answers compared, discarded).",
+        ),
+    ] = False,
+    rollout: Annotated[
+        str | None,
+        typer.Option(
+            help="Later versions take over step by step, e.g. 'steps=10,50,100 "
+            "interval=2m max-error-rate=1% max-p99-ratio=1.2 max-disagreement=2%'."
+        ),
+    ] = None,
+    rollout_off: Annotated[
+        bool, typer.Option("--rollout-off", help="Later versions take over at once again.")
+    ] = False,
 ) -> None:
     """Deploy a model version (create or update). On an existing deployment, every setting not
     given keeps its current value (replicas, serving config, resources, placement, autoscaling);
-    --reset puts those back to their defaults instead."""
+    --reset puts those back to their defaults instead. With --canary or --shadow the version
+    serves beside the current one; with a rollout policy a new version takes over step by
+    step, judged on its error rate, latency and agreement with the current one."""
     resources = _given({"cpu": cpu, "memory_mb": memory, "gpus": gpus})
     placement = _given({
         "node_labels": _labels(node_label) if node_label else None, "gpu_type": gpu_type,
@@ -119,12 +148,17 @@ def deploy(
         "input_guard_sigmas": input_guard_sigmas,
     }
     config = _given(given)
+    policy = _rollout(rollout) if rollout is not None else None
     with handled(), Client() as client:
         info = client.deploy(
             ref, replicas=replicas, name=name, config=config, resources=resources,
             placement=placement, autoscaling=autoscaling, autoscaling_off=no_autoscale,
-            reset=reset, wait=False,
+            reset=reset, canary=canary, shadow=shadow, rollout=policy, rollout_off=rollout_off,
+            wait=False,
         )  # fmt: skip
+        if len(info["traffic"]) > 1:
+            _beside(client, info, wait, timeout)
+            return
         scaling = info.get("autoscaling")
         wanted = info["desired_replicas"]
         count = (
@@ -142,6 +176,58 @@ def deploy(
         with console.status("waiting for replicas to be ready"):
             info = client.wait_ready(info["name"], timeout)
         console.print(f"[green]ready[/green]: POST {client.url}{info['endpoint']}")
+
+
+def _rollout(text: str) -> dict[str, Any]:
+    try:
+        return RolloutPolicy.parse(text).to_dict()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--rollout") from None
+
+
+def _split(info: Any) -> str:
+    """``iris:2 90%, iris:3 10%`` (a shadow: ``iris:3 shadow``)."""
+    shares = []
+    for t in info["traffic"]:
+        share = "shadow" if t["role"] == "shadow" else f"{t['percent']:g}%"
+        shares.append(f"{t['ref']} {share}")
+    return ", ".join(shares)
+
+
+def _beside(client: Client, info: Any, wait: bool, timeout: float) -> None:
+    """A canary, shadow or rollout began: say how requests split, once the new version's
+    replica is ready."""
+    new = info["traffic"][-1]
+    console.print(f"{info['name']}: {new['ref']} beside {info['ref']} ({new['role']})")
+    if wait:
+        with console.status(f"waiting for {new['ref']} to be ready"):
+            info = client.wait_ready(info["name"], timeout)
+    console.print(f"traffic: {_split(info)}", highlight=False)
+    if new["role"] == "rollout":
+        console.print(
+            f"the rollout moves on its own: `modelplane deployments status {info['name']}`"
+        )
+    else:
+        console.print(
+            f"then `modelplane promote {info['name']}` or `modelplane rollback {info['name']}`"
+        )
+
+
+@app.command()
+def promote(name: str) -> None:
+    """The canary's or shadow's version serves every request from now on."""
+    with handled(), Client() as client:
+        info = client.promote(name)
+    console.print(f"promoted: {info['name']} serves {info['ref']} (traffic: {_split(info)})")
+
+
+@app.command()
+def rollback(name: str) -> None:
+    """Every request back to the current version (the canary stops), or, with no canary, back
+    to the version served before the last promotion or deploy."""
+    with handled(), Client() as client:
+        info = client.rollback(name)
+    console.print(f"rolled back: {info['name']} serves {info['ref']} (traffic: {_split(info)})")
 
 
 def _given(values: dict[str, Any]) -> dict[str, Any] | None:
@@ -189,6 +275,17 @@ def deployments_status(name: str, as_json: Json = False) -> None:
     state = state_style(d["state"])(d["state"])
     ready = f"{d['ready_replicas']}/{d['desired_replicas']} ready"
     console.print(f"[bold]{d['name']}[/bold]  {d['ref']}  {state}  {ready}")
+    if len(d["traffic"]) > 1:
+        console.print(f"traffic: {_split(d)}", highlight=False)
+    if d["rollout"]:
+        policy = RolloutPolicy.from_dict(d["rollout"]).describe()
+        console.print(f"rollout policy: {policy}", highlight=False)
+    if d["rollout_status"]:
+        console.print(f"rollout: {d['rollout_status']}", highlight=False)
+    if d["last_rollout"]:
+        last = d["last_rollout"]
+        console.print(f"last: {last['version']} {last['result']} ({last['reason']})",
+                      highlight=False)  # fmt: skip
     if d["last_failure"]:
         console.print(f"last failure: {d['last_failure']}", highlight=False)
     for reason in sorted(set(d["pending"])):

@@ -19,6 +19,7 @@ from modelplane.domain.resources import (
     Resources,
 )
 from modelplane.domain.signature import DATATYPES, Signature, TensorSpec
+from modelplane.domain.traffic import RolloutPolicy, Split, SplitMode
 
 __all__ = [
     "DATATYPES",
@@ -40,8 +41,11 @@ __all__ = [
     "ReplicaState",
     "Resources",
     "Role",
+    "RolloutPolicy",
     "ServingConfig",
     "Signature",
+    "Split",
+    "SplitMode",
     "TensorSpec",
     "parse_pairs",
 ]

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from modelplane.domain.resources import DEFAULT_REQUEST, Autoscaling, PlacementPolicy, Resources
+from modelplane.domain.traffic import RolloutPolicy
 
 
 class ReplicaState(enum.StrEnum):
@@ -81,6 +82,7 @@ class Deployment:
     resources: Resources = DEFAULT_REQUEST
     placement: PlacementPolicy = field(default_factory=PlacementPolicy)
     autoscaling: Autoscaling | None = None
+    rollout: RolloutPolicy | None = None  # how a new version takes over; None: all at once
 
     @property
     def ref(self) -> str:
@@ -101,6 +103,7 @@ class Deployment:
             "resources": self.resources.to_dict(),
             "placement": self.placement.to_dict(),
             "autoscaling": None if self.autoscaling is None else self.autoscaling.to_dict(),
+            "rollout": None if self.rollout is None else self.rollout.to_dict(),
         }
 
 

@@ -16,11 +16,14 @@ from modelplane.domain import (
     ModelVersion,
     PlacementPolicy,
     Resources,
+    RolloutPolicy,
     ServingConfig,
+    Split,
+    SplitMode,
 )
 from modelplane.domain.model import name_problem
 from modelplane.domain.resources import DEFAULT_REQUEST, generation_memory_mb
-from modelplane.errors import InvalidInput, NotFound
+from modelplane.errors import Conflict, InvalidInput, NotFound
 from modelplane.registry.service import RegistryService, now, to_version
 from modelplane.registry.tables import DeploymentRow, ModelRow, VersionRow
 
@@ -34,6 +37,18 @@ class DeploymentRecord:
     # the last revision that served, where it is not this one: it serves until this one can
     stable: DeploymentRecord | None = None
     served: bool = False  # whether this revision is the last one that served
+    # a second version beside this one (same settings) and its share of requests
+    candidate: DeploymentRecord | None = None
+    split: Split | None = None
+    previous: str = ""  # NAME:VERSION served before the last promotion ("" when none)
+    outcome: Mapping[str, Any] | None = None  # how the last canary or rollout ended
+
+    def at(self, revision: str) -> DeploymentRecord:
+        """The record of ``revision``: this one, its stable fallback or its candidate."""
+        for record in (self.stable, self.candidate):
+            if record is not None and record.deployment.revision == revision:
+                return record
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +61,8 @@ class Scheduling:
     autoscaling: Autoscaling | Mapping[str, Any] | None = None
     clear_autoscaling: bool = False
     reset: bool = False  # start from the defaults instead of what is set
+    rollout: RolloutPolicy | None = None  # how later versions take over
+    clear_rollout: bool = False  # later versions take over at once again
 
 
 def missing_deployment(name: str) -> NotFound:
@@ -55,6 +72,14 @@ def missing_deployment(name: str) -> NotFound:
 
 def _record(row: DeploymentRow) -> DeploymentRecord:
     current = _as_of(row, row.version, row.config, row.replicas)
+    if row.candidate_version is not None and row.split is not None:
+        candidate = _as_of(row, row.candidate_version, row.config, 1)
+        current = replace(current, candidate=candidate, split=Split.from_dict(row.split))
+    if row.previous_version is not None:
+        previous = to_version(row.previous_version)
+        current = replace(current, previous=previous.ref)
+    if row.outcome:
+        current = replace(current, outcome=dict(row.outcome))
     if row.stable_version is None or row.stable_config is None:
         return current
     stable = _as_of(row, row.stable_version, row.stable_config, 1)
@@ -69,6 +94,7 @@ def _as_of(
     version = to_version(version_row)
     spec: dict[str, Any] = dict(config or {})
     scaling = spec.get("autoscaling")
+    rollout = spec.get("rollout")
     return DeploymentRecord(
         Deployment(
             name=row.name,
@@ -81,6 +107,7 @@ def _as_of(
             resources=Resources.from_dict(spec.get("resources") or {}, DEFAULT_REQUEST),
             placement=PlacementPolicy.from_dict(spec.get("placement") or {}),
             autoscaling=None if not scaling else Autoscaling.from_dict(scaling),
+            rollout=None if not rollout else RolloutPolicy.from_dict(rollout),
         ),
         version,
     )
@@ -117,10 +144,14 @@ class DeploymentStore:
         name: str | None = None,
         config: ServingConfig | Mapping[str, Any] | None = None,
         scheduling: Scheduling | None = None,
+        split: Split | None = None,
     ) -> DeploymentRecord:
         """Create or update the deployment ``name`` (default: the model's name). What is not
         given keeps its current value (``replicas`` None: the current count, 1 when new);
-        ``config`` and the scheduling settings change field by field when given as mappings."""
+        ``config`` and the scheduling settings change field by field when given as mappings.
+        With ``split`` the version runs beside the current one as its candidate (a canary or
+        shadow); without, a new version of a deployment with a rollout policy starts a
+        rollout, and otherwise replaces the current one."""
         name = name or ref.name
         if problem := name_problem(name):
             raise InvalidInput(problem.replace("model name", "deployment name"))
@@ -140,6 +171,15 @@ class DeploymentStore:
             spec = _sized(_merge(before, config, given, replicas), version, given)
             _check(spec.resources, spec.autoscaling)
             replicas = _replicas(replicas, before, spec, given)
+            if row is not None:
+                version_id = _staged(row, version_id, version.ref, split, spec.rollout)
+            elif split is not None:
+                raise NotFound(
+                    f"deployment {name!r} does not exist yet: a canary or shadow runs beside a "
+                    f"current version; deploy one first (`modelplane deploy {ref.name}:VERSION"
+                    + (f" --name {name}" if name != ref.name else "")
+                    + "`)"
+                )
             if row is None:
                 row = DeploymentRow(
                     name=name,
@@ -156,7 +196,8 @@ class DeploymentStore:
                 row.updated_at = stamp
                 row.config = spec.to_spec()
             session.flush()
-            session.expire(row, ["version"])  # the new version_id's row, not the one loaded
+            # the rows of the new ids, not the ones loaded
+            session.expire(row, ["version", "candidate_version", "previous_version"])
             return _record(self._load(session, name))
 
     def list(self) -> list[DeploymentRecord]:
@@ -171,6 +212,59 @@ class DeploymentStore:
     def delete(self, name: str) -> None:
         with self._sessions.begin() as session:
             session.delete(self._load(session, name))
+
+    def set_split(self, name: str, candidate: int, split: Split) -> bool:
+        """Move a rollout to ``split`` if the deployment's candidate is still version
+        ``candidate`` (a person may have promoted or rolled back meanwhile)."""
+        with self._sessions.begin() as session:
+            row = session.scalar(self._query().where(DeploymentRow.name == name))
+            if row is None or not _candidate_is(row, candidate):
+                return False
+            row.split = split.to_dict()
+            return True
+
+    def promote(self, name: str, reason: str, candidate: int | None = None) -> DeploymentRecord:
+        """The candidate becomes the current version, for every request at once; the version
+        it replaces is kept as the one a rollback returns to. ``candidate``: only if it is
+        still this version (else Conflict)."""
+        with self._sessions.begin() as session:
+            row = self._load(session, name)
+            if row.candidate_version is None:
+                raise Conflict(
+                    f"deployment {name!r} has no canary or shadow to promote; start one with "
+                    f"`modelplane deploy {name}:VERSION --canary 10` (or --shadow)"
+                )
+            if candidate is not None and not _candidate_is(row, candidate):
+                raise Conflict(f"deployment {name!r}'s candidate changed meanwhile")
+            promoted = to_version(row.candidate_version).ref
+            row.previous_version_id, row.version_id = row.version_id, row.candidate_version.id
+            _end(row, promoted, "promoted", reason)
+            session.flush()
+            session.expire(row, ["version", "candidate_version", "previous_version"])
+            return _record(self._load(session, name))
+
+    def rollback(self, name: str, reason: str, candidate: int | None = None) -> DeploymentRecord:
+        """Send every request back to the current version and stop the candidate; with no
+        candidate, return to the version served before the last promotion."""
+        with self._sessions.begin() as session:
+            row = self._load(session, name)
+            if row.candidate_version is not None:
+                if candidate is not None and not _candidate_is(row, candidate):
+                    raise Conflict(f"deployment {name!r}'s candidate changed meanwhile")
+                _end(row, to_version(row.candidate_version).ref, "rolled back", reason)
+            elif row.previous_version is not None and candidate is None:
+                left = to_version(row.version).ref
+                row.version_id, row.previous_version_id = row.previous_version.id, None
+                _end(row, left, "rolled back", reason)
+            else:
+                raise Conflict(
+                    f"deployment {name!r} has nothing to roll back to: no canary, shadow or "
+                    "earlier promoted version; deploy the version you want with "
+                    f"`modelplane deploy {name}:VERSION`"
+                )
+            session.flush()
+            session.expire(row, ["version", "candidate_version", "previous_version"])
+            return _record(self._load(session, name))
 
     def mark_stable(self, name: str, revision: str) -> bool:
         """Record that the deployment's current revision served (a replica of it was ready),
@@ -192,6 +286,12 @@ class DeploymentStore:
             selectinload(DeploymentRow.stable_version)
             .selectinload(VersionRow.model)
             .selectinload(ModelRow.aliases),
+            selectinload(DeploymentRow.candidate_version)
+            .selectinload(VersionRow.model)
+            .selectinload(ModelRow.aliases),
+            selectinload(DeploymentRow.previous_version)
+            .selectinload(VersionRow.model)
+            .selectinload(ModelRow.aliases),
         )
 
     def _load(self, session: Session, name: str) -> DeploymentRow:
@@ -199,6 +299,47 @@ class DeploymentStore:
         if row is None:
             raise missing_deployment(name)
         return row
+
+
+def _candidate_is(row: DeploymentRow, version: int) -> bool:
+    return row.candidate_version is not None and row.candidate_version.version == version
+
+
+def _end(row: DeploymentRow, ref: str, result: str, reason: str) -> None:
+    """The candidate's run is over (promoted or rolled back): say how, once."""
+    row.candidate_version_id, row.split = None, None
+    row.outcome = {"version": ref, "result": result, "reason": reason, "at": now().isoformat()}
+    row.updated_at = now()
+
+
+def _staged(
+    row: DeploymentRow, version_id: int, ref: str, split: Split | None, policy: RolloutPolicy | None
+) -> int:
+    """The version the deployment serves after this deploy; a canary, a shadow or a rollout
+    puts the new one beside it as the candidate instead."""
+    current = to_version(row.version).ref
+    if split is not None:
+        if version_id == row.version_id:
+            raise InvalidInput(
+                f"{ref} is what {row.name!r} serves already; a canary or shadow is another version"
+            )
+        row.candidate_version_id, row.split = version_id, split.to_dict()
+        return row.version_id
+    if version_id == row.version_id:
+        return version_id
+    if row.candidate_version is not None:
+        candidate = to_version(row.candidate_version).ref
+        raise Conflict(
+            f"deployment {row.name!r} serves {current} with {candidate} beside it; promote "
+            f"(`modelplane promote {row.name}`) or roll back (`modelplane rollback {row.name}`) "
+            "before deploying another version"
+        )
+    if policy is not None and row.stable_version_id is not None:
+        row.candidate_version_id = version_id
+        row.split = Split(SplitMode.ROLLOUT, policy.steps[0]).to_dict()
+        return row.version_id
+    row.previous_version_id = row.version_id  # what `modelplane rollback` returns to
+    return version_id
 
 
 Setting = TypeVar("Setting", ServingConfig, Resources, PlacementPolicy, Autoscaling)
@@ -225,6 +366,9 @@ def _merge(
     base = Deployment("", "", 1, 0, stamp, stamp)
     if before is not None and not given.reset:
         base = before
+    if given.clear_rollout and given.rollout is not None:
+        raise InvalidInput("rollout_off and rollout contradict each other: give one")
+    rollout = None if given.clear_rollout else given.rollout or base.rollout
     scaling = None if given.clear_autoscaling else base.autoscaling
     if given.autoscaling is not None:
         named = given.autoscaling if isinstance(given.autoscaling, Mapping) else {}
@@ -243,6 +387,7 @@ def _merge(
         resources=_changed(base.resources, given.resources),
         placement=_changed(base.placement, given.placement),
         autoscaling=scaling,
+        rollout=rollout,
     )  # fmt: skip
 
 

@@ -418,13 +418,22 @@ class RegistryService:
         serving = DeploymentRow.version_id.in_(version_ids)
         # the version a deployment falls back to while its newer one is not ready yet
         stable = DeploymentRow.stable_version_id.in_(version_ids)
-        names = session.scalars(select(DeploymentRow.name).where(serving | stable)).all()
+        candidate = DeploymentRow.candidate_version_id.in_(version_ids)  # a canary or shadow
+        names = session.scalars(
+            select(DeploymentRow.name).where(serving | stable | candidate)
+        ).all()
         if names:
             count = "1 deployment" if len(names) == 1 else f"{len(names)} deployments"
             raise Conflict(
                 f"{what} is used by {count}; undeploy or redeploy them first (`modelplane "
                 "deployments list` shows those your key may see)"
             )
+        # what a rollback would have returned to is gone with it: a rollback then says so
+        session.execute(
+            update(DeploymentRow)
+            .where(DeploymentRow.previous_version_id.in_(version_ids))
+            .values(previous_version_id=None)
+        )
 
     @staticmethod
     def _model_row(session: Session, name: str) -> ModelRow:

@@ -80,9 +80,21 @@ class DeploymentRow(Base):
         ForeignKey("model_versions.id"), nullable=True
     )
     stable_config: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
+    # a second version beside the current one, and its share of requests (traffic.Split)
+    candidate_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id"), nullable=True
+    )
+    split: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
+    # the version served before the last promotion: what a rollback without a candidate restores
+    previous_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id"), nullable=True
+    )
+    outcome: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
 
     version: Mapped[VersionRow] = relationship(foreign_keys=[version_id])
     stable_version: Mapped[VersionRow | None] = relationship(foreign_keys=[stable_version_id])
+    candidate_version: Mapped[VersionRow | None] = relationship(foreign_keys=[candidate_version_id])
+    previous_version: Mapped[VersionRow | None] = relationship(foreign_keys=[previous_version_id])
 
 
 class ApiKeyRow(Base):

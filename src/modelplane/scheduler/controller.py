@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections import defaultdict, deque
@@ -17,14 +18,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from modelplane.cluster.executor import ReplicaExecutor, ReplicaSpec
-from modelplane.domain import Deployment, Node, NodeState, Replica, ReplicaState
+from modelplane.domain import Deployment, Node, NodeState, Replica, ReplicaState, SplitMode
 from modelplane.errors import redact_paths
 from modelplane.registry.deployments import DeploymentRecord, DeploymentStore
 from modelplane.registry.nodes import Cordon, NodeStore
 from modelplane.scheduler import autoscaling
 from modelplane.scheduler.planning import Desired, Drain, Pending, Start, Stop, plan
+from modelplane.scheduler.rollouts import Rollouts
 from modelplane.scheduler.view import ControlView
-from modelplane.serving.routing import Endpoint, Route, RoutingTable
+from modelplane.serving.routing import Canary, Endpoint, Route, RoutingTable
 from modelplane.telemetry.logs import now_iso
 
 log = logging.getLogger("modelplane.controller")
@@ -94,9 +96,12 @@ class Controller:
         nodes: NodeStore | None = None,
         may_act: Callable[[], bool] | None = None,
         share: Callable[[list[Route], ControlView], None] | None = None,
+        rollouts: Rollouts | None = None,
     ) -> None:
         """``may_act`` says whether this server leads (None: always); ``share`` writes the
-        routes and the view for the other servers (run in a thread when they change)."""
+        routes and the view for the other servers (run in a thread when they change);
+        ``rollouts`` moves rollouts along (None: judged on nothing measured)."""
+        self._rollouts = rollouts or Rollouts(deployments)
         self._may_act = may_act or (lambda: True)
         self._share = share
         self._shared: tuple[list[Route], ControlView] | None = None
@@ -153,7 +158,7 @@ class Controller:
             acted_on=dict(self._acted_on), placements=dict(self._placements),
             scale={k: v.replicas for k, v in self._scale.items()},
             events=tuple(self._events), failures=dict(self._last_failure),
-            cordons=dict(self._cordons),
+            cordons=dict(self._cordons), rollouts=dict(self._rollouts.status),
         )  # fmt: skip
 
     def kick(self) -> None:
@@ -167,10 +172,6 @@ class Controller:
         self._inherited = {name: r.endpoints for name, r in routes.items() if r.endpoints}
         self._inherited_until = self._clock() + self._drain_timeout
 
-    def replica_ids(self) -> set[str]:
-        """The replicas this server runs now (a stopping leader waits for others to serve)."""
-        return {r.id for r in self._observed}
-
     # ---- the loop ---------------------------------------------------------------------------
     async def step(self) -> None:
         # what the gateway compares with a request's arrival: time.monotonic, not self._clock
@@ -178,10 +179,12 @@ class Controller:
         records = await asyncio.to_thread(self._deployments.list)
         if self._node_store is not None:
             self._cordons = await asyncio.to_thread(self._node_store.all)
-        by_name = {r.deployment.name: r for r in records}
         observed = await self._observe(with_nodes=True)
         await self._finish_draining({r.id: r.state for r in observed})
         observed = [r for r in observed if r.id in self._live_ids]
+        if await self._rollouts.step(records, observed, self._event):
+            records = await asyncio.to_thread(self._deployments.list)  # as the rollout left it
+        by_name = {r.deployment.name: r for r in records}
         owners = {r.id: r.deployment for r in observed}
         desired = [self._desired(r) for r in records]
         actions = plan(desired, observed, self._nodes, self._start_budget(desired))
@@ -280,11 +283,17 @@ class Controller:
             replicas = self._autoscale(d)
         else:
             self._scale.pop(d.name, None)
-        fallback = None
+        fallback = candidate = None
         if record.stable is not None:
             s = record.stable.deployment
             fallback = Desired(s.name, s.revision, 1, s.resources, s.placement)
-        return Desired(d.name, d.revision, replicas, d.resources, d.placement, fallback)
+        if record.candidate is not None and record.split is not None and replicas > 0:
+            # its share of the replicas (at least one); a shadow's copies may be shed: one
+            c, split = record.candidate.deployment, record.split
+            share = 0.0 if split.mode == SplitMode.SHADOW else split.percent
+            count = max(1, math.ceil(replicas * share / 100))
+            candidate = Desired(c.name, c.revision, count, c.resources, c.placement)
+        return Desired(d.name, d.revision, replicas, d.resources, d.placement, fallback, candidate)
 
     async def _note_stable(
         self, records: list[DeploymentRecord], observed: list[Replica]
@@ -351,8 +360,8 @@ class Controller:
         return budget
 
     async def _start(self, record: DeploymentRecord, action: Start) -> None:
-        if action.revision and record.stable is not None:
-            record = record.stable  # the last revision that served, while the new one cannot
+        if action.revision:  # the last revision that served (while the new one cannot), or
+            record = record.at(action.revision)  # the candidate beside it
         version, d = record.version, record.deployment
         try:  # a bucket-backed store fetches its local copy here: off the loop
             artifact = await asyncio.to_thread(self._blob_path, version.artifact.digest)
@@ -402,6 +411,17 @@ class Controller:
             elif not serving:
                 serving = [r for r in ready if r.version == version]
             endpoints = tuple(Endpoint(r.id, r.url) for r in serving)
+            canary = None
+            if record.candidate is not None and record.split is not None:
+                c, split = record.candidate, record.split
+                canary = Canary(
+                    version=str(c.deployment.version), signature=c.version.signature,
+                    endpoints=tuple(Endpoint(r.id, r.url) for r in ready
+                                    if r.revision == c.deployment.revision),
+                    percent=0.0 if split.mode == SplitMode.SHADOW else split.percent,
+                    shadow=split.mode == SplitMode.SHADOW,
+                    compare=split.mode == SplitMode.ROLLOUT,
+                )  # fmt: skip
             if endpoints or self._clock() > self._inherited_until:
                 self._inherited.pop(d.name, None)
             else:
@@ -420,6 +440,7 @@ class Controller:
                     cold_start_s=scaling.cold_start_timeout_s if scaling else 0.0,
                     pending=self._pending.get(d.name, [""])[0],
                     planned_at=planned_at,
+                    canary=canary,
                 )
             )
         self._table.publish(routes)

@@ -19,6 +19,8 @@ class Desired:
     policy: PlacementPolicy = field(default_factory=PlacementPolicy)
     # the last revision that served: kept (and started again) while this one has no ready replica
     fallback: Desired | None = None
+    # a second version serving beside this one (a canary, shadow or rollout), its own count
+    candidate: Desired | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +28,7 @@ class Start:
     deployment: str
     node: str = ""
     reason: str = ""
-    revision: str = ""  # the deployment's fallback revision; empty: its desired one
+    revision: str = ""  # the fallback's or the candidate's revision; empty: the desired one
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +111,12 @@ def plan(
     for d in desired:
         mine = [r for r in running if r.deployment == d.name and r.state in LIVE]
         current = [r for r in mine if r.revision == d.revision and r.node not in moving]
-        old = [r for r in mine if r.revision != d.revision or r.node in moving]
-        if len(current) > d.replicas:
-            # drop the least useful first: starting before ready, then the newest
-            extras = sorted(current, key=lambda r: (r.state == S.READY, -r.started_at))
-            actions.extend(_retire(r, "scaled down") for r in extras[: len(current) - d.replicas])
+        beside = d.candidate.revision if d.candidate is not None else None
+        old = [r for r in mine if r.revision not in (d.revision, beside) or r.node in moving]
+        actions.extend(_scaled_down(current, d.replicas))
+        if d.candidate is not None:
+            candidates = [r for r in mine if r.revision == beside and r.node not in moving]
+            actions.extend(_scaled_down(candidates, d.candidate.replicas))
         ready = sum(1 for r in current if r.state == S.READY)
         old_ready = [r for r in old if r.state == S.READY]
         # giving back room helps a new revision only where it could go: not off a drained node
@@ -139,19 +142,29 @@ def plan(
     return actions
 
 
+def _scaled_down(live: list[Replica], wanted: int) -> list[Drain | Stop]:
+    """Retire replicas beyond ``wanted``: the least useful first (starting before ready, then
+    the newest)."""
+    extras = sorted(live, key=lambda r: (r.state == S.READY, -r.started_at))
+    return [_retire(r, "scaled down") for r in extras[: max(0, len(live) - wanted)]]
+
+
 def _wanted(d: Desired, running: Sequence[Replica]) -> list[tuple[Desired, str]]:
     """The revisions to have replicas of: the desired one, and at least one replica of its
     fallback while no replica of the desired one is ready (a crash-looping new version leaves
     the last good one serving, after a restart too). The fallback comes first: it has the start
     budget first. One replica, not its old count: more would take the room a rolling update
     frees for the new revision. Each with the ``Start.revision`` that starts it."""
+    wanted = [(d, "")]
     fallback = d.fallback
     if fallback is not None and fallback.revision != d.revision:
         ready = any(r.deployment == d.name and r.revision == d.revision and r.state == S.READY
                     for r in running)  # fmt: skip
         if not ready:
-            return [(replace(fallback, replicas=1), fallback.revision), (d, "")]
-    return [(d, "")]
+            wanted.insert(0, (replace(fallback, replicas=1), fallback.revision))
+    if d.candidate is not None and d.candidate.revision != d.revision:
+        wanted.append((d.candidate, d.candidate.revision))
+    return wanted
 
 
 def _making_room(view: ClusterView, d: Desired, outdated: list[Replica]) -> Replica | None:

@@ -25,6 +25,7 @@ class ControlView:
     events: tuple[dict[str, Any], ...] = ()  # the latest, oldest first
     failures: dict[str, str] = field(default_factory=dict)  # deployment -> last failure
     cordons: dict[str, Cordon] = field(default_factory=dict)
+    rollouts: dict[str, str] = field(default_factory=dict)  # deployment -> where it stands
     # acted_on: the deployment's ``updated_at`` as the last reconcile saw it, equal to the
     # stored one once the controller has acted on the latest change (like Kubernetes'
     # observedGeneration); pending: why each replica wanted but not placed is waiting
@@ -58,6 +59,7 @@ class ControlView:
             "events": list(self.events),
             "failures": self.failures,
             "cordons": {k: asdict(c) for k, c in self.cordons.items()},
+            "rollouts": self.rollouts,
         }
 
     @classmethod
@@ -72,6 +74,7 @@ class ControlView:
             events=tuple(doc["events"]),
             failures=dict(doc["failures"]),
             cordons={k: Cordon(**c) for k, c in doc["cordons"].items()},
+            rollouts=dict(doc.get("rollouts", {})),
         )
 
 

@@ -48,6 +48,8 @@ ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
         ("DELETE", f"models/{_NAME}", "delete"),
         ("POST", "deployments", "deploy"),
         ("DELETE", f"deployments/{_NAME}", "undeploy"),
+        ("POST", f"deployments/{_NAME}/promote", "promote"),
+        ("POST", f"deployments/{_NAME}/rollback", "rollback"),
         ("POST", f"nodes/{_NAME}/cordon", "node.cordon"),
         ("DELETE", f"nodes/{_NAME}/cordon", "node.uncordon"),
         ("POST", "keys", "key.create"),

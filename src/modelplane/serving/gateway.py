@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 import time
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -22,11 +24,16 @@ from modelplane.errors import (
     Unavailable,
 )
 from modelplane.protocol import frames
+from modelplane.protocol.answers import agreement, decode_outputs
 from modelplane.serving.replica_client import ReplicaConnection, ReplicaGone
-from modelplane.serving.routing import Endpoint, Route, RoutingTable
+from modelplane.serving.routing import Canary, Endpoint, Route, RoutingTable
+from modelplane.serving.watch import VersionWatch
 from modelplane.telemetry.metrics import Metrics, RequestSeries
 
+log = logging.getLogger("modelplane.gateway")
+
 COLD_START_POLL_S = 0.02
+MAX_COPIES = 64  # shadow and comparison copies in flight; beyond, copies are shed
 
 
 def never_deployed(name: str) -> str:
@@ -72,6 +79,9 @@ class Gateway:
         self._outstanding: defaultdict[str, int] = defaultdict(int)
         self._queued: defaultdict[str, int] = defaultdict(int)
         self.on_demand: Callable[[], None] = lambda: None
+        self.watch = VersionWatch()
+        self._splits: dict[str, int] = {}  # requests split so far per name (the exact share)
+        self._copies: set[asyncio.Task[None]] = set()
 
     # ---- what the controller reads (autoscaling and draining) ---------------------------------
     def load(self, name: str) -> tuple[int, float, int]:
@@ -103,6 +113,10 @@ class Gateway:
             self._connecting.pop(url, None)
         names = set(self.table.routes)
         self._metrics.forget_requests(names)
+        split = {n for n, r in self.table.routes.items() if r.canary is not None}
+        self.watch.prune(split)
+        for name in [n for n in self._splits if n not in split]:
+            del self._splits[name]
         for name in [n for n, q in self._queued.items() if n not in names and not q]:
             del self._queued[name]
 
@@ -110,11 +124,15 @@ class Gateway:
         route = self.table.get(name)
         if route is None:
             raise NotFound(self._not_deployed(name))
-        if version is not None and version != route.version:
+        if version is None:
+            return route
+        pinned = route.pinned(version)
+        if pinned is None:
             raise NotFound(
-                f"version {version} of model {name!r} is not deployed (deployed: {route.version})"
+                f"version {version} of model {name!r} is not deployed (deployed: "
+                f"{', '.join(route.versions())})"
             )
-        return route
+        return pinned
 
     def _not_deployed(self, name: str) -> str:
         was = self.table.retired.get(name)
@@ -168,10 +186,110 @@ class Gateway:
         series.latency.observe(time.perf_counter() - started)
 
     async def infer(
-        self, route: Route, body: bytes, header_length: int | None, request_id: str = ""
+        self,
+        route: Route,
+        body: bytes,
+        header_length: int | None,
+        request_id: str = "",
+        sticky: bool = False,
     ) -> Forwarded:
-        """Forward an inference to a ready replica. Excess load gets 429 at once; a replica that
-        goes away before answering is retried once on another."""
+        """Forward an inference to a ready replica of the route's version, or of its canary
+        for the canary's share of requests (by the request id's hash with ``sticky``). Excess
+        load gets 429 at once; a replica that goes away before answering is retried once on
+        another of the same version."""
+        canary = route.canary
+        if canary is None:
+            return await self._answer(route, body, header_length, request_id)
+        chosen = self._choose(route, canary, request_id if sticky else "")
+        started = time.perf_counter()
+        status = 500
+        try:
+            result = await self._answer(chosen, body, header_length, request_id)
+            status = result.status
+        except ModelplaneError as exc:
+            status = exc.status
+            raise
+        finally:
+            self.watch.record(route.name, chosen.version, time.perf_counter() - started, status)
+        if status == 200:
+            self._copy(route, canary, chosen, body, header_length, result)
+        return result
+
+    def _choose(self, route: Route, canary: Canary, key: str) -> Route:
+        """The version that answers: the canary for exactly its share of requests (every
+        n-th), or by the key's hash (the same key, the same version while the split holds)."""
+        to_canary = False
+        if canary.endpoints and canary.percent > 0 and not canary.shadow:
+            if key:
+                to_canary = zlib.crc32(key.encode()) % 10_000 < canary.percent * 100
+            else:
+                n = self._splits[route.name] = self._splits.get(route.name, 0) + 1
+                basis = round(canary.percent * 100)
+                to_canary = n * basis // 10_000 != (n - 1) * basis // 10_000
+        return route.pinned(canary.version if to_canary else route.version) or route
+
+    def _copy(
+        self,
+        route: Route,
+        canary: Canary,
+        chosen: Route,
+        body: bytes,
+        header_length: int | None,
+        answer: Forwarded,
+    ) -> None:
+        """A shadow gets a copy of every request its version did not answer; a rollout's
+        canary answers are checked against the current version's (a copy goes there). Off the
+        request's path; shed when too many copies are in flight."""
+        if canary.shadow and chosen.version == route.version:
+            other, shadow = route.pinned(canary.version), True
+        elif canary.compare and chosen.version == canary.version:
+            other, shadow = route.pinned(route.version), False
+        else:
+            return
+        if other is None or not other.endpoints:
+            return
+        if len(self._copies) >= MAX_COPIES:
+            self.watch.shed += 1
+            return
+        task = asyncio.create_task(self._compare(route.name, other, body, header_length,
+                                                 answer, shadow))  # fmt: skip
+        self._copies.add(task)
+        task.add_done_callback(self._copies.discard)
+
+    async def _compare(
+        self,
+        name: str,
+        other: Route,
+        body: bytes,
+        header_length: int | None,
+        answer: Forwarded,
+        shadow: bool,
+    ) -> None:
+        started = time.perf_counter()
+        status = 500
+        try:
+            copy = await self._answer(other, body, header_length, "")
+            status = copy.status
+        except ModelplaneError as exc:
+            status = exc.status
+            return
+        finally:
+            if shadow:  # the shadow's own latency and errors; the current version's are known
+                self.watch.record(name, other.version, time.perf_counter() - started, status)
+        if status != 200:
+            return
+        current, candidate = (answer, copy) if shadow else (copy, answer)
+        try:
+            found = agreement(decode_outputs(current.body, current.header_length),
+                              decode_outputs(candidate.body, candidate.header_length))  # fmt: skip
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("could not compare the answers of %s's versions: %s", name, exc)
+            return
+        self.watch.compared(name, found)
+
+    async def _answer(
+        self, route: Route, body: bytes, header_length: int | None, request_id: str
+    ) -> Forwarded:
         series = self._metrics.requests(route.name, route.version)
         self._admit(route, series)
         started = time.perf_counter()
@@ -194,7 +312,7 @@ class Gateway:
         if not route.endpoints and route.cold_start_s > 0:
             route = await self._wait_for_replica(route)
         for _attempt in range(2):
-            route = self.table.get(route.name) or route  # the latest snapshot: drains apply
+            route = self._latest(route)  # the latest snapshot: drains apply
             endpoint = self._pick(route, tried)
             if endpoint is None:
                 break
@@ -244,7 +362,7 @@ class Gateway:
                 route = await self._wait_for_replica(route)
             tried: set[str] = set()
             for _attempt in range(2):
-                route = self.table.get(route.name) or route
+                route = self._latest(route)
                 endpoint = self._pick(route, tried)
                 if endpoint is None:
                     break
@@ -297,6 +415,16 @@ class Gateway:
             raise
         finally:
             self._settle(route, series, status, started)
+
+    def _latest(self, route: Route) -> Route:
+        """``route`` in the latest snapshot; one pinned to a version stays on it (the version
+        gone since: its replicas, draining, finish what they were sent)."""
+        latest = self.table.get(route.name)
+        if latest is None:
+            return route
+        if not route.fixed:
+            return latest
+        return latest.pinned(route.version) or route
 
     async def _wait_for_replica(self, route: Route) -> Route:
         """Hold a request for a scaled-to-zero deployment while its first replica starts. A

@@ -275,7 +275,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=route.name,
-            versions=[route.version],
+            versions=route.versions(),
             platform="onnxruntime_onnx",
             inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape)
                     for t in route.signature.inputs],

@@ -110,7 +110,7 @@ class V2Surface:
         route = visible_route(self._gateway, who, name, version)
         return {
             "name": route.name,
-            "versions": [route.version],
+            "versions": route.versions(),
             "platform": PLATFORM,
             "inputs": [t.to_dict() for t in route.signature.inputs],
             "outputs": [t.to_dict() for t in route.signature.outputs],
@@ -132,16 +132,19 @@ class V2Surface:
             raise
         header_length = None
         request_id = ""
+        sticky = False  # the split between versions by the request id's hash
         for key, value in scope["headers"]:
             if key == b"inference-header-content-length":
                 header_length = _parse_header_length(value)
             elif key == b"x-request-id":
                 request_id = clean_request_id(value)
+            elif key == b"modelplane-sticky":
+                sticky = value.strip().lower() in (b"1", b"true", b"yes")
             elif key == b"content-length" and value.isdigit() and int(value) > self._max_body:
                 raise too_large(int(value), self._max_body)
         request_id = request_id or self._ids.new()
         body = await read_body(receive, self._max_body)
-        result = await self._gateway.infer(route, body, header_length, request_id)
+        result = await self._gateway.infer(route, body, header_length, request_id, sticky)
         extra = [(b"x-request-id", request_id.encode())]
         if result.outlier:
             extra.append((b"modelplane-input-outlier", result.outlier.encode()))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from modelplane.domain import Signature
@@ -14,6 +14,20 @@ class Endpoint:
 
     replica_id: str
     url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Canary:
+    """A second version serving beside a route's own: it answers ``percent`` of the requests,
+    or with ``shadow`` a copy of each (answer discarded). ``compare``: its answers are checked
+    against the route's version on the same inputs (a copy goes to the other version)."""
+
+    version: str
+    signature: Signature
+    endpoints: tuple[Endpoint, ...] = ()
+    percent: float = 0.0
+    shadow: bool = False
+    compare: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +44,23 @@ class Route:
     cold_start_s: float = 0.0  # >0: with no replica, hold requests this long while one starts
     pending: str = ""  # why a wanted replica cannot be placed now (no room), if one cannot
     planned_at: float = 0.0  # time.monotonic() when the plan behind ``pending`` began
+    canary: Canary | None = None
+    fixed: bool = False  # pinned to one of two versions: retries stay on it
+
+    def versions(self) -> list[str]:
+        return [self.version] + ([self.canary.version] if self.canary is not None else [])
+
+    def pinned(self, version: str) -> Route | None:
+        """The route restricted to one of its versions (every request to it), or None."""
+        canary = self.canary
+        if canary is None:
+            return self if version == self.version else None
+        if version == self.version:
+            return replace(self, canary=None, fixed=True)
+        if version == canary.version:
+            return replace(self, version=canary.version, signature=canary.signature,
+                           endpoints=canary.endpoints, canary=None, fixed=True)  # fmt: skip
+        return None
 
 
 def route_doc(route: Route) -> dict[str, Any]:
@@ -39,12 +70,23 @@ def route_doc(route: Route) -> dict[str, Any]:
     doc["signature"] = route.signature.to_dict()
     doc["endpoints"] = [[e.replica_id, e.url] for e in route.endpoints]
     del doc["planned_at"]
+    if route.canary is not None:
+        doc["canary"]["signature"] = route.canary.signature.to_dict()
+        doc["canary"]["endpoints"] = [[e.replica_id, e.url] for e in route.canary.endpoints]
     return doc
 
 
+def _endpoints(pairs: list[list[str]]) -> tuple[Endpoint, ...]:
+    return tuple(Endpoint(i, u) for i, u in pairs)
+
+
 def route_from_doc(doc: dict[str, Any]) -> Route:
+    canary = doc.get("canary")
+    if canary is not None:
+        canary = Canary(**{**canary, "signature": Signature.from_dict(canary["signature"]),
+                           "endpoints": _endpoints(canary["endpoints"])})  # fmt: skip
     return Route(**{**doc, "signature": Signature.from_dict(doc["signature"]),
-                    "endpoints": tuple(Endpoint(i, u) for i, u in doc["endpoints"])})  # fmt: skip
+                    "endpoints": _endpoints(doc["endpoints"]), "canary": canary})  # fmt: skip
 
 
 RETIRED_KEPT = 1000

@@ -43,6 +43,7 @@ DENIAL, MANAGEMENT = "denial", "management"
 MUTATIONS = frozenset(
     {
         "push", "alias", "unalias", "delete", "optimize", "samples", "deploy", "undeploy",
+        "promote", "rollback", "deployment.rollout", "deployment.promote", "deployment.rollback",
         "node.cordon", "node.drain", "node.uncordon",
         "key.create", "key.update", "key.rotate", "key.revoke",
         "master_key.rotate", "sign_in", "sign_out",

@@ -10,6 +10,7 @@ from modelplane.api.deps import allow, see_deployment, see_model
 from modelplane.api.schemas import CordonIn, DeployIn, DeploymentOut, NodeOut
 from modelplane.api.services import Services
 from modelplane.domain import ModelRef, Node, Principal, Replica
+from modelplane.domain.traffic import Window
 from modelplane.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from modelplane.registry.deployments import DeploymentRecord
 from modelplane.registry.nodes import Cordon
@@ -23,8 +24,12 @@ def create_router(services: Services) -> APIRouter:
     store = services.deployments
     controller = services.controller
 
+    watch = services.gateway.watch
+
     def out(record: DeploymentRecord) -> DeploymentOut:
         name, view = record.deployment.name, controller.view
+        since = record.split.since if record.split is not None else 0.0  # a rollout: its step
+        two = record.candidate is not None
         return DeploymentOut.of(
             record,
             view.replicas_of(name),
@@ -34,6 +39,9 @@ def create_router(services: Services) -> APIRouter:
             pending=list(view.pending.get(name, [])),
             events=view.events_of(name),
             reconciled=view.acted_on.get(name) == record.deployment.updated_at,
+            rollout_status=view.rollouts.get(name, ""),
+            measured=lambda version: watch.window(name, str(version), since) if two else Window(),
+            agreed=watch.agreement(name, since) if two else None,
         )
 
     def _may_replace(who: Principal, name: str) -> bool:
@@ -65,7 +73,37 @@ def create_router(services: Services) -> APIRouter:
             # fixed from now on at the count autoscaling had reached (at least 1)
             target = controller.view.scale.get(body.name or ref.name)
             replicas = max(1, target) if target is not None else None
-        record = store.apply(ref, replicas, body.name, body.config_change(), body.scheduling())
+        split = body.split()
+        if split is not None:
+            note(request, detail=f"model {body.model} beside the current version: {split.mode} "
+                 f"{split.percent:g}%")  # fmt: skip
+        record = store.apply(
+            ref, replicas, body.name, body.config_change(), body.scheduling(), split
+        )
+        controller.kick()
+        return out(record)
+
+    @router.post("/{name}/promote", response_model=DeploymentOut)
+    def promote(
+        name: str, request: Request, who: Annotated[Principal, Depends(allow(Action.DEPLOY))]
+    ) -> DeploymentOut:
+        """The canary, shadow or rollout's version serves every request from now on (at once:
+        its replicas are ready; the old ones drain)."""
+        see_deployment(who, store.get(name))
+        record = store.promote(name, f"promoted by {who.name}")
+        note(request, detail=f"now serves {record.deployment.ref}")
+        controller.kick()
+        return out(record)
+
+    @router.post("/{name}/rollback", response_model=DeploymentOut)
+    def rollback(
+        name: str, request: Request, who: Annotated[Principal, Depends(allow(Action.DEPLOY))]
+    ) -> DeploymentOut:
+        """Every request back to the current version, the candidate stopped; with no
+        candidate, back to the version served before the last promotion or deploy."""
+        see_deployment(who, store.get(name))
+        record = store.rollback(name, f"rolled back by {who.name}")
+        note(request, detail=f"now serves {record.deployment.ref}")
         controller.kick()
         return out(record)
 

@@ -90,6 +90,15 @@ async function sample() {
     push("latency:p99", quantile(0.99, ms, last.ms, "modelplane_request_duration_seconds"));
     const models = new Set(ms.filter((s) => s.name === "modelplane_requests_total").map((s) => s.labels.model));
     for (const m of models) push(`model:${m}`, rate("modelplane_requests_total", (l) => l.model === m));
+    // each version of a deployment side by side: requests/s, errors/s and p99
+    const versions = new Set(ms.filter((s) => s.name === "modelplane_requests_total").map((s) => `${s.labels.model}\t${s.labels.version}`));
+    for (const key of versions) {
+      const [m, v] = key.split("\t");
+      const of = (l) => l.model === m && l.version === v;
+      push(`req:${m}:v${v}`, rate("modelplane_requests_total", of));
+      push(`err:${m}:v${v}`, rate("modelplane_requests_total", (l) => of(l) && l.code >= "500"));
+      push(`p99:${m}:v${v}`, quantile(0.99, ms, last.ms, "modelplane_request_duration_seconds", of));
+    }
     // language models: tokens/s each way, time to first token and between tokens (p50)
     const generating = new Set(ms.filter((s) => s.name === "modelplane_generation_streams").map((s) => s.labels.model));
     for (const m of generating) {
@@ -132,7 +141,7 @@ async function overview(view) {
     <div class="charts">${chart("Requests/s", ["requests:req/s"], "/s")}${chart("Latency", ["latency:p50", "latency:p99"], "ms")}
     ${chart("Error rate", ["errors:error %"], "%")}${chart("Node CPU and memory", ["node:cpu %", "node:memory %"], "%")}</div>
     <h2>Deployments</h2><table id="deployments"><thead><tr><th>name</th><th>model</th><th>state</th><th>replicas</th><th>endpoint</th></tr></thead><tbody>
-    ${deps.map((d) => `<tr><td><a href="#/deployments/${esc(d.name)}">${esc(d.name)}</a></td><td>${esc(d.ref)}</td><td class="${esc(d.state)}">${esc(d.state)}</td><td>${d.ready_replicas}/${d.desired_replicas}</td><td>${esc(d.endpoint)}</td></tr>`).join("")}</tbody></table>
+    ${deps.map((d) => `<tr><td><a href="#/deployments/${esc(d.name)}">${esc(d.name)}</a></td><td>${esc(d.ref)}${d.traffic.length > 1 ? ` + ${esc(d.traffic[1].ref)} ${share(d.traffic[1])}` : ""}</td><td class="${esc(d.state)}">${esc(d.state)}</td><td>${d.ready_replicas}/${d.desired_replicas}</td><td>${esc(d.endpoint)}</td></tr>`).join("")}</tbody></table>
     <h2>Models</h2><table id="models"><thead><tr><th>name</th><th>latest</th><th>aliases</th></tr></thead><tbody>
     ${models.map((m) => `<tr><td><a href="#/models/${esc(m.name)}">${esc(m.name)}</a></td><td>${m.latest_version ?? "-"}</td><td>${esc(Object.entries(m.aliases).map(([a, v]) => `${a}→${v}`).join(", "))}</td></tr>`).join("")}</tbody></table></div>`));
 }
@@ -157,12 +166,25 @@ async function deploymentPage(view, name) {
   const logs = await api(`/api/v1/deployments/${encodeURIComponent(name)}/logs?limit=60`);
   view.replaceChildren($(`<div><h2>${esc(d.name)} <span class="${esc(d.state)}">${esc(d.state)}</span></h2>
     <p>${esc(d.ref)} · ${d.ready_replicas}/${d.desired_replicas} ready${d.autoscaling ? ` · autoscaled ${d.autoscaling.min_replicas}-${d.autoscaling.max_replicas} at ${d.autoscaling.target_ongoing_requests} in flight per replica` : ""} · ${d.resources.cpu} CPU, ${d.resources.memory_mb} MB per replica · batch ≤ ${d.config.max_batch_size} · queue ≤ ${d.config.max_queued_requests}${d.last_failure ? ` · last failure: ${esc(d.last_failure)}` : ""}</p>
+    ${versionsTable(d)}
     <table id="replicas"><tr><th>replica</th><th>version</th><th>state</th><th>pid</th><th>node</th><th>message</th></tr>${d.replicas.map((r) => `<tr><td>${esc(r.id)}</td><td>${r.version}</td><td class="${esc(r.state)}">${esc(r.state)}</td><td>${r.pid ?? "-"}</td><td title="${esc(r.placement || "")}">${esc(r.node || "-")}</td><td>${esc(r.message)}</td></tr>`).join("")}</table>
     ${(d.pending || []).length ? `<p class="pending" id="pending">${d.pending.length} replica(s) pending: ${esc([...new Set(d.pending)].join("; "))}</p>` : ""}
-    <div class="charts">${chart("Requests/s", [`model:${d.name}`], "/s")}${chart("Replica CPU", d.replicas.map((r) => `cpu:${r.id}`), "%")}${chart("Replica memory", d.replicas.map((r) => `rss:${r.id}`), "MB")}${generationCharts(d.name)}</div>
+    <div class="charts">${chart("Requests/s", [`model:${d.name}`], "/s")}${d.traffic.length > 1 ? chart("Requests/s by version", d.traffic.map((t) => `req:${d.name}:v${t.version}`), "/s") + chart("Errors/s by version", d.traffic.map((t) => `err:${d.name}:v${t.version}`), "/s") + chart("p99 by version", d.traffic.map((t) => `p99:${d.name}:v${t.version}`), "ms") : ""}${chart("Replica CPU", d.replicas.map((r) => `cpu:${r.id}`), "%")}${chart("Replica memory", d.replicas.map((r) => `rss:${r.id}`), "MB")}${generationCharts(d.name)}</div>
     <h3>Scaling events</h3><table id="events"><tr><th>time</th><th>action</th><th>replica</th><th>reason</th></tr>${(d.events || []).slice().reverse().map((e) => `<tr><td>${esc(e.time)}</td><td>${esc(e.action)}</td><td>${esc(e.replica)}</td><td>${esc(e.reason)}</td></tr>`).join("")}</table>
     <h3>Logs</h3><pre class="logs" id="logs">${logs.map((l) => esc(`${l.time} ${l.level} ${l.replica || "-"} ${l.request_id || "-"} ${l.message} ${JSON.stringify(l.fields || {})}`)).join("\n")}</pre></div>`));
   const pre = document.getElementById("logs"); pre.scrollTop = pre.scrollHeight;
+}
+
+function share(t) { return t.role === "shadow" ? "shadow" : `${t.percent}%`; }
+
+function versionsTable(d) {
+  // the versions a deployment serves, with what this server measured of each, and its rollout
+  const rows = d.traffic.map((t) => `<tr><td>${esc(t.ref)}</td><td>${esc(t.role)}</td><td>${share(t)}</td><td>${t.ready_replicas}</td><td>${t.requests}</td><td>${t.errors}</td><td>${t.p99_ms === null ? "-" : t.p99_ms.toFixed(1) + " ms"}</td><td>${t.role === "current" ? "" : `${t.disagreeing_rows} of ${t.compared_rows}`}</td></tr>`).join("");
+  const policy = d.rollout ? `<p class="muted">rollout policy: steps ${d.rollout.steps.join(", ")}% every ${d.rollout.interval_s} s; rolls back above ${(d.rollout.max_error_rate * 100).toFixed(1)}% errors, ${d.rollout.max_p99_ratio}x p99 or ${(d.rollout.max_disagreement * 100).toFixed(1)}% disagreement</p>` : "";
+  const status = d.rollout_status ? `<p id="rollout">rollout: ${esc(d.rollout_status)}</p>` : "";
+  const lastOne = d.last_rollout ? `<p id="last-rollout" class="${d.last_rollout.result === "promoted" ? "passed" : "failed"}">last: ${esc(d.last_rollout.version)} ${esc(d.last_rollout.result)} — ${esc(d.last_rollout.reason)}</p>` : "";
+  const table = d.traffic.length > 1 ? `<table id="versions"><tr><th>version</th><th>role</th><th>share</th><th>ready</th><th>requests</th><th>errors</th><th>p99</th><th>disagreeing rows</th></tr>${rows}</table>` : "";
+  return `${table}${policy}${status}${lastOne}`;
 }
 
 function generationCharts(name) {
