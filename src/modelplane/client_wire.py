@@ -3,6 +3,7 @@ tensor codec for named arrays, and folders packed for a push."""
 
 from __future__ import annotations
 
+import gzip
 import ssl
 import tarfile
 from collections.abc import Mapping
@@ -82,15 +83,25 @@ def decode_output(out: Mapping[str, Any]) -> np.ndarray:
     return np.asarray(out["data"], dtype=V2_TO_NUMPY[out["datatype"]]).reshape(shape)
 
 
+def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """A member without its owner or times: the same files pack to the same bytes."""
+    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+    return info
+
+
 def pack_directory(folder: Path, into: Path) -> Path:
-    """A model directory (SavedModel, Hugging Face) as one .tar.gz to push; plain files only."""
+    """A model directory (SavedModel, Hugging Face) as one .tar.gz to push; plain files only.
+    The same files always pack to the same bytes, so pushing a folder again is recognised (and
+    ``apply`` finds the version it made)."""
     archive = into / f"{folder.name or 'model'}.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
+    with archive.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped, \
+            tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:  # fmt: skip
         for path in sorted(folder.rglob("*")):
             if path.is_symlink():
                 raise errors.InvalidInput(f"{path} is a symlink; push plain files only")
             if path.is_file():
-                tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+                tar.add(path, arcname=str(path.relative_to(folder)), recursive=False,
+                        filter=_plain)  # fmt: skip
     return archive
 
 

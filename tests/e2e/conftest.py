@@ -82,11 +82,11 @@ class Server:
         self.proc = None
 
     def cli(
-        self, *args: str, env: dict[str, str] | None = None
+        self, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(BIN / "modelplane"), *args],
-            env={**self._env(), "COLUMNS": "200", **(env or {})},
+            env={**self._env(), "COLUMNS": "200", **(env or {})}, input=stdin,
             capture_output=True, text=True, timeout=180, check=False,
         )  # fmt: skip
 

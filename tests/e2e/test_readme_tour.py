@@ -121,6 +121,7 @@ CHECKS: dict[str, Callable[[str], bool]] = {
     ),
     "modelplane promote flowers": lambda out: "promoted: flowers serves flowers:1" in out,
     "modelplane rollback flowers": lambda out: "rolled back: flowers serves flowers:2" in out,
+    "modelplane apply -f platform.yaml": lambda out: out.strip() == "no change",
 }
 
 

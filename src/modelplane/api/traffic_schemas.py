@@ -8,35 +8,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from modelplane.domain import Deployment, Replica, RolloutPolicy, SplitMode
+from modelplane.domain import Deployment, Replica, SplitMode
 from modelplane.domain.traffic import Agreement, Window
-from modelplane.errors import InvalidInput
 from modelplane.registry.deployments import DeploymentRecord
-
-
-class RolloutIn(BaseModel):
-    """How a new version takes over: step by step, each step judged on the platform's own
-    measurements against the current version (see docs/concepts.md, "Rollouts")."""
-
-    steps: list[float] = Field(
-        [10.0, 50.0, 100.0],
-        min_length=1,
-        max_length=20,
-        description="the new version's share of requests, step by step",
-    )
-    interval_s: float = Field(120.0, gt=0, le=86_400, description="how long each step lasts")
-    max_error_rate: float = Field(0.01, ge=0, le=1, description="5xx share that rolls back")
-    max_p99_ratio: float = Field(1.2, ge=1, description="p99 against the current version's")
-    max_disagreement: float = Field(0.02, ge=0, le=1, description="share of rows whose outputs "
-                                    "disagree with the current version's")  # fmt: skip
-    min_requests: int = Field(20, ge=1, description="requests before a step is judged")
-    p99_slack_ms: float = Field(2.0, ge=0, description="p99 differences below this are noise")
-
-    def policy(self) -> RolloutPolicy:
-        try:
-            return RolloutPolicy.from_dict(self.model_dump())
-        except ValueError as exc:
-            raise InvalidInput(str(exc)) from None
 
 
 class VersionTrafficOut(BaseModel):

@@ -13,14 +13,25 @@ import typer
 from rich.markup import escape
 
 from modelplane import errors
-from modelplane.cli import admin, audit, cluster, deployments, keys, models, nodes
+from modelplane.cli import admin, audit, cluster, deployments, keys, models, nodes, spec
 from modelplane.cli.apps import app
 from modelplane.cli.apps import print_json as _print_json
 from modelplane.cli.output import err_console, handled
 from modelplane.client import Client
 from modelplane.settings import CliSettings
 
-__all__ = ["admin", "app", "audit", "cluster", "deployments", "keys", "main", "models", "nodes"]
+__all__ = [
+    "admin",
+    "app",
+    "audit",
+    "cluster",
+    "deployments",
+    "keys",
+    "main",
+    "models",
+    "nodes",
+    "spec",
+]
 
 
 @app.command()
