@@ -10,10 +10,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import yaml
 from tests.e2e.test_dashboard import offline_page
 
 from modelplane.testing import scores_onnx, wait_for
@@ -134,6 +136,9 @@ def test_canary_share_sticky_versions_promote_and_rollback(server) -> None:
                            rf'version="{version}"}} (\d+)', metrics)  # fmt: skip
             assert ok is not None, metrics
             assert int(ok.group(1)) >= versions[version]
+            replica = (rf'modelplane_replica_request_seconds_count{{model="iris",replica="\w+",'
+                       rf'version="{version}"}}')  # fmt: skip
+            assert re.search(replica, metrics), f"no replica series of version {version}"
             assert (
                 f'modelplane_request_duration_seconds_count{{model="iris",version="{version}"}}'
                 in metrics
@@ -268,3 +273,37 @@ def test_rollouts_roll_back_worse_versions_and_promote_a_good_one(server) -> Non
     assert audit.returncode == 0, audit.stderr
     assert "lin:3" in audit.stdout
     assert "disagree" in audit.stdout
+
+
+def test_inputs_shifted_by_two_standard_deviations_raise_the_drift_alert(server) -> None:
+    """The shipped alert rule's threshold, on /metrics: unshifted inputs stay under it,
+    inputs shifted by two standard deviations go above it within the window."""
+    rule = yaml.safe_load((Path(__file__).parents[2] / "docs/monitoring/alerts.yml").read_text())
+    [drift] = [r for g in rule["groups"] for r in g["rules"] if r["alert"] == "ModelplaneDataDrift"]
+    threshold = float(drift["expr"].rsplit(">", 1)[1])
+    server.push(server.home.parent / "models" / "base.onnx", "drift")
+    assert server.cli("deploy", "drift").returncode == 0
+    rng = np.random.default_rng(5)
+    url = f"{server.url}/v2/models/drift/infer"
+
+    def send(shift: float, rows: int) -> None:
+        with httpx.Client(headers=server.auth, timeout=30) as client:
+            for _ in range(rows // 50):
+                batch = rng.standard_normal((50, 4)).astype(np.float32) + shift
+                assert client.post(url, json=request(batch)).status_code == 200
+                time.sleep(0.005)  # the replica samples one request in 2 ms
+
+    def psi() -> dict[str, float]:
+        text = httpx.get(f"{server.url}/metrics", headers=server.auth, timeout=30).text
+        found = re.findall(r'modelplane_drift_psi\{feature="(x\[\d\])",model="drift",'
+                           r'replica="\w+",version="1"\} ([\d.e+-]+)', text)  # fmt: skip
+        return {feature: float(value) for feature, value in found}
+
+    send(0.0, 2000)  # the reference (the first 1,000 rows), then a window like it
+    same = psi()
+    assert sorted(same) == ["x[0]", "x[1]", "x[2]", "x[3]"], same
+    assert max(same.values()) < threshold, same
+    send(2.0, 1000)  # a window of rows shifted by two standard deviations
+    shifted = psi()
+    print(f"\ndrift PSI, same inputs: {same}; shifted by 2 sigma: {shifted}")
+    assert min(shifted.values()) > threshold, shifted

@@ -18,10 +18,12 @@ from modelplane.protocol import frames, v2
 from modelplane.runtime import BatchStats, Runtime
 from modelplane.security.inputguard import InputGuard, InputOutlier
 from modelplane.serving.planes import PlaneState
+from modelplane.telemetry.drift import DriftMonitor
 from modelplane.telemetry.logs import LogWriter, now_iso
 from modelplane.telemetry.usage import Usage
 
 JSON_OK = 200
+DRIFT_EVERY_S = 0.002  # at most one request in this long is sampled for drift (500 a second)
 log = logging.getLogger("modelplane.replica")
 
 
@@ -89,8 +91,11 @@ class DataPlane(PlaneState):
         request_log: Callable[[str, str | None, str, Any], None] | None = None,
         payload_log: PayloadLog | None = None,
         guard: tuple[InputGuard, str] | None = None,
+        drift: DriftMonitor | None = None,
     ) -> None:
         super().__init__(name, version, runtime)
+        self._drift = drift
+        self._drift_next = 0.0
         self._runtime: Runtime = runtime
         self._guard = guard  # (check, action: log|flag|reject); None: no statistics or off
         self.input_outliers = 0
@@ -128,6 +133,8 @@ class DataPlane(PlaneState):
             doc["queue_depth"] = batching.queue_depth
         if self._guard is not None:
             doc["input_outliers"] = self.input_outliers
+        if self._drift is not None:
+            doc["drift"] = self._drift.report()
         doc.update(self._usage.report())
         return doc
 
@@ -149,6 +156,10 @@ class DataPlane(PlaneState):
                 else "the request timed out"
             ) from None
         payload, length = v2.encode_response(self.name, self.version, request, results, names)
+        if self._drift is not None and (now := time.monotonic()) >= self._drift_next:
+            # sampled, and only once the answer is on its way: after this task yields
+            self._drift_next = now + DRIFT_EVERY_S
+            asyncio.get_running_loop().call_soon(self._drift.observe, request.inputs, results)
         return EncodedResponse(payload, length, outlier)
 
     def _check_inputs(self, inputs: dict[str, Any]) -> str:

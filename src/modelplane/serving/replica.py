@@ -35,6 +35,7 @@ from modelplane.serving.dataplane import DataPlane, PayloadLog
 from modelplane.serving.heap import freeze_startup_objects, release_freed_memory
 from modelplane.serving.replica_env import ReplicaEnv, ReplicaEnvError
 from modelplane.serving.replica_server import Drain, Plane, ReplicaProtocol
+from modelplane.telemetry.drift import DriftMonitor
 from modelplane.telemetry.logs import Flusher, LogWriter, RequestLog, json_logging
 from modelplane.watchdog import watch_parent
 
@@ -204,7 +205,7 @@ def _tensor_model(args: argparse.Namespace, model: bytes, logs: _Logs) -> Plane:
     guard = guard_from(args.input_stats, args.input_guard, args.input_guard_sigmas)
     plane = DataPlane(
         args.name, args.version, runtime, Limits(args.max_elements), logs.requests, logs.payloads,
-        None if guard is None else (guard, args.input_guard),
+        None if guard is None else (guard, args.input_guard), DriftMonitor(),
     )  # fmt: skip
     started = time.perf_counter()
     plane.load()

@@ -221,6 +221,29 @@ class _RequestCollector(Collector):
         yield gauge
 
 
+def _drift_series(with_stats: list[tuple[ReplicaSample, dict[str, Any]]]) -> Iterator[Any]:
+    """Each replica's inputs and predictions against its reference (telemetry/drift.py)."""
+    labels = ["model", "version", "replica", "feature"]
+    psi = GaugeMetricFamily("modelplane_drift_psi", "Population stability index of the latest "
+                            "rows against the reference, per input feature and prediction",
+                            labels=labels)  # fmt: skip
+    ks = GaugeMetricFamily("modelplane_drift_ks", "Kolmogorov-Smirnov statistic of the latest "
+                           "rows against the reference", labels=labels)  # fmt: skip
+    window = GaugeMetricFamily("modelplane_drift_window_rows", "Rows in the drift window "
+                               "(compared once the reference is full)", labels=labels)  # fmt: skip
+    reference = GaugeMetricFamily("modelplane_drift_reference_rows", "Rows in the drift "
+                                  "reference (the first rows served)", labels=labels)  # fmt: skip
+    for r, s in with_stats:
+        for feature, d in s.get("drift", {}).items():
+            values = [r.model, r.version, r.replica, feature]
+            window.add_metric(values, d["window_rows"])
+            reference.add_metric(values, d["reference_rows"])
+            if "psi" in d:
+                psi.add_metric(values, d["psi"])
+                ks.add_metric(values, d["ks"])
+    yield from (psi, ks, window, reference)
+
+
 class _ReplicaCollector(Collector):
     """Replica, node and process series, read at scrape time from the last snapshot."""
 
@@ -263,6 +286,7 @@ class _ReplicaCollector(Collector):
             if "input_outliers" in s:  # a replica with an input guard
                 outliers.add_metric([r.model, r.version, r.replica], s["input_outliers"])
         yield outliers
+        yield from _drift_series(with_stats)
         yield from _generation_series(with_stats)
         cpu = GaugeMetricFamily("modelplane_replica_cpu_percent", "Replica CPU (% of one core)",
                                 labels=labels)  # fmt: skip

@@ -63,15 +63,17 @@ def create_router(services: Services) -> APIRouter:
         view = controller.view
         replicas = {r.id: r for r in view.replicas}
         samples = []
-        for route in list(gateway.table.routes.values()):
-            for endpoint, stats in await gateway.replica_stats(route):
-                replica = replicas.get(endpoint.replica_id)
-                bytes_in, bytes_out = gateway.traffic[endpoint.replica_id]
-                samples.append(ReplicaSample(
-                    route.name, route.version, endpoint.replica_id, stats, bytes_in, bytes_out,
-                    node=replica.node if replica else "",
-                    remote=replica is not None and replica.pid is None,
-                ))  # fmt: skip
+        for routed in list(gateway.table.routes.values()):
+            # each version a deployment serves: a canary's or shadow's replicas too
+            for route in filter(None, (routed.pinned(v) for v in routed.versions())):
+                for endpoint, stats in await gateway.replica_stats(route):
+                    replica = replicas.get(endpoint.replica_id)
+                    bytes_in, bytes_out = gateway.traffic[endpoint.replica_id]
+                    samples.append(ReplicaSample(
+                        route.name, route.version, endpoint.replica_id, stats, bytes_in,
+                        bytes_out, node=replica.node if replica else "",
+                        remote=replica is not None and replica.pid is None,
+                    ))  # fmt: skip
         states = Counter(r.state.value for r in replicas.values())
         states["pending"] = view.pending_count()
         metrics.snapshot = Snapshot(samples, dict(states), gateway.in_flight())

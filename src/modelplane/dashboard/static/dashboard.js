@@ -112,6 +112,7 @@ async function sample() {
   const gauges = {};  // summed over a deployment's replicas
   for (const s of ms) {
     if (s.name === "modelplane_generation_streams") gauges[`streams:${s.labels.model}:${s.labels.state}`] = (gauges[`streams:${s.labels.model}:${s.labels.state}`] || 0) + s.value;
+    if (s.name === "modelplane_drift_psi") { const k = `psi:${s.labels.model}:${s.labels.feature}`; gauges[k] = Math.max(gauges[k] || 0, s.value); }
     if (s.name === "modelplane_generation_kv_cache_usage") gauges[`kv:${s.labels.model}:used`] = Math.max(gauges[`kv:${s.labels.model}:used`] || 0, s.value * 100);
   }
   for (const [name, value] of Object.entries(gauges)) push(name, value);
@@ -169,7 +170,7 @@ async function deploymentPage(view, name) {
     ${versionsTable(d)}
     <table id="replicas"><tr><th>replica</th><th>version</th><th>state</th><th>pid</th><th>node</th><th>message</th></tr>${d.replicas.map((r) => `<tr><td>${esc(r.id)}</td><td>${r.version}</td><td class="${esc(r.state)}">${esc(r.state)}</td><td>${r.pid ?? "-"}</td><td title="${esc(r.placement || "")}">${esc(r.node || "-")}</td><td>${esc(r.message)}</td></tr>`).join("")}</table>
     ${(d.pending || []).length ? `<p class="pending" id="pending">${d.pending.length} replica(s) pending: ${esc([...new Set(d.pending)].join("; "))}</p>` : ""}
-    <div class="charts">${chart("Requests/s", [`model:${d.name}`], "/s")}${d.traffic.length > 1 ? chart("Requests/s by version", d.traffic.map((t) => `req:${d.name}:v${t.version}`), "/s") + chart("Errors/s by version", d.traffic.map((t) => `err:${d.name}:v${t.version}`), "/s") + chart("p99 by version", d.traffic.map((t) => `p99:${d.name}:v${t.version}`), "ms") : ""}${chart("Replica CPU", d.replicas.map((r) => `cpu:${r.id}`), "%")}${chart("Replica memory", d.replicas.map((r) => `rss:${r.id}`), "MB")}${generationCharts(d.name)}</div>
+    <div class="charts">${chart("Requests/s", [`model:${d.name}`], "/s")}${d.traffic.length > 1 ? chart("Requests/s by version", d.traffic.map((t) => `req:${d.name}:v${t.version}`), "/s") + chart("Errors/s by version", d.traffic.map((t) => `err:${d.name}:v${t.version}`), "/s") + chart("p99 by version", d.traffic.map((t) => `p99:${d.name}:v${t.version}`), "ms") : ""}${chart("Replica CPU", d.replicas.map((r) => `cpu:${r.id}`), "%")}${chart("Replica memory", d.replicas.map((r) => `rss:${r.id}`), "MB")}${generationCharts(d.name)}${driftChart(d.name)}</div>
     <h3>Scaling events</h3><table id="events"><tr><th>time</th><th>action</th><th>replica</th><th>reason</th></tr>${(d.events || []).slice().reverse().map((e) => `<tr><td>${esc(e.time)}</td><td>${esc(e.action)}</td><td>${esc(e.replica)}</td><td>${esc(e.reason)}</td></tr>`).join("")}</table>
     <h3>Logs</h3><pre class="logs" id="logs">${logs.map((l) => esc(`${l.time} ${l.level} ${l.replica || "-"} ${l.request_id || "-"} ${l.message} ${JSON.stringify(l.fields || {})}`)).join("\n")}</pre></div>`));
   const pre = document.getElementById("logs"); pre.scrollTop = pre.scrollHeight;
@@ -185,6 +186,12 @@ function versionsTable(d) {
   const lastOne = d.last_rollout ? `<p id="last-rollout" class="${d.last_rollout.result === "promoted" ? "passed" : "failed"}">last: ${esc(d.last_rollout.version)} ${esc(d.last_rollout.result)} — ${esc(d.last_rollout.reason)}</p>` : "";
   const table = d.traffic.length > 1 ? `<table id="versions"><tr><th>version</th><th>role</th><th>share</th><th>ready</th><th>requests</th><th>errors</th><th>p99</th><th>disagreeing rows</th></tr>${rows}</table>` : "";
   return `${table}${policy}${status}${lastOne}`;
+}
+
+function driftChart(name) {
+  // each input feature's and the prediction's PSI against the rows the deployment first served
+  const keys = Object.keys(series).filter((k) => k.startsWith(`psi:${name}:`));
+  return keys.length ? chart("Drift (PSI; above 0.2: significant)", keys, "") : "";
 }
 
 function generationCharts(name) {
