@@ -10,6 +10,7 @@ import httpx
 import jsonschema
 import pytest
 import yaml
+from tests.unit.test_spec import BAD
 
 from modelplane.testing import scores_onnx
 
@@ -43,20 +44,6 @@ keys:
   - name: dashboards
     role: viewer
     rate_limit: 5
-"""
-
-BAD = """
-models:
-  - name: lin
-deployments:
-  - name: lin
-    model: lin
-    replicas: 500
-    autoscaling: {min_replicas: many}
-  - naem: typo
-keys:
-  - name: ci
-    role: root
 """
 
 

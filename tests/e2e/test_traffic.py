@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -80,6 +81,19 @@ class Load:
 
     def failed(self) -> list[int]:
         return [status for _, status, _ in self.answers if status != 200]
+
+
+def under_load(server, command: str) -> tuple[subprocess.CompletedProcess[str], Load, float]:
+    """``modelplane COMMAND iris`` while 16 clients call iris; none of their requests failed.
+    Returns the command's result, the load and when the command returned."""
+    with Load(server, "iris", 16) as load:
+        time.sleep(1.5)
+        result = server.cli(command, "iris")
+        switched = time.monotonic()
+        time.sleep(1.5)
+    assert result.returncode == 0, result.stderr
+    assert load.failed() == [], Counter(load.failed())
+    return result, load, switched
 
 
 def test_canary_share_sticky_versions_promote_and_rollback(server) -> None:
@@ -159,14 +173,8 @@ def test_canary_share_sticky_versions_promote_and_rollback(server) -> None:
         assert elsewhere == []
 
     # promote under 16-way load: nothing fails, and once it returns only v2 answers
-    with Load(server, "iris", 16) as load:
-        time.sleep(1.5)
-        promoted = server.cli("promote", "iris")
-        switched = time.monotonic()
-        time.sleep(1.5)
-    assert promoted.returncode == 0, promoted.stderr
+    promoted, load, switched = under_load(server, "promote")
     assert "promoted: iris serves iris:2 (traffic: iris:2 100%)" in promoted.stdout
-    assert load.failed() == [], Counter(load.failed())
     after = {v for t, _, v in load.answers if t > switched + 0.2}
     before = Counter(v for t, _, v in load.answers if t < switched)
     print(
@@ -178,13 +186,7 @@ def test_canary_share_sticky_versions_promote_and_rollback(server) -> None:
 
     # a canary of v1 beside v2, rolled back under load: nothing fails, only v2 after
     assert server.cli("deploy", "iris:1", "--canary", "50").returncode == 0
-    with Load(server, "iris", 16) as load:
-        time.sleep(1.5)
-        rolled = server.cli("rollback", "iris")
-        switched = time.monotonic()
-        time.sleep(1.5)
-    assert rolled.returncode == 0, rolled.stderr
-    assert load.failed() == [], Counter(load.failed())
+    _, load, switched = under_load(server, "rollback")
     assert {v for t, _, v in load.answers if t > switched + 0.2} == {"2"}
     assert {v for t, _, v in load.answers if t < switched} == {"1", "2"}
     status = server.cli("deployments", "status", "iris")

@@ -279,20 +279,13 @@ class DeploymentStore:
 
     @staticmethod
     def _query() -> Select[DeploymentRow]:
-        return select(DeploymentRow).options(
-            selectinload(DeploymentRow.version)
-            .selectinload(VersionRow.model)
-            .selectinload(ModelRow.aliases),
-            selectinload(DeploymentRow.stable_version)
-            .selectinload(VersionRow.model)
-            .selectinload(ModelRow.aliases),
-            selectinload(DeploymentRow.candidate_version)
-            .selectinload(VersionRow.model)
-            .selectinload(ModelRow.aliases),
-            selectinload(DeploymentRow.previous_version)
-            .selectinload(VersionRow.model)
-            .selectinload(ModelRow.aliases),
-        )
+        versions = (DeploymentRow.version, DeploymentRow.stable_version,
+                    DeploymentRow.candidate_version, DeploymentRow.previous_version)  # fmt: skip
+        loads = [
+            selectinload(v).selectinload(VersionRow.model).selectinload(ModelRow.aliases)
+            for v in versions
+        ]
+        return select(DeploymentRow).options(*loads)
 
     def _load(self, session: Session, name: str) -> DeploymentRow:
         row = session.scalar(self._query().where(DeploymentRow.name == name))

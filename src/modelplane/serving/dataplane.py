@@ -212,7 +212,8 @@ class DataPlane(PlaneState):
                 self.failure_count += 1
             if self._request_log is not None:
                 fields: dict[str, Any] = {"status": status, "ms": round(elapsed * 1e3, 3),
-                                          "bytes_in": len(frame.payload)}  # fmt: skip
+                                          "bytes_in": len(frame.payload),
+                                          "version": self.version}  # fmt: skip
                 if error is not None:
                     fields["error"] = error
                 self._request_log(level, frame.request_id, "infer", fields)

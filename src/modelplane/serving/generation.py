@@ -162,7 +162,7 @@ class GenerationPlane(PlaneState):
                 self.failure_count += 1
             if self._request_log is not None:
                 fields: dict[str, Any] = {"status": status, "ms": round(elapsed * 1e3, 3),
-                                          **usage}  # fmt: skip
+                                          **usage, "version": self.version}  # fmt: skip
                 if error is not None:
                     fields["error"] = error
                 level = "info" if status < 400 or status == 499 else "warning"

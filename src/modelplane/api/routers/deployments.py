@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -83,17 +84,26 @@ def create_router(services: Services) -> APIRouter:
         controller.kick()
         return out(record)
 
+    def switch(
+        name: str,
+        request: Request,
+        who: Principal,
+        move: Callable[[str, str], DeploymentRecord],
+        done: str,
+    ) -> DeploymentOut:
+        see_deployment(who, store.get(name))
+        record = move(name, f"{done} by {who.name}")
+        note(request, detail=f"now serves {record.deployment.ref}")
+        controller.kick()
+        return out(record)
+
     @router.post("/{name}/promote", response_model=DeploymentOut)
     def promote(
         name: str, request: Request, who: Annotated[Principal, Depends(allow(Action.DEPLOY))]
     ) -> DeploymentOut:
         """The canary, shadow or rollout's version serves every request from now on (at once:
         its replicas are ready; the old ones drain)."""
-        see_deployment(who, store.get(name))
-        record = store.promote(name, f"promoted by {who.name}")
-        note(request, detail=f"now serves {record.deployment.ref}")
-        controller.kick()
-        return out(record)
+        return switch(name, request, who, store.promote, "promoted")
 
     @router.post("/{name}/rollback", response_model=DeploymentOut)
     def rollback(
@@ -101,11 +111,7 @@ def create_router(services: Services) -> APIRouter:
     ) -> DeploymentOut:
         """Every request back to the current version, the candidate stopped; with no
         candidate, back to the version served before the last promotion or deploy."""
-        see_deployment(who, store.get(name))
-        record = store.rollback(name, f"rolled back by {who.name}")
-        note(request, detail=f"now serves {record.deployment.ref}")
-        controller.kick()
-        return out(record)
+        return switch(name, request, who, store.rollback, "rolled back")
 
     @router.get("", response_model=list[DeploymentOut])
     def list_deployments(
