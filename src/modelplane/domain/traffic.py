@@ -159,11 +159,6 @@ class Split:
         return cls(SplitMode(data["mode"]), float(data["percent"]), int(data.get("step", 0)),
                    float(data.get("since", 0.0)))  # fmt: skip
 
-    def describe(self, current: int, candidate: int) -> str:
-        if self.mode == SplitMode.SHADOW:
-            return f"v{current} 100%, v{candidate} shadow (copies, answers discarded)"
-        return f"v{current} {100 - self.percent:g}%, v{candidate} {self.percent:g}% ({self.mode})"
-
 
 @dataclass(frozen=True, slots=True)
 class Window:

@@ -23,7 +23,7 @@ from modelplane.telemetry.logs import LogWriter, now_iso
 from modelplane.telemetry.usage import Usage
 
 JSON_OK = 200
-DRIFT_EVERY_S = 0.002  # at most one request in this long is sampled for drift (500 a second)
+DRIFT_EVERY_S = 0.02  # at most one request in this long is sampled for drift (50 a second)
 log = logging.getLogger("modelplane.replica")
 
 

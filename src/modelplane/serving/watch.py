@@ -69,7 +69,8 @@ class VersionWatch:
             del self._totals[name]
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        """``/metrics``: rows both versions answered, and those whose outputs differ."""
+        """``/metrics``: rows both versions answered, those whose outputs differ, and the
+        copies shed."""
         compared = CounterMetricFamily(
             "modelplane_compared_rows", "Rows answered by both versions of a deployment "
             "(shadow or rollout copies) and compared", labels=["model"])  # fmt: skip
@@ -79,5 +80,10 @@ class VersionWatch:
         for name, (rows, bad) in sorted(self._totals.items()):
             compared.add_metric([name], rows)
             disagreeing.add_metric([name], bad)
+        shed = CounterMetricFamily(
+            "modelplane_shed_copies", "Shadow and comparison copies not sent: too many in flight"
+        )
+        shed.add_metric([], self.shed)
         yield compared
         yield disagreeing
+        yield shed

@@ -130,7 +130,7 @@ class DriftMonitor:
                 if len(self._series) >= 4 * MAX_FEATURES:
                     continue
                 series = self._series[feature] = _Series(self._reference_rows, self._window_rows)
-            series.add(np.nan_to_num(values))
+            series.add(values if np.isfinite(values).all() else np.nan_to_num(values))
         self._rows += max((len(v) for v in columns.values()), default=0)
 
     def report(self) -> dict[str, dict[str, Any]]:
