@@ -18,6 +18,7 @@ class Load:
 
     server: Server
     workers: int = 4
+    pause: float = 0.01  # seconds between a worker's requests
     sent: int = 0
     failures: list[tuple[float, int]] = field(default_factory=list)  # (time, status)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -36,7 +37,7 @@ class Load:
                     self.sent += 1
                     if status != 200:
                         self.failures.append((time.monotonic(), status))
-                time.sleep(0.01)
+                time.sleep(self.pause)
 
     def __enter__(self) -> Load:
         self._threads = [threading.Thread(target=self._run) for _ in range(self.workers)]

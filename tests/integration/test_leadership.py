@@ -91,12 +91,13 @@ class GatewayFigures:
 
 
 async def test_the_leader_autoscales_on_every_servers_load(store: ClusterStore) -> None:
-    """A follower's traffic reaches the leader's autoscaler through the database, and a request
-    waiting at a follower makes the leader reconcile at once; a server gone adds nothing."""
+    """A follower's traffic reaches the leader's autoscaler through the database as rates the
+    leader's counters grow at between writes (never in steps), and a request waiting at a
+    follower makes the leader reconcile at once; a server gone adds nothing."""
     clock = [1000.0]
     kicked: list[str] = []
     gateways = {name: GatewayFigures() for name in ("a", "b", "c")}
-    loads = {}
+    loads: dict[str, ClusterLoad] = {}
 
     def exchange(name: str) -> ClusterLoad:
         def on_demand() -> None:
@@ -105,25 +106,41 @@ async def test_the_leader_autoscales_on_every_servers_load(store: ClusterStore) 
         return ClusterLoad(gateways[name], store, name, leading=lambda: name == "a",
                            on_demand=on_demand, clock=lambda: clock[0])  # fmt: skip
 
+    async def exchange_all(*names: str) -> None:
+        for name in names:
+            last[name] = await loads[name].exchange_once(last.get(name))
+
+    last: dict[str, object] = {}
     for name in gateways:
         store.heartbeat(ServerInfo(name, f"http://{name}", clock[0]), clock[0])
         loads[name] = exchange(name)
     gateways["a"].figures["iris"] = (2, 10.0, 100)
     gateways["b"].figures["iris"] = (3, 5.0, 40)
     gateways["c"].figures["iris"] = (1, 1.0, 10)
-    last = {name: await loads[name].exchange_once(None) for name in ("b", "c", "a")}
-    assert loads["a"].load("iris") == (6, 16.0, 150)  # the leader sums every server's
-    assert loads["b"].load("iris") == (3, 5.0, 40)  # a follower knows only its own
+    await exchange_all("b", "c", "a")
+    assert loads["a"].load("iris") == (6, 10.0, 100)  # requests in flight everywhere; no rate yet
     assert kicked == ["a"]  # requests waiting elsewhere: the leader reconciles now
 
-    # c is killed (no heartbeat for over 10 s): its last figures no longer count
+    clock[0] += 2  # b was busy 4 s and answered 40 in 2 s; c 1 s and 10
+    gateways["b"].figures["iris"] = (3, 9.0, 80)
+    gateways["c"].figures["iris"] = (1, 2.0, 20)
+    await exchange_all("b", "c", "a")
+    clock[0] += 1  # between writes the leader counts the others at their rates: 2.5 s/s, 25/s
+    assert loads["a"].load("iris") == (6, 12.5, 125.0)
+    clock[0] += 0.5
+    assert loads["a"].load("iris") == (6, 13.75, 137.5)
+    assert loads["b"].load("iris") == (3, 9.0, 80)  # a follower knows only its own
+
+    # c is killed (no heartbeat for over 10 s): its rates no longer count; b went idle
     clock[0] += 11
     store.heartbeat(ServerInfo("b", "http://b", 1000.0), clock[0])
     store.heartbeat(ServerInfo("a", "http://a", 1000.0), clock[0])
     gateways["b"].figures["iris"] = (0, 9.0, 80)
-    last["b"] = await loads["b"].exchange_once(last["b"])
-    await loads["a"].exchange_once(last["a"])
-    assert loads["a"].load("iris") == (2, 19.0, 180)
+    await exchange_all("b", "a")
+    idle = loads["a"].load("iris")
+    clock[0] += 5
+    assert loads["a"].load("iris") == idle
+    assert idle[0] == 2  # only a's own requests in flight
     store.leave("b")  # a clean stop takes its documents with it
     assert set(store.documents(LOAD_PREFIX)) == {f"{LOAD_PREFIX}a", f"{LOAD_PREFIX}c"}
 

@@ -37,7 +37,7 @@ DRAIN_GRACE_S = 0.5  # a draining replica outlives its last route by at least th
 class LoadSource(Protocol):
     """What the gateway tells the controller about traffic (for draining and autoscaling)."""
 
-    def load(self, deployment: str) -> tuple[int, float, int]:
+    def load(self, deployment: str) -> tuple[int, float, float]:
         """(requests in flight now, busy seconds so far, requests completed so far)."""
         ...
 
@@ -49,7 +49,7 @@ class LoadSource(Protocol):
 
 
 class NoLoad:
-    def load(self, deployment: str) -> tuple[int, float, int]:
+    def load(self, deployment: str) -> tuple[int, float, float]:
         return (0, 0.0, 0)
 
     def outstanding(self, replica_id: str) -> int:
@@ -130,7 +130,7 @@ class Controller:
         self._acted_on: dict[str, datetime] = {}  # each deployment's updated_at at the last plan
         self._placements: dict[str, str] = {}
         self._scale: dict[str, autoscaling.ScaleState] = {}
-        self._load_seen: dict[str, tuple[float, float, int]] = {}
+        self._load_seen: dict[str, tuple[float, float, float]] = {}
         self._last_failure: dict[str, str] = {}
         self._failure_logged: set[str] = set()  # replicas whose failure the log has
         self._events: deque[dict[str, Any]] = deque(maxlen=1000)
