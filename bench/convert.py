@@ -1,5 +1,6 @@
 """Conversion benchmark: time to convert and verify each source format (in the isolated worker,
-as a push does), and the speed and accuracy of each optimization of the MLP.
+as a push does), and the speed and accuracy of each optimization of the MLP (trained, so that
+the accuracy change means something), by hand and with ``optimize --auto``.
 
     .venv/bin/python bench/convert.py [--smoke] [--results DIR]
 
@@ -22,11 +23,11 @@ import numpy as np
 
 from modelplane.convert.archive import UnpackLimits
 from modelplane.convert.runner import ConversionRunner, ConversionSpec
-from modelplane.testing import mlp_onnx
+from modelplane.testing import trained_mlp
 from report import add_results_option, save
 
 FULL_MLP = (256, 1024, 1024, 1024, 10)
-SMOKE_MLP = (16, 32, 4)
+SMOKE_MLP = (32, 512, 512, 4)  # big enough that pruning is measurably faster
 OPTIMIZATIONS = ((None, "all"), ("int8", None), ("int8", "all"), ("fp16", None))
 
 
@@ -104,9 +105,11 @@ async def measure(work: Path, smoke: bool) -> dict[str, Any]:
                      "max_abs_error": worst})  # fmt: skip
         print(f"  {name:<38} {wall:6.2f}s  parity {rows[-1]['parity']}  max abs {worst:.2e}",
               flush=True)  # fmt: skip
-    source = work / "mlp.onnx"
+    source, samples = work / "mlp.onnx", work / "samples.npz"
     sizes = SMOKE_MLP if smoke else FULL_MLP
-    source.write_bytes(mlp_onnx(sizes))
+    model, rows_in = trained_mlp(sizes, rows=256 if smoke else 4096, epochs=1 if smoke else 4)
+    source.write_bytes(model)
+    np.savez(samples, x=rows_in)
     optimizations = []
     for quantize, level in OPTIMIZATIONS[2:3] if smoke else OPTIMIZATIONS:
         spec = ConversionSpec(source, "optimize", work / f"opt-{quantize}-{level}",
@@ -121,7 +124,20 @@ async def measure(work: Path, smoke: bool) -> dict[str, Any]:
             "max_abs_error": result.report["outputs"][0].get("max_abs_error"),
         })  # fmt: skip
         print(f"  optimize quantize={quantize} level={level}: {optimizations[-1]}", flush=True)
-    return {"conversions": rows, "mlp": list(sizes), "optimizations": optimizations}
+    spec = ConversionSpec(source, "optimize", work / "opt-auto", samples=samples, auto=0.005)
+    started = time.perf_counter()
+    auto = (await runner.run(spec)).report["optimization"]
+    print(f"  optimize --auto: kept {auto['chosen']} in {time.perf_counter() - started:.1f}s",
+          flush=True)  # fmt: skip
+    candidates = [
+        {k: c.get(k) for k in ("name", "speedup_batch_1", "speedup_batch_32", "accuracy_drop",
+                                "error", "chosen")}
+        | {"size_ratio": round(c["size"] / auto["size_before"], 2) if "size" in c else None}
+        for c in auto["candidates"]
+    ]  # fmt: skip
+    return {"conversions": rows, "mlp": list(sizes), "optimizations": optimizations,
+            "auto": {"chosen": auto["chosen"], "max_accuracy_drop": auto["max_accuracy_drop"],
+                     "candidates": candidates}}  # fmt: skip
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -139,6 +155,18 @@ def markdown(result: dict[str, Any]) -> str:
         what = ", ".join(p for p in (o["quantize"], o["level"] and f"level {o['level']}") if p)
         lines.append(f"| {what} | {o['speedup_batch_1']:.2f}x | {o['speedup_batch_32']:.2f}x | "
                      f"{o['size_ratio']:.2f}x | {o['max_abs_error']:.1e} |")  # fmt: skip
+    auto = result["auto"]
+    lines += ["", f"| optimize --auto (at most {auto['max_accuracy_drop']:.1%} changed) | speedup "
+              "batch 1 | speedup batch 32 | size | predictions changed | |",
+              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for c in auto["candidates"]:
+        if c["error"]:
+            lines.append(f"| {c['name']} | | | | | not applicable: {c['error']} |")
+            continue
+        kept = "**kept**" if c["chosen"] else ""
+        lines.append(f"| {c['name']} | {c['speedup_batch_1']:.2f}x | "
+                     f"{c['speedup_batch_32']:.2f}x | {c['size_ratio']:.2f}x | "
+                     f"{c['accuracy_drop']:.2%} | {kept} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -91,7 +91,8 @@ def take_snapshot(database: Path, blobs: Path, work: Path, master: MasterKey) ->
             versions = copy.execute("SELECT count(*) FROM model_versions").fetchone()[0]
             rows = copy.execute(
                 "SELECT digest FROM model_versions UNION SELECT source_digest FROM model_versions "
-                "WHERE source_digest IS NOT NULL"
+                "WHERE source_digest IS NOT NULL UNION SELECT samples_digest FROM model_versions "
+                "WHERE samples_digest IS NOT NULL"
             ).fetchall()
         finally:
             copy.close()

@@ -207,16 +207,23 @@ class Client:
         *,
         level: str | None = None,
         quantize: str | None = None,
+        auto: bool = False,
+        max_accuracy_drop: float = 0.005,
+        samples: str | Path | None = None,
         on_stage: Callable[[str], None] | None = None,
         timeout: float = 900.0,
     ) -> Version:
         """A new version of ``name`` made from ``version`` by graph optimization (``level``)
-        and/or quantization (``quantize``: int8 or fp16); its report has the measured latency
-        before and after and the accuracy change."""
+        and/or quantization (``quantize``: int8 or fp16), or (``auto``) by the fastest of every
+        way, structured pruning among them, whose predictions differ from the source's on at
+        most ``max_accuracy_drop`` of the sample rows (``samples``: a .npz or JSON file; by
+        default those pushed with the version). Its report has the measured latency before and
+        after and the accuracy change (with ``auto``, of every candidate)."""
+        body = {"level": level, "quantize": quantize, "auto": auto,
+                "max_accuracy_drop": max_accuracy_drop,
+                "samples": None if samples is None else self.upload_samples(samples)}  # fmt: skip
         job = self._request(
-            "POST",
-            f"/api/v1/models/{name}/versions/{version}/optimize",
-            json={"level": level, "quantize": quantize},
+            "POST", f"/api/v1/models/{name}/versions/{version}/optimize", json=body
         ).json()
         return self._await_conversion(job["id"], on_stage, timeout)
 

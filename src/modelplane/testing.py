@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 import psutil
@@ -34,6 +35,7 @@ __all__ = [
     "ray_cluster",
     "tiny_llama",
     "train_iris",
+    "trained_mlp",
     "wait_for",
 ]
 
@@ -89,9 +91,13 @@ def multi_identity_onnx(
     return bytes(model.SerializeToString())
 
 
-def mlp_onnx(sizes: Sequence[int] = (256, 1024, 1024, 1024, 10), seed: int = 0) -> bytes:
-    """A fully connected FP32 network (MatMul, Add, Relu) with random weights: input ``x``
-    [N, sizes[0]], output ``y`` [N, sizes[-1]]."""
+def mlp_onnx(
+    sizes: Sequence[int] = (256, 1024, 1024, 1024, 10),
+    seed: int = 0,
+    layers: Sequence[tuple[Any, Any]] | None = None,
+) -> bytes:
+    """A fully connected FP32 network (MatMul, Add, Relu): input ``x`` [N, sizes[0]], output
+    ``y`` [N, sizes[-1]], with random weights, or ``layers`` ((weights [in, out], bias) each)."""
     import numpy as np
     from onnx import numpy_helper
 
@@ -99,8 +105,11 @@ def mlp_onnx(sizes: Sequence[int] = (256, 1024, 1024, 1024, 10), seed: int = 0) 
     nodes, weights = [], []
     current = "x"
     for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
-        w = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
-        b = np.zeros(fan_out, dtype=np.float32)
+        if layers is not None:
+            w, b = (np.asarray(a, dtype=np.float32) for a in layers[i])
+        else:
+            w = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
+            b = np.zeros(fan_out, dtype=np.float32)
         weights += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
         last = i == len(sizes) - 2
         nodes.append(helper.make_node("MatMul", [current, f"w{i}"], [f"m{i}"]))
@@ -119,6 +128,45 @@ def mlp_onnx(sizes: Sequence[int] = (256, 1024, 1024, 1024, 10), seed: int = 0) 
     model.ir_version = 8
     onnx.checker.check_model(model)
     return bytes(model.SerializeToString())
+
+
+def trained_mlp(
+    sizes: Sequence[int] = (256, 1024, 1024, 1024, 10),
+    rows: int = 4096,
+    epochs: int = 4,
+    held_out: int = 2000,
+) -> tuple[bytes, Any]:
+    """The network of :func:`mlp_onnx` trained to classify points of ``sizes[-1]`` clusters in
+    ``sizes[0]`` dimensions (scikit-learn's ``make_classification``; torch, a few seconds):
+    the ONNX bytes and ``held_out`` rows of inputs it was not trained on, samples to push
+    with it."""
+    import numpy as np
+    import torch
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=rows + held_out, n_features=sizes[0], n_informative=min(32, sizes[0]),
+        n_redundant=0, n_classes=sizes[-1], n_clusters_per_class=1, class_sep=3.0,
+        random_state=0,
+    )  # fmt: skip
+    x = ((x - x.mean(axis=0)) / x.std(axis=0)).astype(np.float32)
+    torch.manual_seed(0)
+    linears = [torch.nn.Linear(a, b) for a, b in itertools.pairwise(sizes)]
+    stack: list[torch.nn.Module] = []
+    for linear in linears:
+        stack += [linear, torch.nn.ReLU()]
+    model = torch.nn.Sequential(*stack[:-1])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    inputs, labels = torch.tensor(x[:rows]), torch.tensor(y[:rows])
+    for _ in range(epochs):
+        for start in range(0, rows, 128):
+            optimizer.zero_grad()
+            logits = model(inputs[start : start + 128])
+            loss = torch.nn.functional.cross_entropy(logits, labels[start : start + 128])
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+    layers = [(lin.weight.detach().numpy().T, lin.bias.detach().numpy()) for lin in linears]
+    return mlp_onnx(sizes, layers=layers), x[rows:]
 
 
 def scores_onnx(scale: float = 1.0, slow_layers: int = 0, flip_above: float | None = None) -> bytes:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from modelplane.testing import mlp_onnx
+from modelplane.testing import mlp_onnx, trained_mlp
 
 pytestmark = pytest.mark.e2e
 
@@ -46,3 +46,59 @@ def test_int8_quantization_is_measured_reported_and_served(shared_server, tmp_pa
     bad = shared_server.cli("optimize", "mlp:1", "--quantize", "int4")
     assert bad.returncode == 2
     assert "int8|fp16" in bad.stderr
+
+
+def test_auto_keeps_the_fastest_within_the_budget_and_rolls_it_out(shared_server, tmp_path):
+    """The benchmark's MLP (256-1024-1024-1024-10), trained, pushed with held-out samples:
+    ``optimize --auto`` measures every candidate (structured pruning among them) on those
+    samples and keeps one at least 2x faster at batch 1 whose predictions changed on at most
+    0.5% of them; ``--deploy`` rolls it out under the deployment's rollout policy."""
+    model, samples = trained_mlp()
+    path, rows = tmp_path / "clf.onnx", tmp_path / "samples.npz"
+    path.write_bytes(model)
+    np.savez(rows, x=samples)
+    shared_server.push(path, "clf", "--samples", str(rows))
+    policy = "steps=10,100 interval=1m max-error-rate=5% max-p99-ratio=3"
+    deployed = shared_server.cli("deploy", "clf:1", "--rollout", policy)
+    assert deployed.returncode == 0, deployed.stderr
+
+    result = shared_server.cli("optimize", "clf:1", "--auto", "--max-accuracy-drop", "0.5%",
+                               "--deploy")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    print(result.stdout)
+    assert "created clf:2 from clf:1" in result.stdout
+    assert "CANDIDATE" in result.stdout  # the whole table
+    assert "clf: clf:2 beside clf:1 (rollout)" in result.stdout
+    assert "traffic: clf:1 90%, clf:2 10%" in result.stdout
+
+    version = shared_server.cli("models", "show", "clf:2", "--json")
+    report = json.loads(version.stdout)["report"]
+    optimization = report["optimization"]
+    measured = {c["name"]: c for c in optimization["candidates"] if "error" not in c}
+    pruned = [c for name, c in measured.items() if name.startswith("pruned")]
+    assert len(pruned) >= 3  # structured pruning measured, at several shares of the units
+    assert all(c["speedup_batch_1"] > 0 and c["speedup_batch_32"] > 0 for c in pruned)
+    assert any(c["size"] < optimization["size_before"] / 2 for c in pruned)
+    chosen = measured[optimization["chosen"]]
+    assert chosen["accuracy_drop"] <= 0.005
+    assert optimization["latency"]["batch_1"]["speedup"] >= 2.0
+    # half the samples fit (unit importance, calibration), the other half judge
+    assert report["inputs"].startswith("the version's samples (judged on 1000 rows held out")
+    assert report["batch"] == len(samples) // 2
+    print(f"kept {optimization['chosen']}: "
+          f"{optimization['latency']['batch_1']['speedup']}x at batch 1, "
+          f"{optimization['latency']['batch_32']['speedup']}x at batch 32, "
+          f"{chosen['accuracy_drop']:.2%} of predictions changed")  # fmt: skip
+
+    # the new version serves beside the current one: the rollout's first step
+    traffic = {t["ref"]: t for t in shared_server.deployment("clf")["traffic"]}
+    assert set(traffic) == {"clf:1", "clf:2"}
+    assert traffic["clf:2"]["percent"] == 10
+
+    # --auto chooses the level and quantization itself; a budget must be a share
+    mixed = shared_server.cli("optimize", "clf:1", "--auto", "--level", "all")
+    assert mixed.returncode == 2
+    assert "drop --level and --quantize" in mixed.stderr
+    bad = shared_server.cli("optimize", "clf:1", "--auto", "--max-accuracy-drop", "lots")
+    assert bad.returncode == 2
+    assert "percentage such as 1%" in bad.stderr

@@ -371,6 +371,15 @@ class ConversionOut(BaseModel):
 class OptimizeIn(BaseModel):
     level: str | None = Field(None, description="basic, extended or all", examples=["all"])
     quantize: str | None = Field(None, description="int8 or fp16", examples=["int8"])
+    auto: bool = Field(False, description="try every way (graph optimization, int8 dynamic "
+                       "and static, fp16, structured pruning) and keep the fastest within "
+                       "max_accuracy_drop")  # fmt: skip
+    max_accuracy_drop: float = Field(
+        0.005, ge=0, le=1, description="with auto: the share of sample rows whose prediction "
+        "may change (0.005: 0.5%)",
+    )  # fmt: skip
+    samples: str | None = Field(None, description="digest from POST /samples to measure on "
+                                "(default: the samples pushed with the version)")  # fmt: skip
 
 
 class SamplesOut(BaseModel):

@@ -156,26 +156,32 @@ def deploy(
             reset=reset, canary=canary, shadow=shadow, rollout=policy, rollout_off=rollout_off,
             wait=False,
         )  # fmt: skip
-        if len(info["traffic"]) > 1:
-            _beside(client, info, wait, timeout)
-            return
-        scaling = info.get("autoscaling")
-        wanted = info["desired_replicas"]
-        count = (
-            f"{scaling['min_replicas']}-{scaling['max_replicas']} replicas, autoscaled"
-            if scaling
-            else f"{wanted} replica{'s' if wanted != 1 else ''}"
-        )
-        console.print(f"deploying {info['ref']} as [bold]{info['name']}[/bold] ({count})")
-        if not wait or wanted == 0:
-            if wanted == 0:
-                console.print(
-                    f"scaled to zero: the first request to {info['endpoint']} starts a replica"
-                )
-            return
-        with console.status("waiting for replicas to be ready"):
-            info = client.wait_ready(info["name"], timeout)
-        console.print(f"[green]ready[/green]: POST {client.url}{info['endpoint']}")
+        announce(client, info, wait, timeout)
+
+
+def announce(client: Client, info: Any, wait: bool, timeout: float) -> None:
+    """Say what a deploy began: the replicas, or how requests split between versions; with
+    ``wait``, once they are ready."""
+    if len(info["traffic"]) > 1:
+        _beside(client, info, wait, timeout)
+        return
+    scaling = info.get("autoscaling")
+    wanted = info["desired_replicas"]
+    count = (
+        f"{scaling['min_replicas']}-{scaling['max_replicas']} replicas, autoscaled"
+        if scaling
+        else f"{wanted} replica{'s' if wanted != 1 else ''}"
+    )
+    console.print(f"deploying {info['ref']} as [bold]{info['name']}[/bold] ({count})")
+    if not wait or wanted == 0:
+        if wanted == 0:
+            console.print(
+                f"scaled to zero: the first request to {info['endpoint']} starts a replica"
+            )
+        return
+    with console.status("waiting for replicas to be ready"):
+        info = client.wait_ready(info["name"], timeout)
+    console.print(f"[green]ready[/green]: POST {client.url}{info['endpoint']}")
 
 
 def _rollout(text: str) -> dict[str, Any]:

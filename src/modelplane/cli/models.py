@@ -12,9 +12,11 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from modelplane import errors
 from modelplane.cli.apps import Json, app, conversions_app, models_app
 from modelplane.cli.apps import print_json as _print_json
+from modelplane.cli.deployments import announce
 from modelplane.cli.output import console, handled, human_size, print_report, table
 from modelplane.client import Client, pack_directory
 from modelplane.domain import parse_pairs
+from modelplane.domain.traffic import parse_share
 
 
 def _dims(text: str | None) -> list[int] | None:
@@ -226,23 +228,66 @@ def optimize(
     ref: Annotated[str, typer.Argument(help="NAME:VERSION to start from")],
     quantize: Annotated[str | None, typer.Option(help="int8 or fp16")] = None,
     level: Annotated[str | None, typer.Option(help="basic, extended or all")] = None,
+    auto: Annotated[
+        bool,
+        typer.Option(
+            "--auto",
+            help="Try every way (graph optimization, int8 dynamic and "
+            "static, fp16, structured pruning) and keep the fastest within "
+            "--max-accuracy-drop.",
+        ),
+    ] = False,
+    max_accuracy_drop: Annotated[
+        str,
+        typer.Option(
+            help="With --auto: the share of sample rows whose prediction may change, e.g. 0.5%."
+        ),
+    ] = "0.5%",
+    samples: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="Inputs to calibrate and measure on "
+            "(.npz or JSON); default: the samples pushed with the version.",
+        ),
+    ] = None,
+    deploy: Annotated[
+        bool,
+        typer.Option(
+            "--deploy",
+            help="Deploy the new version (under the deployment's rollout policy, if it has one).",
+        ),
+    ] = False,
     as_json: Json = False,
 ) -> None:
-    """Make a faster version: graph optimization and/or quantization, measured and reported."""
+    """Make a faster version: graph optimization and/or quantization, or --auto, measured and
+    reported."""
     name, sep, version = ref.partition(":")
     if not sep or not version.isdigit():
         raise typer.BadParameter("use NAME:VERSION, for example mlp:1")
-    with handled(), Client() as client, console.status("optimizing") as status:
-        result = client.optimize(
-            name, int(version), level=level, quantize=quantize,
-            on_stage=lambda stage: status.update(f"{stage}..."),
-        )  # fmt: skip
-    if as_json:
-        _print_json(result)
-        return
-    console.print(f"created [bold]{result['ref']}[/bold] from {ref} ({result['description']})")
-    if report := result.get("report"):
-        print_report(report)
+    try:
+        budget = parse_share(max_accuracy_drop, "--max-accuracy-drop")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--max-accuracy-drop") from None
+    with handled(), Client() as client:
+        with console.status("optimizing") as status:
+            result = client.optimize(
+                name, int(version), level=level, quantize=quantize, auto=auto,
+                max_accuracy_drop=budget, samples=samples,
+                on_stage=lambda stage: status.update(f"{stage}..."),
+            )  # fmt: skip
+        if as_json:
+            _print_json(result)
+        else:
+            console.print(f"created [bold]{result['ref']}[/bold] from {ref} "
+                          f"({result['description']})")  # fmt: skip
+            if report := result.get("report"):
+                print_report(report)
+        if deploy and as_json:  # the JSON above stays the only output
+            client.deploy(result["ref"])
+        elif deploy:
+            announce(client, client.deploy(result["ref"], wait=False), wait=True, timeout=120.0)
 
 
 @conversions_app.command("show")

@@ -80,8 +80,23 @@ def state_style(state: str) -> Callable[[str], str]:
     return lambda text: f"[{color}]{text}[/{color}]"
 
 
+def _print_candidates(candidates: list[dict[str, Any]], budget: float) -> None:
+    rows = []
+    for c in candidates:
+        if "error" in c:
+            rows.append([c["name"], "-", "-", "-", "-", f"not applicable: {c['error']}"])
+            continue
+        verdict = "kept" if c.get("chosen") else ("within" if c["within_budget"] else "over")
+        rows.append([c["name"], f"{c['speedup_batch_1']:.2f}x", f"{c['speedup_batch_32']:.2f}x",
+                     human_size(c["size"]), f"{c['accuracy_drop']:.2%}", verdict])  # fmt: skip
+    table(["CANDIDATE", "SPEEDUP B1", "SPEEDUP B32", "SIZE", "CHANGED", "BUDGET"], rows,
+          title=f"candidates (at most {budget:.2%} of predictions changed)")  # fmt: skip
+
+
 def print_report(report: dict[str, Any]) -> None:
     """A parity (or optimization) report as a table."""
+    if candidates := (report.get("optimization") or {}).get("candidates"):
+        _print_candidates(candidates, report["optimization"]["max_accuracy_drop"])
     if optimization := report.get("optimization"):
         rows = [
             [size.replace("_", " "), f"{v['before_ms']:.3f}", f"{v['after_ms']:.3f}",
@@ -95,7 +110,10 @@ def print_report(report: dict[str, Any]) -> None:
     kind = "accuracy vs the source version" if "optimization" in report else "parity"
     rows = []
     for out in report.get("outputs", []):
-        if "label_agreement" in out:
+        if "rows_changed" in out:
+            changed = f"{out['rows_changed']} of {out['rows']} predictions changed"
+            measure = f"{changed} ({out['accuracy_drop']:.2%}), max abs {out['max_abs_error']:.3g}"
+        elif "label_agreement" in out:
             measure = f"label agreement {out['label_agreement']:.2%}"
         elif "max_abs_error" in out:
             measure = f"max abs {out['max_abs_error']:.3g}, max rel {out['max_rel_error']:.3g}"

@@ -50,6 +50,7 @@ class ConversionSpec:
     quantize: str | None = None
     precision: str | None = None
     processing: dict[str, Any] | None = None  # declared pre/post-processing (domain/processing)
+    auto: float | None = None  # optimize --auto: the share of rows whose prediction may change
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,7 @@ class ConversionRunner:
             "quantize": spec.quantize,
             "precision": spec.precision,
             "processing": spec.processing,
+            "auto": spec.auto,
         }
         (spec.workdir / "spec.json").write_text(json.dumps(doc))
         env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}

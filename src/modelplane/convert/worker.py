@@ -83,20 +83,45 @@ def _load(source: Path) -> dict[str, Any]:
     return {"loaded": True}
 
 
+def _inputs(spec: dict[str, Any], signature: Any, origin: str) -> tuple[Arrays, str]:
+    """The samples given (as the signature's types), else inputs generated from it."""
+    from modelplane.convert.parity import generate_inputs
+
+    if not spec.get("samples"):
+        return generate_inputs(signature), "generated from the signature"
+    inputs = _load_samples(Path(spec["samples"]))
+    for tensor in signature.inputs:
+        if tensor.name in inputs and inputs[tensor.name].dtype.kind == "f":
+            inputs[tensor.name] = inputs[tensor.name].astype(np.float32)
+    return inputs, origin
+
+
+def _optimize_auto(spec: dict[str, Any]) -> dict[str, Any]:
+    from modelplane.convert import onnx as onnx_source
+    from modelplane.convert.auto import optimize_auto
+
+    source = Path(spec["source"])
+    inputs, origin = _inputs(spec, onnx_source.inspect(source), "the version's samples")
+    return optimize_auto(source, Path(spec["workdir"]), inputs, origin, float(spec["auto"]),
+                         _emit)  # fmt: skip
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     import onnxruntime as ort
 
     if spec["format"] == LOAD:
         return _load(Path(spec["source"]))
     if spec["format"] == "optimize":
+        _emit("optimize")
+        if spec.get("auto") is not None:
+            return _optimize_auto(spec)
         from modelplane.convert.optimize import optimize
 
-        _emit("optimize")
         return optimize(Path(spec["source"]), Path(spec["workdir"]), spec.get("level"),
                         spec.get("quantize"))  # fmt: skip
 
     from modelplane.convert import onnx as onnx_source
-    from modelplane.convert.parity import compare, generate_inputs
+    from modelplane.convert.parity import compare
 
     workdir = Path(spec["workdir"])
     options = ConvertOptions(
@@ -126,15 +151,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     convert_s = time.perf_counter() - started
     _emit("verify")
     signature = onnx_source.inspect(converted.onnx_path)
-    if spec.get("samples"):
-        inputs, origin = _load_samples(Path(spec["samples"])), "samples given with the push"
-        for tensor in signature.inputs:
-            if tensor.name in inputs and inputs[tensor.name].dtype.kind == "f":
-                inputs[tensor.name] = inputs[tensor.name].astype(np.float32)
-    elif converted.parity_inputs is not None:
-        inputs, origin = converted.parity_inputs, "sample inputs made by the converter"
+    if spec.get("samples") or converted.parity_inputs is None:
+        inputs, origin = _inputs(spec, signature, "samples given with the push")
     else:
-        inputs, origin = generate_inputs(signature), "generated from the signature"
+        inputs, origin = converted.parity_inputs, "sample inputs made by the converter"
     session = ort.InferenceSession(str(converted.onnx_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     actual = dict(zip(names, session.run(names, inputs), strict=True))

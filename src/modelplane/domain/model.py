@@ -124,6 +124,7 @@ class ModelVersion:
     source_digest: str | None = None
     report: dict[str, Any] | None = None
     input_stats: dict[str, Any] | None = None  # of the samples pushed with it, for input_guard
+    samples_digest: str | None = None  # the samples pushed with it (a blob)
 
     @property
     def ref(self) -> str:

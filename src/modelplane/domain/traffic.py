@@ -32,7 +32,7 @@ def _seconds(text: str) -> float:
     return float(match.group(1)) * _SECONDS[match.group(2)]
 
 
-def _share(text: str, what: str) -> float:
+def parse_share(text: str, what: str) -> float:
     """``1%`` or ``0.01`` as a fraction."""
     raw = text.strip()
     try:
@@ -86,7 +86,7 @@ class RolloutPolicy:
             elif field == "interval_s":
                 given[field] = _seconds(value)
             elif field in ("max_error_rate", "max_disagreement"):
-                given[field] = _share(value, key)
+                given[field] = parse_share(value, key)
             else:
                 try:
                     given[field] = float(value)

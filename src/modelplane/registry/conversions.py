@@ -21,13 +21,13 @@ from starlette.concurrency import run_in_threadpool
 
 from modelplane.convert import onnx as onnx_source
 from modelplane.convert.archive import UnpackLimits
-from modelplane.convert.base import OPTIMIZATION_LEVELS, QUANTIZATIONS
+from modelplane.convert.base import Optimization
 from modelplane.convert.extras import importable, require_extra
 from modelplane.convert.runner import ConversionCrashed, ConversionRunner, ConversionSpec
 from modelplane.domain import Conversion, ModelVersion
 from modelplane.domain.model import DETECTED_FORMATS
 from modelplane.domain.signature import GENERATION_SIGNATURE, TEXT_GENERATION
-from modelplane.errors import InvalidInput, ModelplaneError, NotFound
+from modelplane.errors import ModelplaneError, NotFound
 from modelplane.registry.blobs import DIGEST_RE, BlobStore
 from modelplane.registry.service import PushRequest, RegistryService, Upload, now
 from modelplane.registry.tables import ConversionRow
@@ -54,6 +54,7 @@ class ConversionOptions:
     quantize: str | None = None
     precision: str | None = None  # a language model's weights: fp32, int8, int4
     processing: dict[str, Any] | None = None  # images/audio in, labels out (domain/processing)
+    auto: float | None = None  # optimize --auto: the share of rows whose prediction may change
 
 
 class SampleUploads:
@@ -216,27 +217,32 @@ class ConversionService:
         return input_stats(load_samples(data, SAMPLES_MAX_UNPACKED))
 
     def optimize(
-        self, source: ModelVersion, level: str | None, quantize: str | None, created_by: str
+        self,
+        source: ModelVersion,
+        choice: Optimization,
+        created_by: str,
+        samples: tuple[str, dict[str, Any]] | None = None,
     ) -> Conversion:
-        """A new version made from ``source`` by graph optimization and/or quantization."""
-        if level is None and quantize is None:
-            raise InvalidInput("say what to do: --level basic|extended|all and/or "
-                               "--quantize int8|fp16")  # fmt: skip
-        if level not in (None, *OPTIMIZATION_LEVELS) or quantize not in (None, *QUANTIZATIONS):
-            raise InvalidInput(
-                f"invalid optimization (level {level!r}, quantize {quantize!r}); use --level "
-                "basic|extended|all and --quantize int8|fp16"
-            )
-        what = ", ".join(p for p in (quantize, level and f"level {level}") if p)
+        """A new version made from ``source`` by graph optimization and/or quantization, or
+        (``choice.auto``) by the fastest of every way within the accuracy budget, measured on
+        ``samples`` (digest and statistics, uploaded by the caller), else the samples pushed
+        with ``source``, else inputs generated from its signature. The new version keeps the
+        samples it was measured on."""
+        choice.check()
+        what = choice.describe()
+        digest, stats = samples if samples else (source.samples_digest, source.input_stats)
         request = PushRequest(
             name=source.model,
             description=f"optimized from {source.ref} ({what})",
             tags=dict(source.tags),
             parent=source.ref,
             created_by=created_by,
+            input_stats=stats,
+            samples_digest=digest,
         )
         upload = Upload(source.artifact, OPTIMIZE, None)
-        options = ConversionOptions(force=True, level=level, quantize=quantize)
+        options = ConversionOptions(samples_digest=digest, force=True, level=choice.level,
+                                    quantize=choice.quantize, auto=choice.auto)  # fmt: skip
         return self.start(request, upload, options)
 
     def get(self, conversion_id: str) -> Conversion:
@@ -293,6 +299,7 @@ class ConversionService:
                 quantize=options.quantize,
                 precision=options.precision,
                 processing=options.processing,
+                auto=options.auto,
             )  # fmt: skip
 
             def stage(name: str) -> None:

@@ -54,6 +54,7 @@ class PushRequest:
     allow_duplicate: bool = False
     declared_size: int | None = None  # the body's Content-Length, when the client sent one
     input_stats: dict[str, Any] | None = None  # of the samples given with the push
+    samples_digest: str | None = None  # those samples, kept with the version
     processed: bool = False  # declares pre/post-processing: even ONNX goes through the worker
 
 
@@ -98,6 +99,7 @@ def to_version(row: VersionRow) -> ModelVersion:
         source_digest=row.source_digest,
         report=row.report,
         input_stats=row.input_stats,
+        samples_digest=row.samples_digest,
     )
 
 
@@ -265,6 +267,7 @@ class RegistryService:
                     source_digest=source_digest,
                     report=report,
                     input_stats=request.input_stats,
+                    samples_digest=request.samples_digest,
                 )
                 session.add(row)
                 session.flush()
@@ -329,7 +332,7 @@ class RegistryService:
         with self._sessions.begin() as session:
             row = self._version_row(session, ModelRef(name, version=version))
             self._refuse_if_deployed(session, [row.id], f"{name}:{version}")
-            digests = {row.digest, row.source_digest}
+            digests = {row.digest, row.source_digest, row.samples_digest}
             session.execute(delete(AliasRow).where(AliasRow.version_id == row.id))
             session.delete(row)
         for digest in digests:
@@ -339,7 +342,9 @@ class RegistryService:
         with self._sessions.begin() as session:
             model = self._model_row(session, name)
             self._refuse_if_deployed(session, [v.id for v in model.versions], name)
-            digests = {d for v in model.versions for d in (v.digest, v.source_digest)}
+            digests = {
+                d for v in model.versions for d in (v.digest, v.source_digest, v.samples_digest)
+            }
             session.execute(delete(AliasRow).where(AliasRow.model_id == model.id))
             for v in list(model.versions):
                 session.delete(v)
@@ -353,7 +358,8 @@ class RegistryService:
         removed = self._blobs.clean_staging()
         with self._sessions() as session:
             used = set(session.scalars(select(VersionRow.digest)).all())
-            used |= {d for d in session.scalars(select(VersionRow.source_digest)).all() if d}
+            for column in (VersionRow.source_digest, VersionRow.samples_digest):
+                used |= {d for d in session.scalars(select(column)).all() if d}
         for digest in list(self._blobs.digests()):
             if digest not in used:
                 self._blobs.delete(digest)
@@ -364,7 +370,11 @@ class RegistryService:
     def _drop_blob_if_unused(self, digest: str | None) -> None:
         if digest is None:
             return
-        refers = (VersionRow.digest == digest) | (VersionRow.source_digest == digest)
+        refers = (
+            (VersionRow.digest == digest)
+            | (VersionRow.source_digest == digest)
+            | (VersionRow.samples_digest == digest)
+        )
         converting = (ConversionRow.source_digest == digest) & (ConversionRow.state == "running")
         with self._sessions() as session:
             versions = session.scalar(select(func.count()).select_from(VersionRow).where(refers))

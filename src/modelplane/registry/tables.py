@@ -48,6 +48,8 @@ class VersionRow(Base):
     report: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
     # per-input statistics of the samples pushed with it (security/inputguard.py)
     input_stats: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
+    # the samples pushed with it (a blob): what optimize --auto calibrates and measures on
+    samples_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     model: Mapped[ModelRow] = relationship(back_populates="versions")
 

@@ -20,6 +20,7 @@ from modelplane.api.schemas import (
     VersionOut,
 )
 from modelplane.api.services import Services
+from modelplane.convert.base import Optimization
 from modelplane.domain import ModelRef, ModelVersion, Principal, parse_pairs
 from modelplane.domain.processing import ProcessingError
 from modelplane.domain.processing import parse as parse_processing
@@ -139,7 +140,7 @@ def create_router(services: Services) -> APIRouter:
         )
         if samples is not None:  # their statistics stay with the version (input guard)
             stats = await run_in_threadpool(services.conversions.input_stats, who.key_id, samples)
-            push_request = replace(push_request, input_stats=stats)
+            push_request = replace(push_request, input_stats=stats, samples_digest=samples)
         options = ConversionOptions(
             samples, tolerance, force, _shape(input_shape), precision=precision,
             processing=None if processing is None else processing.to_dict(),
@@ -194,13 +195,21 @@ def create_router(services: Services) -> APIRouter:
         body: OptimizeIn,
         who: Annotated[Principal, Depends(allow(Action.PUSH))],
     ) -> ConversionOut:
-        """Make a new version by graph optimization and/or quantization; follow the returned
-        conversion for the measured speedup and the accuracy change."""
+        """Make a new version by graph optimization and/or quantization, or (``auto``) by the
+        fastest of every way (structured pruning among them) within the accuracy budget;
+        follow the returned conversion for the measured speedup and the accuracy change."""
         see_model(who, name)
         source = await run_in_threadpool(registry.resolve, ModelRef(name, version=version))
-        job = services.conversions.optimize(
-            source, body.level, body.quantize, who.name or who.key_id
-        )
+        choice = Optimization(body.level, body.quantize,
+                              body.max_accuracy_drop if body.auto else None)  # fmt: skip
+        choice.check()
+        samples = None
+        if body.samples is not None:
+            stats = await run_in_threadpool(
+                services.conversions.input_stats, who.key_id, body.samples
+            )
+            samples = (body.samples, stats)
+        job = services.conversions.optimize(source, choice, who.name or who.key_id, samples)
         return ConversionOut.of(job)
 
     @router.put("/{name}/aliases/{alias}", response_model=VersionOut)

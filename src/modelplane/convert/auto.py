@@ -1,0 +1,188 @@
+"""Automatic optimization: every way ``optimize.py`` and ``prune.py`` know is tried on the
+source model, each candidate's latency measured at batch 1 and 32 and its answers compared with
+the source's on the sample inputs; the fastest within the accuracy budget is kept, and the
+whole table goes into the new version's report.
+
+The accuracy change is the share of sample rows whose prediction changed: labels, else the
+arg-max of scores, else values beyond a small tolerance (a regression's rows). The fastest is
+the one with the best geometric mean of its two speedups."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from modelplane.convert import optimize as steps
+from modelplane.convert.base import Arrays
+from modelplane.convert.prune import hidden_layers, prune
+from modelplane.errors import InvalidInput
+from modelplane.protocol.answers import agreement
+
+PRUNE_FRACTIONS = (0.1, 0.25, 0.5)  # without retraining, more rarely keeps the answers
+HOLD_OUT_FROM = 200  # with this many sample rows or more, half fit and the other half judge
+MEASURE_S = 0.4  # per candidate and batch size
+MIN_SPEEDUP = 1.05  # below this a candidate is noise, not faster
+
+Build = Callable[[Path], Path]  # the candidate's file, made in the folder given
+
+
+def _candidates(source: Path, inputs: Arrays) -> list[tuple[str, Build]]:
+    found: list[tuple[str, Build]] = [
+        ("graph optimization (all)", lambda d: steps.graph_level(source, d / "model.onnx", "all")),
+        ("int8 dynamic", lambda d: steps.int8_dynamic(source, d / "model.onnx")),
+        (
+            "int8 static (calibrated on the samples)",
+            lambda d: steps.int8_static(source, d / "model.onnx", inputs),
+        ),
+        ("fp16 weights", lambda d: steps.fp16(source, d / "model.onnx")),
+    ]
+    model = onnx.load(str(source))
+    if not hidden_layers(model):
+        return found
+    for fraction in PRUNE_FRACTIONS:
+        share = f"{fraction:.0%}"
+        found.append((f"pruned {share} of hidden units", partial(_pruned, model, fraction, inputs)))
+        found.append(
+            (f"pruned {share} + int8 dynamic", partial(_pruned_int8, model, fraction, inputs))
+        )
+    return found
+
+
+def _pruned(model: onnx.ModelProto, fraction: float, inputs: Arrays, folder: Path) -> Path:
+    out = folder / "pruned.onnx"
+    onnx.save(prune(model, fraction, inputs)[0], str(out))
+    return out
+
+
+def _pruned_int8(model: onnx.ModelProto, fraction: float, inputs: Arrays, folder: Path) -> Path:
+    return steps.int8_dynamic(_pruned(model, fraction, inputs, folder), folder / "model.onnx")
+
+
+def _speed(row: dict[str, Any]) -> float:
+    return math.sqrt(row["speedup_batch_1"] * row["speedup_batch_32"])
+
+
+def choose(rows: list[dict[str, Any]], max_drop: float) -> dict[str, Any]:
+    """The fastest measured candidate (geometric mean of its two speedups) whose share of
+    changed rows is within ``max_drop``; InvalidInput, naming what each one did, when none is
+    at least ``MIN_SPEEDUP`` times faster than the source within it."""
+    eligible = [
+        r for r in rows if "error" not in r and r["accuracy_drop"] <= max_drop
+        and _speed(r) >= MIN_SPEEDUP
+    ]  # fmt: skip
+    if not eligible:
+        tried = "; ".join(
+            f"{r['name']}: {r['error']}" if "error" in r
+            else f"{r['name']}: {_speed(r):.2f}x, {r['accuracy_drop']:.2%} of rows changed"
+            for r in rows
+        )  # fmt: skip
+        raise InvalidInput(
+            f"no candidate is faster than the source with at most {max_drop:.2%} of the rows' "
+            f"predictions changed (tried {tried}); allow a larger --max-accuracy-drop, or keep "
+            "the source version"
+        )
+    return max(eligible, key=_speed)
+
+
+def _split(inputs: Arrays, origin: str) -> tuple[Arrays, Arrays, str]:
+    """The rows that calibrate and rank (pruning's unit importance, static int8's ranges), the
+    rows that judge, and how the report says so: halves from ``HOLD_OUT_FROM`` rows up, so no
+    candidate is judged on what it was fitted to; all of them for both below."""
+    rows = len(next(iter(inputs.values()))) if inputs else 0
+    if rows < HOLD_OUT_FROM:
+        return inputs, inputs, f"{origin} ({rows} rows, too few to hold any out)"
+    half = rows // 2
+    fit = {k: v[:half] for k, v in inputs.items()}
+    judge = {k: v[half:] for k, v in inputs.items()}
+    return fit, judge, f"{origin} (judged on {rows - half} rows held out from the {half} fitted)"
+
+
+def optimize_auto(
+    source: Path,
+    workdir: Path,
+    inputs: Arrays,
+    origin: str,
+    max_drop: float,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Try every candidate on ``inputs`` (described by ``origin`` in the report); the fastest
+    whose share of changed rows is at most ``max_drop`` becomes ``workdir/model.onnx``.
+    Raises InvalidInput when none is faster than the source within the budget."""
+    fit, judge, origin = _split(inputs, origin)
+    original = steps.session(source)
+    names = [o.name for o in original.get_outputs()]
+    expected = dict(zip(names, original.run(names, judge), strict=True))
+    base = {
+        size: steps.latency_ms(original, steps.batch(judge, size), MEASURE_S)
+        for size in steps.BATCHES
+    }
+    rows: list[dict[str, Any]] = []
+    files: dict[str, Path] = {}
+    candidates = _candidates(source, fit)
+    for i, (name, build) in enumerate(candidates):
+        progress(f"try {i + 1}/{len(candidates)}")  # a stage: at most 16 characters
+        folder = workdir / f"candidate-{i}"
+        folder.mkdir()
+        row: dict[str, Any] = {"name": name}
+        try:
+            path = build(folder)
+            candidate = steps.session(path)
+        except Exception as exc:  # a way that does not apply to this model: say why, go on
+            row["error"] = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            rows.append(row)
+            continue
+        actual = dict(zip(names, candidate.run(names, judge), strict=True))
+        seen = agreement(expected, actual)
+        row["rows_changed"] = seen.disagreeing
+        row["accuracy_drop"] = seen.disagreeing / seen.rows if seen.rows else 0.0
+        row["max_abs_error"] = seen.max_abs_diff
+        for size in steps.BATCHES:
+            ms = steps.latency_ms(candidate, steps.batch(judge, size), MEASURE_S)
+            row[f"batch_{size}_ms"] = round(ms, 4)
+            row[f"speedup_batch_{size}"] = round(base[size] / ms, 2) if ms else 0.0
+        row["size"] = path.stat().st_size
+        row["within_budget"] = row["accuracy_drop"] <= max_drop
+        rows.append(row)
+        files[name] = path
+    best = choose(rows, max_drop)
+    best["chosen"] = True
+    result = workdir / "model.onnx"
+    shutil.copyfile(files[best["name"]], result)
+    rows_count = len(next(iter(judge.values())))
+    return {
+        "optimization": {
+            "auto": True,
+            "chosen": best["name"],
+            "max_accuracy_drop": max_drop,
+            "candidates": rows,
+            "latency": {
+                f"batch_{size}": {
+                    "before_ms": round(base[size], 4),
+                    "after_ms": best[f"batch_{size}_ms"],
+                    "speedup": best[f"speedup_batch_{size}"],
+                }
+                for size in steps.BATCHES
+            },
+            "size_before": source.stat().st_size,
+            "size_after": result.stat().st_size,
+        },
+        "passed": True,
+        "outputs": [
+            {
+                "name": ", ".join(names),
+                "rows_changed": best["rows_changed"],
+                "rows": rows_count,
+                "accuracy_drop": best["accuracy_drop"],
+                "max_abs_error": best["max_abs_error"],
+                "passed": True,
+            }
+        ],
+        "inputs": origin,
+        "batch": rows_count,
+    }

@@ -1,0 +1,40 @@
+"""Which candidate ``optimize --auto`` keeps: the fastest within the accuracy budget, and a
+clear refusal, naming what each candidate did, when none is faster within it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from modelplane.convert.auto import choose
+from modelplane.errors import InvalidInput
+
+
+def _row(name: str, b1: float, b32: float, drop: float) -> dict[str, Any]:
+    return {"name": name, "speedup_batch_1": b1, "speedup_batch_32": b32, "accuracy_drop": drop}
+
+
+def test_the_fastest_within_the_budget_is_kept() -> None:
+    rows = [
+        _row("int8 dynamic", 4.0, 4.0, 0.001),
+        _row("pruned 75% + int8 dynamic", 12.0, 12.0, 0.04),  # fastest, over the budget
+        _row("pruned 50% + int8 dynamic", 8.0, 6.0, 0.004),
+        {"name": "int8 static", "error": "cannot calibrate"},
+    ]
+    assert choose(rows, 0.005)["name"] == "pruned 50% + int8 dynamic"
+    assert choose(rows, 0.05)["name"] == "pruned 75% + int8 dynamic"
+    assert choose(rows, 0.002)["name"] == "int8 dynamic"
+
+
+def test_none_faster_within_the_budget_is_refused_with_what_each_did() -> None:
+    rows = [_row("graph optimization (all)", 1.01, 1.02, 0.0), _row("int8 dynamic", 3.0, 3.0, 0.02),
+            {"name": "int8 static", "error": "cannot calibrate"}]  # fmt: skip
+    with pytest.raises(InvalidInput) as raised:
+        choose(rows, 0.005)
+    message = raised.value.message
+    assert "at most 0.50%" in message
+    assert "int8 dynamic: 3.00x, 2.00% of rows changed" in message
+    assert "int8 static: cannot calibrate" in message
+    assert "--max-accuracy-drop" in message
+    assert raised.value.status == 400
