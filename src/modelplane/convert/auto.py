@@ -37,7 +37,7 @@ def _candidates(source: Path, inputs: Arrays) -> list[tuple[str, Build]]:
         ("graph optimization (all)", lambda d: steps.graph_level(source, d / "model.onnx", "all")),
         ("int8 dynamic", lambda d: steps.int8_dynamic(source, d / "model.onnx")),
         (
-            "int8 static (calibrated on the samples)",
+            "int8 static (calibrated)",
             lambda d: steps.int8_static(source, d / "model.onnx", inputs),
         ),
         ("fp16 weights", lambda d: steps.fp16(source, d / "model.onnx")),
@@ -82,10 +82,15 @@ def choose(rows: list[dict[str, Any]], max_drop: float) -> dict[str, Any]:
             else f"{r['name']}: {_speed(r):.2f}x, {r['accuracy_drop']:.2%} of rows changed"
             for r in rows
         )  # fmt: skip
+        faster = [r for r in rows if "error" not in r and _speed(r) >= MIN_SPEEDUP]
+        hint = (
+            "allow a larger --max-accuracy-drop, or keep the source version"
+            if faster
+            else "none is faster on this model: keep the source version"
+        )
         raise InvalidInput(
             f"no candidate is faster than the source with at most {max_drop:.2%} of the rows' "
-            f"predictions changed (tried {tried}); allow a larger --max-accuracy-drop, or keep "
-            "the source version"
+            f"predictions changed (tried {tried}); {hint}"
         )
     return max(eligible, key=_speed)
 

@@ -36,5 +36,11 @@ def test_none_faster_within_the_budget_is_refused_with_what_each_did() -> None:
     assert "at most 0.50%" in message
     assert "int8 dynamic: 3.00x, 2.00% of rows changed" in message
     assert "int8 static: cannot calibrate" in message
-    assert "--max-accuracy-drop" in message
+    assert "allow a larger --max-accuracy-drop" in message  # int8 was faster, over the budget
     assert raised.value.status == 400
+
+
+def test_none_faster_at_all_says_to_keep_the_source() -> None:
+    rows = [_row("graph optimization (all)", 0.99, 1.0, 0.0), _row("int8 dynamic", 0.8, 0.7, 0.0)]
+    with pytest.raises(InvalidInput, match="none is faster on this model: keep the source"):
+        choose(rows, 0.005)
