@@ -99,6 +99,9 @@ def test_auto_keeps_the_fastest_within_the_budget_and_rolls_it_out(shared_server
     mixed = shared_server.cli("optimize", "clf:1", "--auto", "--level", "all")
     assert mixed.returncode == 2
     assert "drop --level and --quantize" in mixed.stderr
-    bad = shared_server.cli("optimize", "clf:1", "--auto", "--max-accuracy-drop", "lots")
-    assert bad.returncode == 2
-    assert "percentage such as 1%" in bad.stderr
+    bare = shared_server.cli("optimize", "clf:1", "--auto", "--max-accuracy-drop", "0.5")
+    assert bare.returncode == 2  # half a percent, or a half? said as a percentage only
+    assert "write it as a percentage, e.g. 0.5%" in bare.stderr
+    alone = shared_server.cli("optimize", "clf:1", "--level", "all", "--samples", str(rows))
+    assert alone.returncode == 2
+    assert "go with --auto" in alone.stderr

@@ -238,11 +238,12 @@ def optimize(
         ),
     ] = False,
     max_accuracy_drop: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="With --auto: the share of sample rows whose prediction may change, e.g. 0.5%."
+            help="With --auto: the share of sample rows whose prediction may change "
+            "[default: 0.5%]."
         ),
-    ] = "0.5%",
+    ] = None,
     samples: Annotated[
         Path | None,
         typer.Option(
@@ -266,10 +267,9 @@ def optimize(
     name, sep, version = ref.partition(":")
     if not sep or not version.isdigit():
         raise typer.BadParameter("use NAME:VERSION, for example mlp:1")
-    try:
-        budget = parse_share(max_accuracy_drop, "--max-accuracy-drop")
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--max-accuracy-drop") from None
+    if not auto and (max_accuracy_drop is not None or samples is not None):
+        raise typer.BadParameter("--max-accuracy-drop and --samples go with --auto")
+    budget = _budget(max_accuracy_drop or "0.5%")
     with handled(), Client() as client:
         with console.status("optimizing") as status:
             result = client.optimize(
@@ -288,6 +288,17 @@ def optimize(
             client.deploy(result["ref"])
         elif deploy:
             announce(client, client.deploy(result["ref"], wait=False), wait=True, timeout=120.0)
+
+
+def _budget(text: str) -> float:
+    """``0.5%`` as 0.005; a bare number is refused (is 0.5 half a percent or a half?)."""
+    if not text.strip().endswith("%"):
+        raise typer.BadParameter(f"write it as a percentage, e.g. 0.5%: {text!r}",
+                                 param_hint="--max-accuracy-drop")  # fmt: skip
+    try:
+        return parse_share(text, "--max-accuracy-drop")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--max-accuracy-drop") from None
 
 
 @conversions_app.command("show")

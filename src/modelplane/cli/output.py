@@ -112,7 +112,9 @@ def print_report(report: dict[str, Any]) -> None:
     for out in report.get("outputs", []):
         if "rows_changed" in out:
             changed = f"{out['rows_changed']} of {out['rows']} predictions changed"
-            measure = f"{changed} ({out['accuracy_drop']:.2%}), max abs {out['max_abs_error']:.3g}"
+            largest = out["max_abs_error"]
+            largest = "-" if largest is None else f"{largest:.3g}"
+            measure = f"{changed} ({out['accuracy_drop']:.2%}), max abs {largest}"
         elif "label_agreement" in out:
             measure = f"label agreement {out['label_agreement']:.2%}"
         elif "max_abs_error" in out:

@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from modelplane.convert import optimize as steps
@@ -34,7 +35,11 @@ Build = Callable[[Path], Path]  # the candidate's file, made in the folder given
 
 def _candidates(source: Path, inputs: Arrays) -> list[tuple[str, Build]]:
     found: list[tuple[str, Build]] = [
-        ("graph optimization (all)", lambda d: steps.graph_level(source, d / "model.onnx", "all")),
+        # "extended": "all" may store fusions for this machine's CPU only
+        (
+            "graph optimization (extended)",
+            lambda d: steps.graph_level(source, d / "model.onnx", "extended"),
+        ),
         ("int8 dynamic", lambda d: steps.int8_dynamic(source, d / "model.onnx")),
         (
             "int8 static (calibrated)",
@@ -95,6 +100,21 @@ def choose(rows: list[dict[str, Any]], max_drop: float) -> dict[str, Any]:
     return max(eligible, key=_speed)
 
 
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def _check(inputs: Arrays) -> None:
+    """Samples with rows, and finite: a NaN would pass for "no change" in a regression."""
+    if not inputs or not len(next(iter(inputs.values()))):
+        raise InvalidInput("the samples have no rows; give some (200 or more, and half of "
+                           "them judge the candidates on rows none was fitted to)")  # fmt: skip
+    for name, value in inputs.items():
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            raise InvalidInput(f"the samples' input {name!r} has NaN or infinite values; "
+                               "remove those rows")  # fmt: skip
+
+
 def _split(inputs: Arrays, origin: str) -> tuple[Arrays, Arrays, str]:
     """The rows that calibrate and rank (pruning's unit importance, static int8's ranges), the
     rows that judge, and how the report says so: halves from ``HOLD_OUT_FROM`` rows up, so no
@@ -103,8 +123,9 @@ def _split(inputs: Arrays, origin: str) -> tuple[Arrays, Arrays, str]:
     if rows < HOLD_OUT_FROM:
         return inputs, inputs, f"{origin} ({rows} rows, too few to hold any out)"
     half = rows // 2
-    fit = {k: v[:half] for k, v in inputs.items()}
-    judge = {k: v[half:] for k, v in inputs.items()}
+    order = np.random.default_rng(0).permutation(rows)  # samples sorted by class split evenly
+    fit = {k: v[order[:half]] for k, v in inputs.items()}
+    judge = {k: v[order[half:]] for k, v in inputs.items()}
     return fit, judge, f"{origin} (judged on {rows - half} rows held out from the {half} fitted)"
 
 
@@ -119,10 +140,20 @@ def optimize_auto(
     """Try every candidate on ``inputs`` (described by ``origin`` in the report); the fastest
     whose share of changed rows is at most ``max_drop`` becomes ``workdir/model.onnx``.
     Raises InvalidInput when none is faster than the source within the budget."""
+    _check(inputs)
     fit, judge, origin = _split(inputs, origin)
     original = steps.session(source)
     names = [o.name for o in original.get_outputs()]
-    expected = dict(zip(names, original.run(names, judge), strict=True))
+    try:  # the samples as the model takes them, at both batch sizes measured
+        expected = dict(zip(names, original.run(names, judge), strict=True))
+        for size in steps.BATCHES:
+            original.run(names, steps.batch(judge, size))
+    except Exception as exc:  # ONNX Runtime says which input and what is wrong
+        raise InvalidInput(
+            f"the samples do not fit the model: {_first_line(exc)}; give inputs named, typed "
+            "and shaped as the version's signature (modelplane models show NAME:VERSION), "
+            "with a batch dimension that takes 1 and 32 rows"
+        ) from None
     base = {
         size: steps.latency_ms(original, steps.batch(judge, size), MEASURE_S)
         for size in steps.BATCHES
@@ -138,15 +169,15 @@ def optimize_auto(
         try:
             path = build(folder)
             candidate = steps.session(path)
+            actual = dict(zip(names, candidate.run(names, judge), strict=True))
         except Exception as exc:  # a way that does not apply to this model: say why, go on
-            row["error"] = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            row["error"] = _first_line(exc)
             rows.append(row)
             continue
-        actual = dict(zip(names, candidate.run(names, judge), strict=True))
         seen = agreement(expected, actual)
         row["rows_changed"] = seen.disagreeing
         row["accuracy_drop"] = seen.disagreeing / seen.rows if seen.rows else 0.0
-        row["max_abs_error"] = seen.max_abs_diff
+        row["max_abs_error"] = seen.max_abs_diff if math.isfinite(seen.max_abs_diff) else None
         for size in steps.BATCHES:
             ms = steps.latency_ms(candidate, steps.batch(judge, size), MEASURE_S)
             row[f"batch_{size}_ms"] = round(ms, 4)

@@ -23,6 +23,7 @@ from onnx import helper, numpy_helper
 from modelplane.convert.base import Arrays
 
 DENSE = {"MatMul", "Gemm"}
+SUBGRAPHS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 # element-wise on a unit's own value: a unit's column can go through them unchanged
 ELEMENTWISE = {
     "Relu",
@@ -83,6 +84,9 @@ def _bias(
     """The constant bias of ``width`` values a dense node adds (its own, or the one Add that
     follows it), used by nothing else; None if it has none."""
     if node.op_type == "Gemm":
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            return None  # alpha * A B + beta * C: a mean folded into C would be scaled
         name = node.input[2] if len(node.input) > 2 else ""
     else:
         after = consumers.get(node.output[0], [])
@@ -97,6 +101,8 @@ def _bias(
 
 def hidden_layers(model: onnx.ModelProto) -> list[Layer]:
     graph = model.graph
+    if any(a.type in SUBGRAPHS for node in graph.node for a in node.attribute):
+        return []  # If/Loop/Scan bodies may read any tensor: not followed, so nothing pruned
     initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     consumers: defaultdict[str, list[onnx.NodeProto]] = defaultdict(list)
     uses: Counter[str] = Counter()
@@ -170,7 +176,7 @@ def activity(
 
 def _kept(units: int, fraction: float) -> int:
     kept = max(1, round(units * (1 - fraction)))
-    return kept - kept % 8 if kept >= 16 else kept
+    return kept - kept % 8 if units >= 256 else kept  # multiples of 8 suit the kernels
 
 
 def _by_unit(array: np.ndarray, axis: int) -> np.ndarray:

@@ -89,10 +89,14 @@ def _inputs(spec: dict[str, Any], signature: Any, origin: str) -> tuple[Arrays, 
 
     if not spec.get("samples"):
         return generate_inputs(signature), "generated from the signature"
+    from modelplane.protocol.datatypes import V2_TO_NUMPY
+
     inputs = _load_samples(Path(spec["samples"]))
-    for tensor in signature.inputs:
-        if tensor.name in inputs and inputs[tensor.name].dtype.kind == "f":
-            inputs[tensor.name] = inputs[tensor.name].astype(np.float32)
+    for tensor in signature.inputs:  # JSON numbers arrive as int64 or float64
+        want = V2_TO_NUMPY.get(tensor.datatype)
+        have = inputs[tensor.name].dtype if tensor.name in inputs else None
+        if want is not None and have is not None and have.kind in "biuf" and want.kind in "biuf":
+            inputs[tensor.name] = inputs[tensor.name].astype(want)
     return inputs, origin
 
 

@@ -71,8 +71,11 @@ def agreement(current: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) 
     for name in floats:
         a = _rows(current[name].astype(np.float64), rows)
         b = _rows(candidate[name].astype(np.float64), rows)
-        if a.size:
-            largest = max(largest, float(np.abs(a - b).max()))
+        if a.size:  # a value gone NaN or infinite where it was finite: that row changed
+            differ |= (np.isfinite(a) & ~np.isfinite(b)).any(axis=1)
+            both = np.isfinite(a) & np.isfinite(b)
+            if both.any():
+                largest = max(largest, float(np.abs(a - b)[both].max()))
     for name in labels:
         differ |= (_rows(current[name], rows) != _rows(candidate[name], rows)).any(axis=1)
     if not labels:

@@ -11,7 +11,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -368,6 +368,8 @@ class ConversionService:
             staged.discard()
             raise
         optimized = upload.source_format == OPTIMIZE
+        if request.samples_digest and not self._blobs.exists(request.samples_digest):
+            request = replace(request, samples_digest=None)  # deleted with a version meanwhile
         version = self._registry.record(
             request, artifact, signature,
             "onnx" if optimized else DETECTED_FORMATS[upload.source_format],

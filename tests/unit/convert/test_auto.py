@@ -3,12 +3,15 @@ clear refusal, naming what each candidate did, when none is faster within it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from modelplane.convert.auto import choose
+from modelplane.convert.auto import choose, optimize_auto
 from modelplane.errors import InvalidInput
+from modelplane.testing import mlp_onnx
 
 
 def _row(name: str, b1: float, b32: float, drop: float) -> dict[str, Any]:
@@ -44,3 +47,20 @@ def test_none_faster_at_all_says_to_keep_the_source() -> None:
     rows = [_row("graph optimization (all)", 0.99, 1.0, 0.0), _row("int8 dynamic", 0.8, 0.7, 0.0)]
     with pytest.raises(InvalidInput, match="none is faster on this model: keep the source"):
         choose(rows, 0.005)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (np.zeros((0, 8), np.float32), "the samples have no rows"),
+        (np.full((50, 8), np.nan, np.float32), "input 'x' has NaN or infinite values"),
+        (np.zeros((50, 5), np.float32), "the samples do not fit the model"),
+    ],
+)
+def test_samples_that_cannot_judge_are_refused_before_anything_runs(
+    tmp_path: Path, rows: np.ndarray, message: str
+) -> None:
+    source = tmp_path / "mlp.onnx"
+    source.write_bytes(mlp_onnx((8, 16, 3)))
+    with pytest.raises(InvalidInput, match=message):
+        optimize_auto(source, tmp_path, {"x": rows}, "samples", 0.005)

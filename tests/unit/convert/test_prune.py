@@ -114,3 +114,19 @@ def test_a_model_without_hidden_layers_says_so() -> None:
     assert hidden_layers(single) == []
     with pytest.raises(ValueError, match="no hidden layer"):
         prune(single, 0.5)
+
+
+def test_no_mean_is_folded_into_a_scaled_gemm_and_subgraphs_stop_pruning() -> None:
+    model = _gemm_model()
+    assert hidden_layers(model)[0].next_bias == "b2"
+    scaled = _gemm_model()
+    scaled.graph.node[2].attribute.append(helper.make_attribute("alpha", 0.5))
+    [layer] = hidden_layers(scaled)
+    assert layer.next_bias is None  # alpha * A B + C: a mean added to C would be off by 2x
+    x = np.random.default_rng(6).standard_normal((32, 6)).astype(np.float32)
+    assert _run(prune(scaled, 0.5, {"x": x})[0], x).shape == (32, 2)
+    looped = _gemm_model()
+    body = helper.make_graph([], "body", [], [])
+    looped.graph.node.append(helper.make_node("If", ["cond"], [], then_branch=body,
+                                              else_branch=body))  # fmt: skip
+    assert hidden_layers(looped) == []  # a body may read any tensor: nothing is pruned

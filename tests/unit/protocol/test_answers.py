@@ -58,3 +58,10 @@ def test_a_regression_differs_beyond_tolerance_only() -> None:
 def test_answers_of_another_shape_disagree_everywhere() -> None:
     found = agreement({"y": np.zeros((2, 3))}, {"y": np.zeros((2, 4))})
     assert (found.rows, found.disagreeing) == (2, 2)
+
+
+def test_a_value_gone_nan_is_a_change_even_in_a_regression() -> None:
+    current = {"y": np.array([[1.0], [2.0], [3.0]], np.float32)}
+    candidate = {"y": np.array([[1.0], [np.nan], [np.inf]], np.float32)}
+    seen = agreement(current, candidate)
+    assert seen == Agreement(3, 2, 0.0)  # rows 2 and 3 changed; the finite ones agree exactly
