@@ -267,8 +267,8 @@ def optimize(
     name, sep, version = ref.partition(":")
     if not sep or not version.isdigit():
         raise typer.BadParameter("use NAME:VERSION, for example mlp:1")
-    if not auto and (max_accuracy_drop is not None or samples is not None):
-        raise typer.BadParameter("--max-accuracy-drop and --samples go with --auto")
+    if not auto and max_accuracy_drop is not None:
+        raise typer.BadParameter("--max-accuracy-drop goes with --auto")
     budget = _budget(max_accuracy_drop or "0.5%")
     with handled(), Client() as client:
         with console.status("optimizing") as status:

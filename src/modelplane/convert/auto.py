@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import onnx
 
 from modelplane.convert import optimize as steps
 from modelplane.convert.base import Arrays
-from modelplane.convert.prune import hidden_layers, prune
+from modelplane.convert.prune import Activity, activity, hidden_layers, prune
 from modelplane.errors import InvalidInput
 from modelplane.protocol.answers import agreement
 
@@ -48,25 +48,33 @@ def _candidates(source: Path, inputs: Arrays) -> list[tuple[str, Build]]:
         ("fp16 weights", lambda d: steps.fp16(source, d / "model.onnx")),
     ]
     model = onnx.load(str(source))
-    if not hidden_layers(model):
+    layers = hidden_layers(model)
+    if not layers:
         return found
+    # the units' activity on the samples, measured once (by the first pruned candidate: a
+    # failure there is that candidate's error row) for every fraction
+    seen = cache(partial(activity, model, layers, inputs))
     for fraction in PRUNE_FRACTIONS:
         share = f"{fraction:.0%}"
-        found.append((f"pruned {share} of hidden units", partial(_pruned, model, fraction, inputs)))
+        found.append((f"pruned {share} of hidden units", partial(_pruned, model, fraction, seen)))
         found.append(
-            (f"pruned {share} + int8 dynamic", partial(_pruned_int8, model, fraction, inputs))
+            (f"pruned {share} + int8 dynamic", partial(_pruned_int8, model, fraction, seen))
         )
     return found
 
 
-def _pruned(model: onnx.ModelProto, fraction: float, inputs: Arrays, folder: Path) -> Path:
+def _pruned(
+    model: onnx.ModelProto, fraction: float, seen: Callable[[], Activity], folder: Path
+) -> Path:
     out = folder / "pruned.onnx"
-    onnx.save(prune(model, fraction, inputs)[0], str(out))
+    onnx.save(prune(model, fraction, seen=seen())[0], str(out))
     return out
 
 
-def _pruned_int8(model: onnx.ModelProto, fraction: float, inputs: Arrays, folder: Path) -> Path:
-    return steps.int8_dynamic(_pruned(model, fraction, inputs, folder), folder / "model.onnx")
+def _pruned_int8(
+    model: onnx.ModelProto, fraction: float, seen: Callable[[], Activity], folder: Path
+) -> Path:
+    return steps.int8_dynamic(_pruned(model, fraction, seen, folder), folder / "model.onnx")
 
 
 def _speed(row: dict[str, Any]) -> float:

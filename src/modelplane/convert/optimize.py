@@ -17,9 +17,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from modelplane.convert import onnx as onnx_source
 from modelplane.convert.base import QUANTIZATIONS, Arrays
-from modelplane.convert.parity import compare, generate_inputs
+from modelplane.convert.parity import compare
 from modelplane.errors import InvalidInput
 
 LEVELS = {
@@ -106,8 +105,15 @@ def fp16(source: Path, out: Path) -> Path:
 
 
 def optimize(
-    source: Path, workdir: Path, level: str | None, quantize: str | None
+    source: Path,
+    workdir: Path,
+    level: str | None,
+    quantize: str | None,
+    inputs: Arrays,
+    origin: str,
 ) -> dict[str, Any]:
+    """``source`` with ``quantize`` then ``level`` applied, as ``workdir/model.onnx``; its
+    latency and answers against the source's on ``inputs`` (described by ``origin``)."""
     if level is not None and level not in LEVELS:
         raise InvalidInput(f"unknown level {level!r}; use basic, extended or all")
     if quantize is not None and quantize not in QUANTIZATIONS:
@@ -123,7 +129,6 @@ def optimize(
     else:
         result.write_bytes(current.read_bytes())
 
-    inputs = generate_inputs(onnx_source.inspect(source), batch=32)
     before, after = session(source), session(result)
     names = [o.name for o in before.get_outputs()]
     expected = dict(zip(names, before.run(names, inputs), strict=True))
@@ -145,6 +150,6 @@ def optimize(
         },
         "passed": accuracy["passed"],
         "outputs": accuracy["outputs"],
-        "inputs": "generated from the signature, compared with the source version",
-        "batch": 32,
+        "inputs": f"{origin}, compared with the source version",
+        "batch": len(next(iter(inputs.values()))) if inputs else 0,
     }

@@ -153,9 +153,10 @@ def hidden_layers(model: onnx.ModelProto) -> list[Layer]:
     return layers
 
 
-def activity(
-    model: onnx.ModelProto, layers: list[Layer], inputs: Arrays
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+Activity = dict[str, tuple[np.ndarray, np.ndarray]]  # activation -> mean |value|, mean value
+
+
+def activity(model: onnx.ModelProto, layers: list[Layer], inputs: Arrays) -> Activity:
     """Each layer's units' mean absolute activation and mean activation on ``inputs``."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -185,7 +186,10 @@ def _by_unit(array: np.ndarray, axis: int) -> np.ndarray:
 
 
 def prune(
-    model: onnx.ModelProto, fraction: float, inputs: Arrays | None = None
+    model: onnx.ModelProto,
+    fraction: float,
+    inputs: Arrays | None = None,
+    seen: Activity | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, object]]:
     """A copy of ``model`` with ``fraction`` of every hidden layer's units removed (the least
     important on ``inputs``), and what was removed. With ``inputs``, each removed unit's mean
@@ -195,7 +199,8 @@ def prune(
     if not layers:
         raise ValueError("no hidden layer of dense units to prune")
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    seen = activity(model, layers, inputs) if inputs is not None else {}
+    if seen is None:  # ``seen``: ``activity`` on the inputs, run once for several fractions
+        seen = activity(model, layers, inputs) if inputs is not None else {}
     keep: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)  # initializer -> (axis, kept)
     added: dict[str, np.ndarray] = {}  # bias -> what the removed units gave on average
     before = after = 0

@@ -100,14 +100,20 @@ def _inputs(spec: dict[str, Any], signature: Any, origin: str) -> tuple[Arrays, 
     return inputs, origin
 
 
-def _optimize_auto(spec: dict[str, Any]) -> dict[str, Any]:
+def _optimize(spec: dict[str, Any]) -> dict[str, Any]:
+    """What the user chose, or (``auto``) every way; measured on the same inputs."""
     from modelplane.convert import onnx as onnx_source
-    from modelplane.convert.auto import optimize_auto
 
-    source = Path(spec["source"])
+    _emit("optimize")
+    source, workdir = Path(spec["source"]), Path(spec["workdir"])
     inputs, origin = _inputs(spec, onnx_source.inspect(source), "the version's samples")
-    return optimize_auto(source, Path(spec["workdir"]), inputs, origin, float(spec["auto"]),
-                         _emit)  # fmt: skip
+    if spec.get("auto") is not None:
+        from modelplane.convert.auto import optimize_auto
+
+        return optimize_auto(source, workdir, inputs, origin, float(spec["auto"]), _emit)
+    from modelplane.convert.optimize import optimize
+
+    return optimize(source, workdir, spec.get("level"), spec.get("quantize"), inputs, origin)
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -116,13 +122,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["format"] == LOAD:
         return _load(Path(spec["source"]))
     if spec["format"] == "optimize":
-        _emit("optimize")
-        if spec.get("auto") is not None:
-            return _optimize_auto(spec)
-        from modelplane.convert.optimize import optimize
-
-        return optimize(Path(spec["source"]), Path(spec["workdir"]), spec.get("level"),
-                        spec.get("quantize"))  # fmt: skip
+        return _optimize(spec)
 
     from modelplane.convert import onnx as onnx_source
     from modelplane.convert.parity import compare

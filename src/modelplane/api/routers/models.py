@@ -202,7 +202,6 @@ def create_router(services: Services) -> APIRouter:
         source = await run_in_threadpool(registry.resolve, ModelRef(name, version=version))
         choice = Optimization(body.level, body.quantize,
                               body.max_accuracy_drop if body.auto else None)  # fmt: skip
-        choice.check()
         samples = None
         if body.samples is not None:
             stats = await run_in_threadpool(
